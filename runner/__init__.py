@@ -1,0 +1,1 @@
+"""The daemon core: scheduler, executors, log capture, recovery."""

@@ -1,0 +1,81 @@
+"""The daemon: owns the store, the scheduler and their supervised background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from runner.clock import Clock, SystemClock
+from runner.executors.subprocess import SubprocessExecutor
+from runner.scheduler import ExecutorRegistry, Scheduler
+from runner.service import JobService
+from runner.settings import Settings
+from storage import Repository
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self._store: Repository | None = None
+        self._scheduler: Scheduler | None = None
+        self._service: JobService | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        # Set when a supervised loop dies: the entry point then stops the daemon instead of
+        # serving an API whose statuses would silently stop moving.
+        self.failed = asyncio.Event()
+
+    @property
+    def service(self) -> JobService:
+        assert self._service is not None, "Daemon.start() first"
+        return self._service
+
+    @property
+    def scheduler(self) -> Scheduler:
+        assert self._scheduler is not None, "Daemon.start() first"
+        return self._scheduler
+
+    async def start(self) -> None:
+        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+        self._store = await Repository.open(self.settings.db_path)
+        executors = ExecutorRegistry({"subprocess": SubprocessExecutor(self.settings.python_executable)})
+        self._scheduler = Scheduler(self._store, self.clock, self.settings, executors)
+        self._service = JobService(self._store, self.clock, self._scheduler)
+
+    def begin_running(self, base_url: str) -> None:
+        """Start the background loops once the API answers at `base_url` (workloads call back there)."""
+        scheduler = self.scheduler
+        scheduler.base_url = base_url
+        self._supervise("scheduler", self._recover_then_schedule(scheduler))
+
+    async def _recover_then_schedule(self, scheduler: Scheduler) -> None:
+        await scheduler.recover()
+        await scheduler.run_forever()
+
+    def _supervise(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name=name)
+
+        def on_done(t: asyncio.Task[None]) -> None:
+            if t.cancelled():
+                return
+            if t.exception() is not None:
+                log.critical("background loop %r died; stopping the daemon", name, exc_info=t.exception())
+                self.failed.set()
+
+        task.add_done_callback(on_done)
+        self._tasks.append(task)
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            await self._scheduler.shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None

@@ -1,0 +1,64 @@
+"""The environment and folders a task gets: what `reference-semantics.md` section 3.3 lists."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from runner.executors.base import TaskPaths
+from runner.models import StepRecord
+
+
+def task_paths(work_root: Path, step: StepRecord, task_name: str) -> TaskPaths:
+    attempt_dir = work_root / step.workspace / step.job_name / step.attempt_id
+    return TaskPaths(work_dir=attempt_dir / step.name / task_name, persistent_dir=attempt_dir / "job-storage")
+
+
+def prepare_task_folders(paths: TaskPaths, config: dict[str, object]) -> None:
+    paths.scratch_dir.mkdir(parents=True, exist_ok=True)
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    paths.persistent_dir.mkdir(parents=True, exist_ok=True)
+    paths.config_file.write_text(json.dumps(config, indent=2))
+
+
+def task_environment(
+    *,
+    step: StepRecord,
+    task_name: str,
+    paths: TaskPaths,
+    base_url: str,
+    inherited: Mapping[str, str],
+    secrets: Mapping[str, str],
+) -> dict[str, str]:
+    """Inherited allow-list < step values < identity, paths and URLs < resolved secrets."""
+    env = dict(inherited)
+    for variable in step.spec.environment:
+        if variable.value is not None:
+            env[variable.name] = variable.value
+    secret_refs = [
+        f"{v.name}={step.workspace}/{v.from_secret.name}" for v in step.spec.environment if v.from_secret
+    ]
+    env.update(
+        {
+            "NEMO_JOB_ID": step.job_name,
+            "NEMO_JOB_ATTEMPT_ID": step.attempt_id,
+            "NEMO_JOB_STEP": step.name,
+            "NEMO_JOB_TASK": task_name,
+            "NEMO_JOB_WORKSPACE": step.workspace,
+            "NEMO_JOB_FILESET": step.fileset,
+            "NEMO_JOB_EPHEMERAL_TASK_STORAGE_PATH": str(paths.scratch_dir),
+            "NEMO_JOB_STEP_CONFIG_STORAGE_PATH": str(paths.config_dir),
+            "NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH": str(paths.persistent_dir),
+            "NEMO_JOB_STEP_CONFIG_FILE_PATH": str(paths.config_file),
+            "NEMO_JOB_SECRETS": ",".join(secret_refs),
+            # How a workload calls back (heartbeats, results): the official SDK reads these.
+            "NMP_BASE_URL": base_url,
+            "NMP_JOBS_URL": base_url,
+            "NEMO_PLATFORM_BASE_URL": base_url,
+            "NMP_WORKSPACE": step.workspace,
+            "NMP_CONFIG_WARNINGS_DISABLED": "1",
+        }
+    )
+    env.update(secrets)
+    return env

@@ -1,0 +1,1 @@
+"""Executors: one module per backend, all implementing runner.executors.base.Executor."""

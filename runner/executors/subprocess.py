@@ -1,0 +1,232 @@
+"""Host-subprocess executor: each task runs in its own session/process group, output to files.
+
+The command runs under a tiny POSIX-shell wrapper that survives SIGTERM long enough to write the
+command's exit status to a file. So the exit code is known even when the daemon was down when the
+task ended, and the daemon never depends on being the parent to learn it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskPaths
+
+# $0 is a marker naming the task (visible in `ps`, used to find orphans); $1 the exit-status file.
+# `trap :` (not `trap ''`) so the workload itself keeps the default SIGTERM action.
+_WRAPPER = 'f=$1; shift; trap : HUP INT TERM; "$@"; rc=$?; printf "%s\\n" "$rc" >"$f"; exit "$rc"'
+MARKER_PREFIX = "localjobs-task:"
+_KILL_WAIT_S = 5.0
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+BOOT_ID = _boot_id()
+
+
+def read_exit_file(path: Path) -> ExitStatus | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text.lstrip("-").isdigit():
+        return None
+    code = int(text)
+    # A shell reports "killed by signal N" as 128+N.
+    if code > 128 and (code - 128) in {s.value for s in signal.Signals}:
+        return ExitStatus(exit_code=code, signal=code - 128)
+    return ExitStatus(exit_code=code)
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+class SubprocessWorkload:
+    def __init__(self, pid: int, start_time: float, exit_file: Path, proc: asyncio.subprocess.Process | None):
+        self._pid = pid
+        self._start_time = start_time
+        self._exit_file = exit_file
+        self._proc = proc
+        self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        self._watcher = asyncio.create_task(self._watch(), name=f"subprocess-watch-{pid}")
+
+    @property
+    def handle(self) -> dict[str, Any]:
+        return {"kind": "subprocess", "pid": self._pid, "start_time": self._start_time, "boot_id": BOOT_ID}
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"pid": self._pid, "pgid": self._pid}
+
+    async def _watch(self) -> None:
+        try:
+            if self._proc is not None:
+                returncode = await self._proc.wait()
+            else:
+                await _wait_for_exit(self._pid)
+                returncode = None
+            status = read_exit_file(self._exit_file)
+            if status is None:
+                # The wrapper itself was killed (SIGKILL to the group): the workload went with it.
+                if returncode is not None and returncode < 0:
+                    status = ExitStatus(exit_code=None, signal=-returncode)
+                elif returncode is not None:
+                    status = ExitStatus(exit_code=returncode)
+                else:
+                    status = ExitStatus(exit_code=None, reason="exit status lost (the process was killed)")
+            self._exit.set_result(status)
+        except BaseException as exc:
+            if not self._exit.done():
+                self._exit.set_exception(exc)
+            raise
+
+    async def wait(self) -> ExitStatus:
+        return await asyncio.shield(self._exit)
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._pid, sig)
+
+    def _descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self._pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    async def stop(self, grace_s: float) -> None:
+        if self._exit.done():
+            return
+        # Grandchildren may have left the group (setsid): remember them before the group dies.
+        strays = self._descendants()
+        self._signal_group(signal.SIGTERM)
+        self._signal_group(signal.SIGCONT)  # a frozen (paused) group must wake to handle SIGTERM
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exit), grace_s)
+        self._signal_group(signal.SIGKILL)
+        for proc in strays + self._descendants():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exit), _KILL_WAIT_S)
+
+    async def pause(self) -> None:
+        self._signal_group(signal.SIGSTOP)
+
+    async def resume(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+
+async def _wait_for_exit(pid: int) -> None:
+    """Wait for a process that is not our child (adopted after a restart), without polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, on_exit)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+class SubprocessExecutor:
+    def __init__(self, python_executable: str) -> None:
+        self._python = python_executable
+
+    def _resolve(self, argv: list[str], env: dict[str, str]) -> list[str]:
+        program = argv[0]
+        if program in ("python", "python3"):
+            return [self._python, *argv[1:]]
+        if "/" in program:
+            return argv
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise ExecutorError(f"Failed to start subprocess: executable not found: {program}")
+        return [found, *argv[1:]]
+
+    async def start(self, launch: Launch) -> SubprocessWorkload:
+        argv = self._resolve(launch.argv, launch.env)
+        paths = launch.paths
+        wrapped = ["/bin/sh", "-c", _WRAPPER, MARKER_PREFIX + launch.task_name, str(paths.exit_file), *argv]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = err = -1
+        try:
+            out = os.open(paths.stdout_file, flags, 0o644)
+            err = os.open(paths.stderr_file, flags, 0o644)
+            proc = await asyncio.create_subprocess_exec(
+                *wrapped,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=paths.work_dir,
+                env=launch.env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ExecutorError(f"Failed to start subprocess: {exc}") from exc
+        finally:
+            for fd in (out, err):
+                if fd >= 0:
+                    os.close(fd)
+        start_time = _start_time(proc.pid) or time.time()
+        return SubprocessWorkload(proc.pid, start_time, paths.exit_file, proc)
+
+    async def recover(
+        self, handle: dict[str, Any], paths: TaskPaths
+    ) -> SubprocessWorkload | ExitStatus | None:
+        pid = handle.get("pid")
+        if isinstance(pid, int) and handle.get("boot_id") == BOOT_ID:
+            started = _start_time(pid)
+            # A bare pid is no identity: it must also be the same process start on the same boot.
+            if started is not None and abs(started - float(handle.get("start_time", 0))) < 0.05:
+                return SubprocessWorkload(pid, started, paths.exit_file, None)
+        else:
+            found = find_task_process(paths.work_dir.name)
+            if found is not None:
+                return SubprocessWorkload(found.pid, found.create_time(), paths.exit_file, None)
+        return read_exit_file(paths.exit_file)
+
+
+def find_task_process(task_name: str) -> psutil.Process | None:
+    """The wrapper process of a task, found by the marker in its command line."""
+    marker = MARKER_PREFIX + task_name
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if len(cmdline) > 3 and cmdline[3] == marker:
+            return proc
+    return None
+
+
+def task_processes() -> dict[str, psutil.Process]:
+    """Every live task wrapper on this machine, by task name (for the orphan sweep)."""
+    found: dict[str, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if len(cmdline) > 3 and cmdline[3].startswith(MARKER_PREFIX):
+            found[cmdline[3].removeprefix(MARKER_PREFIX)] = proc
+    return found

@@ -1,0 +1,148 @@
+"""Moves a task's output from its stdout/stderr files into the store, line by line, in order.
+
+The read offset is committed with the lines, so a daemon that crashes and starts again neither
+loses nor repeats a line. While the task runs the files are read with a short adaptive interval
+(new output is picked up within milliseconds when the task is chatty, at most `poll_max_s` later
+when it is quiet); once it exits they are drained to the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.clock import Clock
+from runner.executors.base import TaskPaths
+from storage import Repository
+
+_CHUNK = 1 << 20
+# A "line" longer than this is stored in pieces: one unterminated write must not grow without bound.
+MAX_LINE_BYTES = 64 * 1024
+_POLL_MIN_S = 0.01
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    job_pk: int
+    attempt_id: str
+    step_name: str
+    task_pk: int
+    task_name: str
+
+
+class _Stream:
+    def __init__(self, name: str, path: Path, offset: int) -> None:
+        self.name = name
+        self.path = path
+        self.offset = offset  # bytes consumed up to the end of the last stored line
+        self.pending = b""
+
+    def read_lines(self, final: bool) -> tuple[list[bytes], int]:
+        """Complete lines available after `offset`, and the offset just past them."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset + len(self.pending))
+                data = f.read(_CHUNK)
+        except FileNotFoundError:
+            return [], self.offset
+        buffer = self.pending + data
+        lines: list[bytes] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            lines.append(buffer[start:end])
+            start = end + 1
+        rest = buffer[start:]
+        while len(rest) >= MAX_LINE_BYTES:
+            lines.append(rest[:MAX_LINE_BYTES])
+            start += MAX_LINE_BYTES
+            rest = rest[MAX_LINE_BYTES:]
+        if final and rest and len(data) < _CHUNK:
+            lines.append(rest)
+            start += len(rest)
+            rest = b""
+        self.pending = rest
+        new_offset = self.offset + start
+        return lines, new_offset
+
+    def more_buffered(self, previous_offset: int) -> bool:
+        return self.offset - previous_offset >= _CHUNK // 2
+
+
+class OutputCollector:
+    def __init__(
+        self,
+        store: Repository,
+        clock: Clock,
+        target: OutputTarget,
+        paths: TaskPaths,
+        offsets: dict[str, int],
+        poll_max_s: float,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._target = target
+        self._streams = [
+            _Stream("stdout", paths.stdout_file, offsets.get("stdout", 0)),
+            _Stream("stderr", paths.stderr_file, offsets.get("stderr", 0)),
+        ]
+        self._poll_max_s = poll_max_s
+        self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"logs-{self._target.task_name}")
+
+    async def _run(self) -> None:
+        interval = _POLL_MIN_S
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), interval)
+            if self._stopped.is_set():
+                break
+            got = await self.drain(final=False)
+            interval = _POLL_MIN_S if got else min(self._poll_max_s, interval * 2)
+
+    async def finish(self) -> None:
+        """Stop following and store everything the task wrote, including an unterminated last line."""
+        self._stopped.set()
+        if self._task is not None:
+            await self._task
+        while await self.drain(final=True):
+            pass
+
+    async def drain(self, final: bool) -> int:
+        stored = 0
+        for stream in self._streams:
+            while True:
+                before = stream.offset
+                lines, new_offset = stream.read_lines(final)
+                if new_offset == before:
+                    break
+                await self._store_lines(stream.name, lines, new_offset)
+                stream.offset = new_offset
+                stored += len(lines)
+                if not stream.more_buffered(before):
+                    break
+        return stored
+
+    async def _store_lines(self, stream: str, lines: list[bytes], new_offset: int) -> None:
+        now = self._clock.now_us()
+        target = self._target
+        prefix = "[stderr] " if stream == "stderr" else ""
+        decoded = [(now, prefix + line.rstrip(b"\r").decode("utf-8", "replace")) for line in lines]
+        async with self._store.transaction() as tx:
+            await tx.append_log_lines(
+                job_pk=target.job_pk,
+                attempt_id=target.attempt_id,
+                step_name=target.step_name,
+                task_pk=target.task_pk,
+                task_name=target.task_name,
+                stream=stream,
+                lines=decoded,
+                new_offset=new_offset,
+            )

@@ -1,0 +1,491 @@
+"""Domain types shared by every package: statuses, the transition table, job specs, stored records.
+
+This module is the leaf of the import graph: it imports nothing of ours, so `storage`, `runner`
+and `web` may all depend on it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The reference's NAME_PATTERN. Python's `re` is needed: the lookarounds are beyond pydantic's
+# Rust regex engine, so names are checked in validators rather than with `pattern=`.
+NAME_PATTERN = re.compile(r"^[a-z](?!.*--)[a-z0-9\-@.+_]{1,62}(?<!-)$")
+WORKSPACE_PATTERN = re.compile(r"^[\w\-\+.@:]+$")
+NAME_RULE = (
+    "must start with a lowercase letter, be 2-63 characters, contain only lowercase letters, digits "
+    "and - @ . + _, have no consecutive hyphens and not end with a hyphen"
+)
+
+
+class JobStatus(StrEnum):
+    CREATED = "created"
+    PENDING = "pending"
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+    CANCELLING = "cancelling"
+    ERROR = "error"
+    COMPLETED = "completed"
+    PAUSED = "paused"
+    PAUSING = "pausing"
+    RESUMING = "resuming"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    def can_transition_to(self, new: JobStatus) -> bool:
+        return new == self or new in _TRANSITIONS[self]
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.ERROR, JobStatus.CANCELLED})
+
+# The reference's table (api-surface.md 4.1), shared by jobs, steps and tasks.
+_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.CREATED: frozenset(
+        {
+            JobStatus.PENDING,
+            JobStatus.ACTIVE,
+            JobStatus.CANCELLING,
+            JobStatus.CANCELLED,
+            JobStatus.PAUSING,
+            JobStatus.PAUSED,
+            JobStatus.ERROR,
+        }
+    ),
+    JobStatus.PENDING: frozenset(
+        {
+            JobStatus.ACTIVE,
+            JobStatus.CANCELLING,
+            JobStatus.CANCELLED,
+            JobStatus.ERROR,
+            JobStatus.PAUSING,
+            JobStatus.PAUSED,
+            JobStatus.COMPLETED,
+        }
+    ),
+    JobStatus.ACTIVE: frozenset(
+        {
+            JobStatus.COMPLETED,
+            JobStatus.ERROR,
+            JobStatus.CANCELLING,
+            JobStatus.CANCELLED,
+            JobStatus.PAUSING,
+            JobStatus.PAUSED,
+        }
+    ),
+    JobStatus.PAUSED: frozenset({JobStatus.RESUMING, JobStatus.ACTIVE, JobStatus.CANCELLING}),
+    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.ERROR}),
+    JobStatus.PAUSING: frozenset({JobStatus.PAUSED, JobStatus.ERROR}),
+    JobStatus.RESUMING: frozenset(
+        {JobStatus.PENDING, JobStatus.ACTIVE, JobStatus.ERROR, JobStatus.CANCELLING}
+    ),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+    JobStatus.ERROR: frozenset(),
+}
+
+
+class StepSort(StrEnum):
+    CREATED_AT = "created_at"
+    CREATED_AT_DESC = "-created_at"
+    UPDATED_AT = "updated_at"
+    UPDATED_AT_DESC = "-updated_at"
+
+
+class JobSort(StrEnum):
+    CREATED_AT = "created_at"
+    CREATED_AT_DESC = "-created_at"
+    UPDATED_AT = "updated_at"
+    UPDATED_AT_DESC = "-updated_at"
+    SOURCE = "source"
+    SOURCE_DESC = "-source"
+
+
+# ---------------------------------------------------------------------------------------------
+# Time and identifiers
+# ---------------------------------------------------------------------------------------------
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def base58(data: bytes) -> str:
+    number = int.from_bytes(data, "big")
+    digits = []
+    while number:
+        number, rem = divmod(number, 58)
+        digits.append(_B58[rem])
+    return "".join(reversed(digits)) or _B58[0]
+
+
+def new_entity_id(entity_type: str) -> str:
+    """`platform-job-step-<base58 uuid4>`, the reference's id format."""
+    return f"{entity_type}-{base58(uuid.uuid4().bytes)}"
+
+
+def new_task_name() -> str:
+    return f"task-{uuid.uuid4().hex}"
+
+
+def now_us() -> int:
+    """Wall-clock time in integer microseconds since the epoch: how every timestamp is stored."""
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def us_to_datetime(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+def datetime_to_us(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1_000_000)
+
+
+def check_name(value: str) -> str:
+    if not NAME_PATTERN.match(value):
+        raise ValueError(f"name {value!r} {NAME_RULE}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes quantities (resources.limits/requests, shm_size)
+# ---------------------------------------------------------------------------------------------
+
+_QUANTITY = re.compile(r"^([+]?(?:\d+|\d*\.\d+)(?:[eE][+-]?\d+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
+_SUFFIX_FACTOR: dict[str, float] = {
+    "": 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def parse_quantity(text: str) -> float:
+    """Parse a Kubernetes quantity ('250m', '1.5', '128Mi', '1Gi', '512M') into a plain number."""
+    match = _QUANTITY.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. '250m', '1.5', '128Mi', '1Gi')")
+    return float(match.group(1)) * _SUFFIX_FACTOR[match.group(2) or ""]
+
+
+# ---------------------------------------------------------------------------------------------
+# Job specification (request side), mirroring jobs-openapi.yaml
+# ---------------------------------------------------------------------------------------------
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SecretRef(_Spec):
+    name: str = Field(min_length=1)
+
+
+class EnvironmentVariable(_Spec):
+    name: str = Field(min_length=1)
+    value: str | None = None
+    from_secret: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> EnvironmentVariable:
+        if (self.value is None) == (self.from_secret is None):
+            raise ValueError(
+                f"environment variable {self.name!r}: set exactly one of 'value' or 'from_secret'"
+            )
+        return self
+
+
+class ContainerSpec(_Spec):
+    image: str | None = Field(default=None, min_length=1)
+    entrypoint: list[str] = Field(default_factory=list)
+    command: list[str] = Field(default_factory=list)
+
+
+class ComputeResourceSpec(_Spec):
+    cpu: str | None = None
+    memory: str | None = None
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_quantity(value)
+        return value
+
+
+_SHM_PATTERN = re.compile(r"^[+-]?(\d+|\d*\.\d+)([eE][+-]?\d+)?(Mi|Gi|M|G)$")
+
+
+class ComputeResources(_Spec):
+    requests: ComputeResourceSpec | None = None
+    limits: ComputeResourceSpec | None = None
+    num_nodes: int = Field(default=1, ge=1)
+    num_gpus: int | None = Field(default=None, ge=0)
+    shm_size: str | None = None
+
+    @field_validator("shm_size")
+    @classmethod
+    def _shm(cls, value: str | None) -> str | None:
+        if value is not None and not _SHM_PATTERN.match(value):
+            raise ValueError(f"shm_size {value!r} must be a quantity in Mi, Gi, M or G (e.g. '1Gi')")
+        return value
+
+
+class _ContainerExecutor(_Spec):
+    profile: str = "default"
+    container: ContainerSpec
+    resources: ComputeResources = Field(default_factory=ComputeResources)
+
+
+class CPUExecutor(_ContainerExecutor):
+    provider: Literal["cpu"] = "cpu"
+
+
+class GPUExecutor(_ContainerExecutor):
+    provider: Literal["gpu"] = "gpu"
+
+
+class DistributedGPUExecutor(_ContainerExecutor):
+    provider: Literal["gpu_distributed"] = "gpu_distributed"
+
+
+class SubprocessExecutor(_Spec):
+    provider: Literal["subprocess"] = "subprocess"
+    profile: str = "default"
+    command: list[str]
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value or not value[0]:
+            raise ValueError("subprocess execution requires command to be set")
+        return value
+
+
+Executor = Annotated[
+    CPUExecutor | GPUExecutor | DistributedGPUExecutor | SubprocessExecutor,
+    Field(discriminator="provider"),
+]
+
+
+class StepLifecycle(_Spec):
+    staleness_timeout_seconds: int = Field(default=0, ge=0)
+
+
+class StepSpec(_Spec):
+    name: str
+    environment: list[EnvironmentVariable] = Field(default_factory=list)
+    executor: Executor
+    config: dict[str, Any] = Field(default_factory=dict)
+    lifecycle: StepLifecycle = Field(default_factory=StepLifecycle)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _empty_mapping_is_empty_list(cls, value: Any) -> Any:
+        # The reference coerces `{}` (and null) to an empty list.
+        return [] if value is None or value == {} else value
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _null_config(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("lifecycle", mode="before")
+    @classmethod
+    def _null_lifecycle(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class JobSecret(_Spec):
+    name: str
+    value: str | None = None
+    ref_id: str | None = None
+
+
+class PlatformJobSpec(_Spec):
+    steps: list[StepSpec] = Field(min_length=1)
+    secrets: list[JobSecret] | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_step_names(cls, steps: list[StepSpec]) -> list[StepSpec]:
+        seen: set[str] = set()
+        for step in steps:
+            if step.name in seen:
+                raise ValueError(f"step names must be unique: {step.name!r} appears more than once")
+            seen.add(step.name)
+        return steps
+
+
+class CreateJobRequest(_Spec):
+    name: str | None = None
+    description: str | None = None
+    project: str | None = None
+    spec: dict[str, Any]
+    platform_spec: PlatformJobSpec
+    source: str
+    ownership: dict[str, Any] | None = None
+    custom_fields: dict[str, Any] | None = None
+    output_location: str | None = None
+
+    @field_validator("name", "output_location")
+    @classmethod
+    def _names(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
+
+
+class StatusUpdate(_Spec):
+    status: JobStatus
+    status_details: dict[str, Any] = Field(default_factory=dict)
+    error_details: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskUpdate(_Spec):
+    status: JobStatus = JobStatus.PENDING
+    status_details: dict[str, Any] | None = None
+    error_details: dict[str, Any] | None = None
+    error_stack: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored records (what storage returns)
+# ---------------------------------------------------------------------------------------------
+
+
+class JobRecord(BaseModel):
+    pk: int
+    id: str
+    name: str
+    workspace: str
+    project: str | None
+    description: str | None
+    source: str
+    spec: dict[str, Any]
+    platform_spec: PlatformJobSpec
+    fileset: str
+    output_location: str | None
+    ownership: dict[str, Any] | None
+    custom_fields: dict[str, Any] | None
+    auth_context: dict[str, Any] | None
+    created_at: int
+    updated_at: int
+    # The reference keeps status on a separate "attempt" entity; localjobs has one attempt per job
+    # (no rerun), so its id and status live on the job row.
+    attempt_id: str
+    attempt_seq: int
+    status: JobStatus
+    status_details: dict[str, Any]
+    error_details: dict[str, Any] | None
+
+
+class StepRecord(BaseModel):
+    pk: int
+    id: str
+    name: str
+    workspace: str
+    job_pk: int
+    job_name: str
+    job_source: str
+    attempt_id: str
+    fileset: str
+    output_location: str | None
+    index: int
+    spec: StepSpec
+    status: JobStatus
+    status_details: dict[str, Any]
+    error_details: dict[str, Any] | None
+    auth_context: dict[str, Any] | None
+    created_at: int
+    updated_at: int
+    # When the step became active (counts for time limits); None until then.
+    active_since: int | None
+    # Workload identity persisted by the executor (see runner/executors): survives restarts.
+    handle: dict[str, Any] | None
+
+
+class TaskRecord(BaseModel):
+    pk: int
+    id: str
+    name: str
+    workspace: str
+    step_pk: int
+    step_id: str
+    status: JobStatus
+    status_details: dict[str, Any]
+    error_details: dict[str, Any] | None
+    error_stack: str | None
+    created_at: int
+    updated_at: int
+    # Last time the workload itself reported (a PUT from outside the daemon): the heartbeat.
+    heartbeat_at: int | None
+
+
+class LogLine(BaseModel):
+    id: int
+    timestamp: int
+    job_name: str
+    attempt_id: str
+    step_name: str
+    task_name: str
+    stream: Literal["stdout", "stderr"]
+    message: str
+
+
+class Page[T](BaseModel):
+    items: list[T]
+    total: int
+
+
+class StepFilter(BaseModel):
+    workspace: str | None = None  # None: every workspace
+    job: str | None = None
+    statuses: list[JobStatus] | None = None
+    source: str | None = None
+
+
+class StringCondition(BaseModel):
+    eq: str | None = None
+    like: str | None = None
+    in_: list[str] | None = None
+    nin: list[str] | None = None
+
+
+class JobFilter(BaseModel):
+    workspace: str
+    name: StringCondition | None = None
+    source: StringCondition | None = None
+    project: StringCondition | None = None
+    statuses: list[JobStatus] | None = None
+    created_gte: int | None = None
+    created_lte: int | None = None
+    updated_gte: int | None = None
+    updated_lte: int | None = None
+
+
+class LogQuery(BaseModel):
+    job_pk: int
+    attempt_id: str | None = None
+    step_name: str | None = None
+    task_name: str | None = None

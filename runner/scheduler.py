@@ -1,0 +1,498 @@
+"""Starts runnable steps the moment they appear and carries each one to its final status.
+
+Event-driven: `wake()` (a new job, a completed step, a resume, a freed slot) sets an event the
+loop waits on; there is no polling tick between a submission and the spawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.clock import Clock
+from runner.environment import prepare_task_folders, task_environment, task_paths
+from runner.errors import Conflict
+from runner.executors.base import Executor, ExecutorError, ExitStatus, Launch, TaskPaths, Workload
+from runner.logs import OutputCollector, OutputTarget
+from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
+from runner.settings import Settings
+from runner.transitions import transition_step
+from storage import Repository, WriteTx
+
+log = logging.getLogger(__name__)
+
+_ERROR_TAIL_LINES = 20
+_STARTABLE = (JobStatus.CREATED, JobStatus.RESUMING)
+
+
+@dataclass
+class _Run:
+    """A step this daemon has claimed: being started, running, or being wound down."""
+
+    step_pk: int
+    workload: Workload | None = None
+    stop_requested: bool = False
+    pause_requested: bool = False
+    shutdown: bool = False
+    task: asyncio.Task[None] | None = None
+    control: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class ExecutorRegistry:
+    """Executors by provider; the docker one is built only when a container step needs it."""
+
+    def __init__(self, executors: dict[str, Executor]) -> None:
+        self._executors = executors
+
+    def for_provider(self, provider: str) -> Executor:
+        try:
+            return self._executors[provider]
+        except KeyError:
+            raise ExecutorError(f"no executor is available for provider {provider!r}") from None
+
+
+class Scheduler:
+    def __init__(self, store: Repository, clock: Clock, settings: Settings, executors: ExecutorRegistry):
+        self._store = store
+        self._clock = clock
+        self._settings = settings
+        self._executors = executors
+        self._wake = asyncio.Event()
+        self._runs: dict[int, _Run] = {}
+        self._closing = False
+        self.base_url = f"http://{settings.host}:{settings.port}"
+        self._inherited = {k: os.environ[k] for k in settings.inherited_env if k in os.environ}
+
+    # ------------------------------------------------------------------ WorkloadControl
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def is_running(self, step_pk: int) -> bool:
+        return step_pk in self._runs
+
+    def request_stop(self, step_pk: int) -> None:
+        run = self._runs.get(step_pk)
+        if run is None:
+            return
+        run.stop_requested = True
+        if run.workload is not None:
+            self._control(run, run.workload.stop(self._settings.grace_period_s))
+
+    def request_pause(self, step_pk: int) -> None:
+        run = self._runs.get(step_pk)
+        if run is None:
+            return
+        run.pause_requested = True
+        if run.workload is not None:
+            self._control(run, self._pause(run))
+
+    def request_resume(self, step_pk: int) -> None:
+        run = self._runs.get(step_pk)
+        if run is not None:
+            run.pause_requested = False
+            self._control(run, self._resume(run))
+
+    def profiles(self) -> list[dict[str, Any]]:
+        s = self._settings
+        return [
+            {
+                "provider": "subprocess",
+                "profile": "default",
+                "backend": "subprocess",
+                "config": {
+                    "ttl_seconds_before_active": s.ttl_seconds_before_active,
+                    "ttl_seconds_active": s.ttl_seconds_active,
+                    "ttl_seconds_after_finished": s.ttl_seconds_after_finished,
+                    "cleanup_completed_jobs_immediately": False,
+                    "launcher_tool_path": "",
+                    "env": {},
+                    "working_directory": str(s.work_dir),
+                    "graceful_shutdown_timeout_seconds": int(s.grace_period_s),
+                },
+            }
+        ]
+
+    def _control(self, run: _Run, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"control-step-{run.step_pk}")
+        run.control.add(task)
+        task.add_done_callback(run.control.discard)
+        task.add_done_callback(_log_failure)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run_forever(self) -> None:
+        self._wake.set()
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            free = self._settings.max_running_steps - len(self._runs)
+            if free <= 0:
+                continue
+            candidates = await self._store.runnable_steps(free + len(self._runs))
+            for step in candidates:
+                if free <= 0:
+                    break
+                if step.pk in self._runs:
+                    continue
+                free -= 1
+                self._claim(step, self._run_step(step))
+
+    def _claim(self, step: StepRecord, coro: Any) -> _Run:
+        run = _Run(step_pk=step.pk)
+        self._runs[step.pk] = run
+        run.task = asyncio.create_task(coro, name=f"step-{step.job_name}-{step.name}")
+
+        def release(task: asyncio.Task[None]) -> None:
+            self._runs.pop(step.pk, None)
+            _log_failure(task)
+            self.wake()
+
+        run.task.add_done_callback(release)
+        return run
+
+    async def _run_step(self, step: StepRecord) -> None:
+        run = self._runs[step.pk]
+        task_name = new_task_name()
+        paths = task_paths(self._settings.work_dir, step, task_name)
+        now = self._clock.now_us()
+        async with self._store.transaction() as tx:
+            fresh = await tx.get_step_by_pk(step.pk)
+            if fresh is None or fresh.status not in _STARTABLE:
+                return
+            task_pk = await tx.insert_task(
+                id=new_entity_id("platform-job-task"),
+                step_pk=step.pk,
+                name=task_name,
+                status=JobStatus.PENDING,
+                status_details={"message": "Starting"},
+                error_details=None,
+                error_stack=None,
+                heartbeat_at=None,
+                now=now,
+            )
+            # Recorded before the spawn: after a crash the next daemon knows where to look, and
+            # never starts the step a second time.
+            await tx.set_step_handle(step.pk, {"task_pk": task_pk, "task_name": task_name})
+            outcome = await transition_step(
+                tx, fresh, JobStatus.PENDING, now=now, status_details={"message": "Starting"}
+            )
+            step = outcome.step
+        try:
+            executor = self._executors.for_provider(step.spec.executor.provider)
+            await asyncio.to_thread(prepare_task_folders, paths, step.spec.config)
+            env = task_environment(
+                step=step,
+                task_name=task_name,
+                paths=paths,
+                base_url=self.base_url,
+                inherited=self._inherited,
+                secrets={},
+            )
+            workload = await executor.start(
+                Launch(task_name=task_name, argv=_argv(step), env=env, paths=paths, labels={})
+            )
+        except (ExecutorError, OSError) as exc:
+            await self._finish(
+                step, task_pk, None, ExitStatus(exit_code=None, reason=str(exc)), message=str(exc)
+            )
+            return
+        run.workload = workload
+        await self._mark_active(step, task_pk, task_name, workload, paths)
+        await self._follow(run, step, task_pk, task_name, paths, workload, offsets={})
+
+    async def _mark_active(
+        self, step: StepRecord, task_pk: int, task_name: str, workload: Workload, paths: TaskPaths
+    ) -> None:
+        now = self._clock.now_us()
+        details = {"message": "Running", **workload.details, "work_dir": str(paths.work_dir)}
+        async with self._store.transaction() as tx:
+            await tx.set_step_handle(step.pk, {**workload.handle, "task_pk": task_pk, "task_name": task_name})
+            fresh = await tx.get_step_by_pk(step.pk)
+            assert fresh is not None
+            if fresh.status in (JobStatus.PENDING, JobStatus.RESUMING):
+                await transition_step(tx, fresh, JobStatus.ACTIVE, now=now, status_details=details)
+            await _update_task(tx, task_pk, JobStatus.ACTIVE, details, None, None, now)
+
+    async def _follow(
+        self,
+        run: _Run,
+        step: StepRecord,
+        task_pk: int,
+        task_name: str,
+        paths: TaskPaths,
+        workload: Workload,
+        offsets: dict[str, int],
+    ) -> None:
+        if run.stop_requested:
+            self._control(run, workload.stop(self._settings.grace_period_s))
+        elif run.pause_requested:
+            self._control(run, self._pause(run))
+        collector = OutputCollector(
+            self._store,
+            self._clock,
+            OutputTarget(step.job_pk, step.attempt_id, step.name, task_pk, task_name),
+            paths,
+            offsets,
+            self._settings.log_poll_max_s,
+        )
+        collector.start()
+        try:
+            status = await workload.wait()
+        finally:
+            await collector.finish()
+        if run.control:
+            await asyncio.gather(*run.control, return_exceptions=True)
+        await self._finish(step, task_pk, task_name, status, message=None, shutdown=run.shutdown)
+
+    async def _finish(
+        self,
+        step: StepRecord,
+        task_pk: int,
+        task_name: str | None,
+        status: ExitStatus,
+        *,
+        message: str | None,
+        shutdown: bool = False,
+    ) -> None:
+        """Record how the workload ended, mapped against what the step was asked to do meanwhile."""
+        now = self._clock.now_us()
+        tail = await self._output_tail(step, task_name) if task_name else []
+        async with self._store.transaction() as tx:
+            fresh = await tx.get_step_by_pk(step.pk)
+            if fresh is None:
+                return  # the job was deleted meanwhile
+            details = {**status.as_details()}
+            errors: dict[str, Any] | None = None
+            if fresh.status.is_terminal:
+                final = fresh.status  # a client already decided (PATCH to a terminal status)
+            elif fresh.status == JobStatus.CANCELLING:
+                final = JobStatus.CANCELLED
+                details["message"] = "Cancelled"
+            elif shutdown:
+                final = JobStatus.ERROR
+                errors = {"message": "Stopped because the localjobs daemon shut down", **status.as_details()}
+            elif status.succeeded:
+                final = JobStatus.COMPLETED
+                details["message"] = "Completed"
+            else:
+                final = JobStatus.ERROR
+                details["message"] = message or status.describe()
+                errors = {"message": message or status.describe(), **status.as_details()}
+                if tail:
+                    errors["last_lines"] = tail
+            if final in (JobStatus.ERROR, JobStatus.CANCELLED) and fresh.status == JobStatus.PAUSING:
+                fresh = (await transition_step(tx, fresh, JobStatus.PAUSED, now=now)).step
+            if (
+                final == JobStatus.CANCELLED
+                and fresh.status != JobStatus.CANCELLING
+                and not fresh.status.is_terminal
+            ):
+                fresh = (await transition_step(tx, fresh, JobStatus.CANCELLING, now=now)).step
+            if not fresh.status.is_terminal:
+                try:
+                    await transition_step(
+                        tx, fresh, final, now=now, status_details=details, error_details=errors
+                    )
+                except Conflict:
+                    await transition_step(
+                        tx, fresh, JobStatus.ERROR, now=now, error_details=errors or details
+                    )
+            stack = "\n".join(tail) if final == JobStatus.ERROR and tail else None
+            await _update_task(tx, task_pk, final, details, errors, stack, now)
+        self.wake()
+
+    async def _output_tail(self, step: StepRecord, task_name: str | None) -> list[str]:
+        lines = await self._store.log_lines_before(
+            LogQuery(job_pk=step.job_pk, step_name=step.name, task_name=task_name), None, _ERROR_TAIL_LINES
+        )
+        return [line.message for line in lines]
+
+    async def _pause(self, run: _Run) -> None:
+        if run.workload is None:
+            return
+        await run.workload.pause()
+        async with self._store.transaction() as tx:
+            step = await tx.get_step_by_pk(run.step_pk)
+            if step is not None and step.status == JobStatus.PAUSING:
+                await transition_step(
+                    tx, step, JobStatus.PAUSED, now=self._clock.now_us(), status_details={"message": "Paused"}
+                )
+
+    async def _resume(self, run: _Run) -> None:
+        if run.workload is None:
+            return
+        await run.workload.resume()
+        async with self._store.transaction() as tx:
+            step = await tx.get_step_by_pk(run.step_pk)
+            if step is not None and step.status == JobStatus.RESUMING:
+                await transition_step(
+                    tx,
+                    step,
+                    JobStatus.ACTIVE,
+                    now=self._clock.now_us(),
+                    status_details={"message": "Running"},
+                )
+
+    # ------------------------------------------------------------------ start-up and shut-down
+
+    async def recover(self) -> None:
+        """Re-attach to, or settle, every step an earlier daemon left unfinished."""
+        for step in await self._store.non_terminal_steps():
+            if step.status in _STARTABLE and not step.handle:
+                continue  # never started: the loop will start it
+            handle = step.handle or {}
+            task_pk, task_name = handle.get("task_pk"), handle.get("task_name")
+            if not isinstance(task_pk, int) or not isinstance(task_name, str):
+                if step.status == JobStatus.PAUSED:
+                    continue  # paused before it ever ran: resume will start it
+                await self._settle_lost(step, "no workload was ever recorded for this step")
+                continue
+            paths = task_paths(self._settings.work_dir, step, task_name)
+            try:
+                executor = self._executors.for_provider(step.spec.executor.provider)
+                found = await executor.recover(handle, paths)
+            except ExecutorError as exc:
+                await self._settle_lost(step, str(exc), task_pk)
+                continue
+            if found is None:
+                if "pid" not in handle and "container_id" not in handle:
+                    await self._restart_unstarted(step, task_pk)
+                else:
+                    await self._settle_lost(step, "the workload vanished while the daemon was down", task_pk)
+                continue
+            offsets = await self._store.log_offsets(task_pk)
+            self._claim(step, self._adopt(step, task_pk, task_name, paths, found, offsets))
+        self.wake()
+
+    async def _adopt(
+        self,
+        step: StepRecord,
+        task_pk: int,
+        task_name: str,
+        paths: TaskPaths,
+        found: Workload | ExitStatus,
+        offsets: dict[str, int],
+    ) -> None:
+        run = self._runs[step.pk]
+        if isinstance(found, ExitStatus):
+            collector = OutputCollector(
+                self._store,
+                self._clock,
+                OutputTarget(step.job_pk, step.attempt_id, step.name, task_pk, task_name),
+                paths,
+                offsets,
+                self._settings.log_poll_max_s,
+            )
+            await collector.finish()
+            await self._finish(step, task_pk, task_name, found, message=None)
+            return
+        run.workload = found
+        if step.status == JobStatus.PENDING:
+            await self._mark_active(step, task_pk, task_name, found, paths)
+        elif step.status == JobStatus.CANCELLING:
+            run.stop_requested = True
+        elif step.status == JobStatus.PAUSING:
+            run.pause_requested = True
+        elif step.status == JobStatus.RESUMING:
+            self._control(run, self._resume(run))
+        await self._follow(run, step, task_pk, task_name, paths, found, offsets)
+
+    async def _restart_unstarted(self, step: StepRecord, task_pk: int) -> None:
+        """The daemon died between recording the start and spawning: nothing ran, so start afresh."""
+        now = self._clock.now_us()
+        async with self._store.transaction() as tx:
+            await _update_task(
+                tx,
+                task_pk,
+                JobStatus.ERROR,
+                {"message": "Never started: the daemon stopped first"},
+                None,
+                None,
+                now,
+            )
+            await tx.set_step_handle(step.pk, None)
+            await tx.update_step_state(
+                step.pk,
+                status=JobStatus.CREATED,
+                status_details={**step.status_details, "message": "Restarting after a daemon restart"},
+                error_details=step.error_details,
+                active_since=None,
+                now=now,
+            )
+
+    async def _settle_lost(self, step: StepRecord, why: str, task_pk: int | None = None) -> None:
+        now = self._clock.now_us()
+        final = JobStatus.CANCELLED if step.status == JobStatus.CANCELLING else JobStatus.ERROR
+        errors = None if final == JobStatus.CANCELLED else {"message": f"Workload lost: {why}"}
+        async with self._store.transaction() as tx:
+            fresh = await tx.get_step_by_pk(step.pk)
+            if fresh is None or fresh.status.is_terminal:
+                return
+            if fresh.status == JobStatus.PAUSED and final == JobStatus.ERROR:
+                fresh = (await transition_step(tx, fresh, JobStatus.CANCELLING, now=now)).step
+                final = JobStatus.CANCELLED
+            await transition_step(tx, fresh, final, now=now, error_details=errors)
+            if task_pk is not None:
+                await _update_task(tx, task_pk, final, {"message": why}, errors, None, now)
+
+    async def shutdown(self) -> None:
+        """Stop starting steps; end the running ones (or leave them for the next start)."""
+        self._closing = True
+        self._wake.set()
+        runs = list(self._runs.values())
+        if self._settings.stop_steps_on_shutdown:
+            for run in runs:
+                run.shutdown = True
+                run.stop_requested = True
+                if run.workload is not None:
+                    self._control(run, run.workload.stop(self._settings.grace_period_s))
+            pending = [run.task for run in runs if run.task is not None]
+            if pending:
+                await asyncio.wait(pending, timeout=self._settings.grace_period_s + 10)
+        for run in runs:
+            if run.task is not None and not run.task.done():
+                run.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run.task
+
+
+def _argv(step: StepRecord) -> list[str]:
+    executor = step.spec.executor
+    if executor.provider == "subprocess":
+        return list(executor.command)
+    return [*executor.container.entrypoint, *executor.container.command]
+
+
+async def _update_task(
+    tx: WriteTx,
+    task_pk: int,
+    status: JobStatus,
+    details: dict[str, Any],
+    errors: dict[str, Any] | None,
+    stack: str | None,
+    now: int,
+) -> None:
+    """The daemon's own bookkeeping write: it never counts as a heartbeat."""
+    task = await tx.get_task_by_pk(task_pk)
+    if task is None:
+        return
+    new_status = status if task.status.can_transition_to(status) else task.status
+    await tx.update_task(
+        task_pk,
+        status=new_status,
+        status_details={**task.status_details, **details},
+        error_details=errors or task.error_details,
+        error_stack=stack or task.error_stack,
+        heartbeat_at=task.heartbeat_at,
+        now=now,
+    )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=task.exception())

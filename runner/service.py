@@ -1,0 +1,412 @@
+"""The Jobs API's operations, one method each: what the web handlers call.
+
+Workload control (starting, stopping, freezing processes) belongs to the scheduler; this module
+records intent in the store and tells the scheduler through the `WorkloadControl` protocol.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from runner.clock import Clock
+from runner.errors import Conflict, NotFound, Unprocessable
+from runner.log_pages import LogPage, page_logs
+from runner.models import (
+    NAME_PATTERN,
+    CreateJobRequest,
+    JobFilter,
+    JobRecord,
+    JobSort,
+    JobStatus,
+    LogQuery,
+    Page,
+    StepFilter,
+    StepRecord,
+    StepSort,
+    SubprocessExecutor,
+    TaskRecord,
+    TaskUpdate,
+    base58,
+    new_entity_id,
+)
+from runner.transitions import TransitionOutcome, transition_step
+from storage import AlreadyExists, Repository, WriteTx
+
+
+class WorkloadControl(Protocol):
+    """What the service needs from whoever runs workloads (the scheduler)."""
+
+    def wake(self) -> None:
+        """New runnable steps may exist."""
+
+    def is_running(self, step_pk: int) -> bool: ...
+
+    def request_stop(self, step_pk: int) -> None:
+        """End the live workload of a step now in `cancelling` (or being forced terminal)."""
+
+    def request_pause(self, step_pk: int) -> None:
+        """Freeze the live workload of a step now in `pausing`."""
+
+    def request_resume(self, step_pk: int) -> None:
+        """Thaw the frozen workload of a step now in `resuming`."""
+
+    def profiles(self) -> list[dict[str, Any]]:
+        """The execution profiles on offer, as `GET /execution-profiles` lists them."""
+
+
+@dataclass
+class StatusTree:
+    job: JobRecord
+    steps: list[StepRecord]
+    tasks: dict[int, list[TaskRecord]]
+
+
+_NON_NAME_CHARS = re.compile(r"[^a-z0-9\-@.+_]+")
+
+
+def generate_job_name(source: str) -> str:
+    """`{source[:20]}-{8 lowercase base58 chars}` like the reference, made to fit NAME_PATTERN."""
+    prefix = _NON_NAME_CHARS.sub("-", source[:20].lower())
+    prefix = re.sub(r"-{2,}", "-", prefix).strip("-")
+    if not prefix or not prefix[0].isalpha():
+        prefix = f"job-{prefix}".rstrip("-")
+    suffix = base58(secrets.token_bytes(16)).lower()[-8:]
+    name = f"{prefix}-{suffix}"
+    assert NAME_PATTERN.match(name), name
+    return name
+
+
+class JobService:
+    def __init__(self, store: Repository, clock: Clock, workloads: WorkloadControl) -> None:
+        self._store = store
+        self._clock = clock
+        self._workloads = workloads
+        self._principal = {"principal_id": getpass.getuser(), "principal_groups": []}
+
+    def profiles(self) -> list[dict[str, Any]]:
+        return self._workloads.profiles()
+
+    # ------------------------------------------------------------------------------ jobs
+
+    async def create_job(self, workspace: str, request: CreateJobRequest) -> JobRecord:
+        self._check_profiles(request)
+        now = self._clock.now_us()
+        name = request.name or generate_job_name(request.source)
+        async with self._store.transaction() as tx:
+            try:
+                pk = await tx.insert_job(
+                    id=new_entity_id("platform-job"),
+                    workspace=workspace,
+                    name=name,
+                    project=request.project,
+                    description=request.description,
+                    source=request.source,
+                    spec=request.spec,
+                    platform_spec=request.platform_spec,
+                    fileset=request.output_location or f"job-fileset-{name}",
+                    output_location=request.output_location,
+                    ownership=request.ownership,
+                    custom_fields=request.custom_fields,
+                    auth_context=self._principal,
+                    attempt_id=new_entity_id("platform-job-attempt"),
+                    now=now,
+                )
+            except AlreadyExists as exc:
+                raise Conflict(str(exc)) from exc
+            job = await tx.get_job_by_pk(pk)
+            assert job is not None
+            # Steps are created one at a time, as in the reference: the next when this one completes.
+            await tx.insert_step(job, 0, new_entity_id("platform-job-step"), now)
+        self._workloads.wake()
+        return job
+
+    def _check_profiles(self, request: CreateJobRequest) -> None:
+        offered = {(p["provider"], p["profile"]) for p in self._workloads.profiles()}
+        for step in request.platform_spec.steps:
+            executor = step.executor
+            if (executor.provider, executor.profile) in offered:
+                continue
+            if not isinstance(executor, SubprocessExecutor) and not any(
+                provider == executor.provider for provider, _ in offered
+            ):
+                raise Unprocessable(
+                    f"step {step.name!r} needs the {executor.provider!r} executor, which needs a Docker "
+                    "engine, and none is reachable from this daemon"
+                )
+            raise Unprocessable(
+                f"The execution profile '{executor.provider}/{executor.profile}' specified in step "
+                f"'{step.name}' does not exist."
+            )
+
+    async def get_job(self, workspace: str, name: str) -> JobRecord:
+        job = await self._store.get_job(workspace, name)
+        if job is None:
+            raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
+        return job
+
+    async def list_jobs(self, flt: JobFilter, sort: JobSort, page: int, page_size: int) -> Page[JobRecord]:
+        return await self._store.list_jobs(flt, sort, page, page_size)
+
+    async def delete_job(self, workspace: str, name: str) -> None:
+        async with self._store.transaction() as tx:
+            job = await tx.get_job(workspace, name)
+            if job is None:
+                raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
+            steps = await tx.steps_of_job(job.pk)
+            if not job.status.is_terminal or any(not s.status.is_terminal for s in steps):
+                raise Conflict(f"job {name!r} is {job.status.value!r}: only a finished job can be deleted")
+            await tx.delete_job(job.pk)
+
+    async def status_tree(self, workspace: str, name: str) -> StatusTree:
+        job = await self.get_job(workspace, name)
+        steps = await self._store.steps_of_job(job.pk)
+        tasks = await self._store.tasks_of_steps(s.pk for s in steps)
+        return StatusTree(job=job, steps=steps, tasks=tasks)
+
+    async def merge_job_status_details(self, workspace: str, name: str, details: dict[str, Any]) -> None:
+        async with self._store.transaction() as tx:
+            job = await tx.get_job(workspace, name)
+            if job is None:
+                raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
+            await tx.update_job_state(
+                job.pk,
+                status=job.status,
+                status_details={**job.status_details, **details},
+                error_details=job.error_details,
+                now=self._clock.now_us(),
+            )
+
+    # ------------------------------------------------------------------------------ job control
+
+    async def cancel_job(self, workspace: str, name: str) -> JobRecord:
+        async with self._store.transaction() as tx:
+            job, step = await self._current_step(tx, workspace, name)
+            if step is None or step.status.is_terminal:
+                return job
+            now = self._clock.now_us()
+            live = self._workloads.is_running(step.pk)
+            if step.status == JobStatus.PAUSING:
+                # Our pause is a freeze that completes at once; finish it so the cancel can proceed.
+                await transition_step(tx, step, JobStatus.PAUSED, now=now)
+                step = await self._reload(tx, step)
+            if live:
+                await transition_step(
+                    tx, step, JobStatus.CANCELLING, now=now, status_details={"message": "Cancelling"}
+                )
+            else:
+                if step.status == JobStatus.RESUMING:
+                    step = (await transition_step(tx, step, JobStatus.CANCELLING, now=now)).step
+                await transition_step(
+                    tx,
+                    step,
+                    JobStatus.CANCELLED,
+                    now=now,
+                    status_details={"message": "Cancelled before it ran"},
+                )
+            job = await self._reload_job(tx, job)
+        if live:
+            self._workloads.request_stop(step.pk)
+        return job
+
+    async def pause_job(self, workspace: str, name: str) -> JobRecord:
+        async with self._store.transaction() as tx:
+            job, step = await self._current_step(tx, workspace, name)
+            if step is None or step.status not in (JobStatus.CREATED, JobStatus.PENDING, JobStatus.ACTIVE):
+                return job
+            now = self._clock.now_us()
+            live = self._workloads.is_running(step.pk)
+            await transition_step(tx, step, JobStatus.PAUSING, now=now, status_details={"message": "Pausing"})
+            if not live:
+                step = await self._reload(tx, step)
+                await transition_step(
+                    tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"}
+                )
+            job = await self._reload_job(tx, job)
+        if live:
+            self._workloads.request_pause(step.pk)
+        return job
+
+    async def resume_job(self, workspace: str, name: str) -> JobRecord:
+        async with self._store.transaction() as tx:
+            job, step = await self._current_step(tx, workspace, name)
+            if step is None or step.status != JobStatus.PAUSED:
+                return job
+            live = self._workloads.is_running(step.pk)
+            await transition_step(
+                tx, step, JobStatus.RESUMING, now=self._clock.now_us(), status_details={"message": "Resuming"}
+            )
+            job = await self._reload_job(tx, job)
+        if live:
+            self._workloads.request_resume(step.pk)
+        else:
+            self._workloads.wake()
+        return job
+
+    async def _current_step(
+        self, tx: WriteTx, workspace: str, name: str
+    ) -> tuple[JobRecord, StepRecord | None]:
+        job = await tx.get_job(workspace, name)
+        if job is None:
+            raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
+        steps = await tx.steps_of_job(job.pk)
+        for step in steps:
+            if not step.status.is_terminal:
+                return job, step
+        return job, None
+
+    @staticmethod
+    async def _reload(tx: WriteTx, step: StepRecord) -> StepRecord:
+        fresh = await tx.get_step_by_pk(step.pk)
+        assert fresh is not None
+        return fresh
+
+    @staticmethod
+    async def _reload_job(tx: WriteTx, job: JobRecord) -> JobRecord:
+        fresh = await tx.get_job_by_pk(job.pk)
+        assert fresh is not None
+        return fresh
+
+    # ------------------------------------------------------------------------------ steps
+
+    async def list_steps(
+        self, flt: StepFilter, sort: StepSort, page: int, page_size: int
+    ) -> Page[StepRecord]:
+        return await self._store.list_steps(flt, sort, page, page_size)
+
+    async def get_step(self, workspace: str, job_name: str, step_name: str) -> StepRecord:
+        step = await self._store.get_step(workspace, job_name, step_name)
+        if step is None:
+            await self.get_job(workspace, job_name)
+            raise NotFound(f"step {step_name!r} not found in job {job_name!r}")
+        return step
+
+    async def update_step_status(
+        self,
+        workspace: str,
+        job_name: str,
+        step_name: str,
+        status: JobStatus,
+        status_details: dict[str, Any],
+        error_details: dict[str, Any],
+    ) -> StepRecord:
+        """A client's PATCH. The daemon acts on it, so the status stays true to the workload."""
+        step = await self.get_step(workspace, job_name, step_name)
+        live = self._workloads.is_running(step.pk)
+        async with self._store.transaction() as tx:
+            step = await self._reload(tx, step)
+            outcome = await transition_step(
+                tx,
+                step,
+                status,
+                now=self._clock.now_us(),
+                status_details=status_details,
+                error_details=error_details,
+            )
+        self._after_transition(outcome, live)
+        return outcome.step
+
+    def _after_transition(self, outcome: TransitionOutcome, live: bool) -> None:
+        status = outcome.step.status
+        if outcome.next_step_pk is not None or status in (JobStatus.CREATED, JobStatus.RESUMING):
+            self._workloads.wake()
+        if not live:
+            return
+        if status == JobStatus.CANCELLING or status.is_terminal:
+            self._workloads.request_stop(outcome.step.pk)
+        elif status == JobStatus.PAUSING:
+            self._workloads.request_pause(outcome.step.pk)
+        elif status == JobStatus.RESUMING:
+            self._workloads.request_resume(outcome.step.pk)
+
+    # ------------------------------------------------------------------------------ tasks
+
+    async def list_tasks(self, workspace: str, job_name: str, step_name: str) -> list[TaskRecord]:
+        step = await self.get_step(workspace, job_name, step_name)
+        return await self._store.tasks_of_step(step.pk)
+
+    async def get_task(self, workspace: str, job_name: str, step_name: str, task_name: str) -> TaskRecord:
+        step = await self.get_step(workspace, job_name, step_name)
+        task = await self._store.get_task(step.pk, task_name)
+        if task is None:
+            raise NotFound(f"task {task_name!r} not found in step {step_name!r} of job {job_name!r}")
+        return task
+
+    async def put_task(
+        self, workspace: str, job_name: str, step_name: str, task_name: str, update: TaskUpdate
+    ) -> TaskRecord:
+        """A PUT from a workload or client: upsert, and count it as the task's heartbeat."""
+        step = await self.get_step(workspace, job_name, step_name)
+        now = self._clock.now_us()
+        async with self._store.transaction() as tx:
+            task = await tx.get_task(step.pk, task_name)
+            if task is None:
+                pk = await tx.insert_task(
+                    id=new_entity_id("platform-job-task"),
+                    step_pk=step.pk,
+                    name=task_name,
+                    status=update.status,
+                    status_details=update.status_details or {},
+                    error_details=update.error_details or None,
+                    error_stack=update.error_stack or None,
+                    heartbeat_at=now,
+                    now=now,
+                )
+            else:
+                pk = task.pk
+                # An invalid task transition is ignored (reference behaviour), but it still counts
+                # as a sign of life.
+                allowed = task.status.can_transition_to(update.status)
+                await tx.update_task(
+                    pk,
+                    status=update.status if allowed else task.status,
+                    status_details={**task.status_details, **(update.status_details or {})}
+                    if allowed
+                    else task.status_details,
+                    error_details=(update.error_details or task.error_details)
+                    if allowed
+                    else task.error_details,
+                    error_stack=(update.error_stack or task.error_stack) if allowed else task.error_stack,
+                    heartbeat_at=now,
+                    now=now,
+                )
+            if update.status_details:
+                job = await tx.get_job_by_pk(step.job_pk)
+                assert job is not None
+                await tx.update_job_state(
+                    job.pk,
+                    status=job.status,
+                    status_details={**job.status_details, **update.status_details},
+                    error_details=job.error_details,
+                    now=job.updated_at,
+                )
+            fresh = await tx.get_task_by_pk(pk)
+        assert fresh is not None
+        return fresh
+
+    # ------------------------------------------------------------------------------ logs
+
+    async def page_logs(
+        self,
+        workspace: str,
+        name: str,
+        *,
+        limit: int | None,
+        page_cursor: str | None,
+        tail: int | None,
+        attempt: str | None,
+        step_name: str | None,
+        task_name: str | None,
+    ) -> LogPage:
+        job = await self.get_job(workspace, name)
+        # The reference types attempt_id as an integer yet stores string ids, so an explicit value
+        # never matches there. Here an integer is the attempt's sequence number (0 = first).
+        if attempt is None or attempt in (job.attempt_id, str(job.attempt_seq)):
+            attempt_id = job.attempt_id
+        else:
+            attempt_id = f"no-such-attempt:{attempt}"
+        query = LogQuery(job_pk=job.pk, attempt_id=attempt_id, step_name=step_name, task_name=task_name)
+        return await page_logs(self._store, query, limit=limit, page_cursor=page_cursor, tail=tail)

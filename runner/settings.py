@@ -1,0 +1,86 @@
+"""The daemon's settings: one frozen object, built once by the entry point from flags and environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "LOCALJOBS_"
+
+
+def default_data_dir() -> Path:
+    """A per-user state folder: $XDG_STATE_HOME/localjobs, else ~/.local/state/localjobs."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "localjobs"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=default_data_dir)
+    # How many steps may run at once across all jobs; the rest wait in `created`.
+    max_running_steps: int = 64
+    # SIGTERM -> this long -> SIGKILL, for cancel and shutdown.
+    grace_period_s: float = 10.0
+    # Graceful daemon stop ends running steps; False leaves them running for the next start to adopt.
+    stop_steps_on_shutdown: bool = True
+    # How often a running step's output files are read while it prints nothing new (upper bound).
+    log_poll_max_s: float = 0.2
+    # Time limits of the execution profiles (the reference's defaults).
+    ttl_seconds_before_active: int = 1800
+    ttl_seconds_active: int = 86400
+    ttl_seconds_after_finished: int = 3600
+    # Variables passed from the daemon's own environment to subprocess steps; nothing else leaks.
+    inherited_env: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV")
+    # What a leading `python`/`python3` in a subprocess command runs (the reference does the same).
+    python_executable: str = sys.executable
+    # Docker: keep finished containers for debugging; run `cpu` container steps as host processes.
+    keep_containers: bool = False
+    cpu_containers_as_subprocess: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "localjobs.db"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+
+def _convert(name: str, raw: str, default: object) -> object:
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected true or false, got {raw!r}")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, Path):
+        return Path(raw).expanduser()
+    if isinstance(default, tuple):
+        return tuple(part for part in raw.split(",") if part)
+    return raw
+
+
+def load_settings(overrides: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
+    """Flags (non-None `overrides`) beat LOCALJOBS_* variables, which beat the defaults."""
+    defaults = Settings()
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        default = getattr(defaults, f.name)
+        if overrides.get(f.name) is not None:
+            values[f.name] = _convert(f.name, str(overrides[f.name]), default)
+        elif (raw := environ.get(ENV_PREFIX + f.name.upper())) is not None:
+            try:
+                values[f.name] = _convert(f.name, raw, default)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+    return Settings(**values)  # type: ignore[arg-type]

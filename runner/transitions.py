@@ -1,0 +1,112 @@
+"""Step status changes and how they roll up to the job, applied inside one write transaction.
+
+Every writer (the API's PATCH, the scheduler, the watchdog) goes through `transition_step`, so the
+transition table, the roll-up and the creation of the next step hold for all of them alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runner.errors import Conflict
+from runner.models import JobRecord, JobStatus, StepRecord, new_entity_id
+from storage import WriteTx
+
+# A step reaching one of these drags the job along to the same status.
+_MIRRORED = frozenset(
+    {
+        JobStatus.CANCELLING,
+        JobStatus.CANCELLED,
+        JobStatus.ERROR,
+        JobStatus.PAUSING,
+        JobStatus.PAUSED,
+        JobStatus.RESUMING,
+    }
+)
+
+
+@dataclass
+class TransitionOutcome:
+    step: StepRecord
+    job: JobRecord
+    # The step created because this one completed, if any: the scheduler must hear of it.
+    next_step_pk: int | None = None
+    changed: bool = False
+
+
+async def transition_step(
+    tx: WriteTx,
+    step: StepRecord,
+    new_status: JobStatus,
+    *,
+    now: int,
+    status_details: dict[str, Any] | None = None,
+    error_details: dict[str, Any] | None = None,
+) -> TransitionOutcome:
+    """Move `step` to `new_status` (Conflict if the table forbids it) and roll the job up."""
+    if not step.status.can_transition_to(new_status):
+        raise Conflict(
+            f"step {step.name!r} of job {step.job_name!r} cannot go from {step.status.value!r} "
+            f"to {new_status.value!r}"
+        )
+    merged = {**step.status_details, **(status_details or {})}
+    errors = error_details if error_details else step.error_details
+    active_since = step.active_since
+    if new_status == JobStatus.ACTIVE and step.status != JobStatus.ACTIVE and active_since is None:
+        active_since = now
+    job = await tx.get_job_by_pk(step.job_pk)
+    assert job is not None, "a step always has its job (foreign key with cascade)"
+    if (new_status, merged, errors) == (step.status, step.status_details, step.error_details):
+        return TransitionOutcome(step=step, job=job)
+    status_changed = new_status != step.status
+    await tx.update_step_state(
+        step.pk,
+        status=new_status,
+        status_details=merged,
+        error_details=errors,
+        active_since=active_since,
+        now=now,
+    )
+    step = step.model_copy(
+        update={
+            "status": new_status,
+            "status_details": merged,
+            "error_details": errors,
+            "active_since": active_since,
+            "updated_at": now,
+        }
+    )
+    outcome = TransitionOutcome(step=step, job=job, changed=True)
+    if status_changed:
+        await _roll_up(tx, outcome, now)
+    return outcome
+
+
+async def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
+    step, job = outcome.step, outcome.job
+    target: JobStatus | None = None
+    job_errors = job.error_details
+    if step.status == JobStatus.PENDING:
+        # Only the first step's `pending` shows on the job; later ones leave it `active`.
+        target = JobStatus.PENDING if step.index == 0 else None
+    elif step.status == JobStatus.ACTIVE:
+        target = JobStatus.ACTIVE
+    elif step.status == JobStatus.COMPLETED:
+        if step.index + 1 < len(job.platform_spec.steps):
+            outcome.next_step_pk = await tx.insert_step(
+                job, step.index + 1, new_entity_id("platform-job-step"), now
+            )
+        else:
+            target = JobStatus.COMPLETED
+    elif step.status in _MIRRORED:
+        target = step.status
+        if step.status == JobStatus.ERROR:
+            job_errors = step.error_details
+    if target is None or target == job.status or not job.status.can_transition_to(target):
+        # The reference skips a forbidden job transition silently: it guards against stale writers.
+        return
+    await tx.update_job_state(
+        job.pk, status=target, status_details=job.status_details, error_details=job_errors, now=now
+    )
+    outcome.job = job.model_copy(update={"status": target, "error_details": job_errors, "updated_at": now})

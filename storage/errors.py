@@ -1,0 +1,15 @@
+"""Errors raised by storage. sqlite3 errors never leave this package untranslated."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Root of every storage error."""
+
+
+class AlreadyExists(StorageError):
+    """A unique name is already taken."""
+
+
+class StorageUnavailable(StorageError):
+    """The database file could not be opened, migrated or written."""

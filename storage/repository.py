@@ -1,0 +1,602 @@
+"""The one repository object over SQLite. All SQL of the project lives in this package.
+
+Single-writer discipline: one write connection guarded by an asyncio lock, every write inside
+`BEGIN IMMEDIATE`; reads go through a second connection, which in WAL mode never waits for writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from runner.models import (
+    JobFilter,
+    JobRecord,
+    JobSort,
+    JobStatus,
+    LogLine,
+    LogQuery,
+    Page,
+    PlatformJobSpec,
+    StepFilter,
+    StepRecord,
+    StepSort,
+    StepSpec,
+    StringCondition,
+    TaskRecord,
+)
+from storage.errors import AlreadyExists, StorageUnavailable
+from storage.schema import MIGRATIONS
+
+_BUSY_TIMEOUT_MS = 5000
+
+_JOB_SORT_SQL = {
+    JobSort.CREATED_AT: "created_at ASC, pk ASC",
+    JobSort.CREATED_AT_DESC: "created_at DESC, pk DESC",
+    JobSort.UPDATED_AT: "updated_at ASC, pk ASC",
+    JobSort.UPDATED_AT_DESC: "updated_at DESC, pk DESC",
+    JobSort.SOURCE: "source ASC, pk ASC",
+    JobSort.SOURCE_DESC: "source DESC, pk DESC",
+}
+_STEP_SORT_SQL = {
+    StepSort.CREATED_AT: "created_at ASC, pk ASC",
+    StepSort.CREATED_AT_DESC: "created_at DESC, pk DESC",
+    StepSort.UPDATED_AT: "updated_at ASC, pk ASC",
+    StepSort.UPDATED_AT_DESC: "updated_at DESC, pk DESC",
+}
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        pk=row["pk"],
+        id=row["id"],
+        name=row["name"],
+        workspace=row["workspace"],
+        project=row["project"],
+        description=row["description"],
+        source=row["source"],
+        spec=json.loads(row["spec"]),
+        platform_spec=PlatformJobSpec.model_validate_json(row["platform_spec"]),
+        fileset=row["fileset"],
+        output_location=row["output_location"],
+        ownership=_load(row["ownership"]),
+        custom_fields=_load(row["custom_fields"]),
+        auth_context=_load(row["auth_context"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        attempt_id=row["attempt_id"],
+        attempt_seq=row["attempt_seq"],
+        status=JobStatus(row["status"]),
+        status_details=json.loads(row["status_details"]),
+        error_details=_load(row["error_details"]),
+    )
+
+
+def _step(row: sqlite3.Row) -> StepRecord:
+    return StepRecord(
+        pk=row["pk"],
+        id=row["id"],
+        name=row["name"],
+        workspace=row["workspace"],
+        job_pk=row["job_pk"],
+        job_name=row["job_name"],
+        job_source=row["job_source"],
+        attempt_id=row["attempt_id"],
+        fileset=row["fileset"],
+        output_location=row["output_location"],
+        auth_context=_load(row["auth_context"]),
+        index=row["idx"],
+        spec=StepSpec.model_validate_json(row["spec"]),
+        status=JobStatus(row["status"]),
+        status_details=json.loads(row["status_details"]),
+        error_details=_load(row["error_details"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        active_since=row["active_since"],
+        handle=_load(row["handle"]),
+    )
+
+
+def _task(row: sqlite3.Row) -> TaskRecord:
+    return TaskRecord(
+        pk=row["pk"],
+        id=row["id"],
+        name=row["name"],
+        workspace=row["workspace"],
+        step_pk=row["step_pk"],
+        step_id=row["step_id"],
+        status=JobStatus(row["status"]),
+        status_details=json.loads(row["status_details"]),
+        error_details=_load(row["error_details"]),
+        error_stack=row["error_stack"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        heartbeat_at=row["heartbeat_at"],
+    )
+
+
+def _log(row: sqlite3.Row) -> LogLine:
+    return LogLine(
+        id=row["id"],
+        timestamp=row["ts"],
+        job_name=row["job_name"],
+        attempt_id=row["attempt_id"],
+        step_name=row["step_name"],
+        task_name=row["task_name"],
+        stream=row["stream"],
+        message=row["message"],
+    )
+
+
+_TASK_SELECT = (
+    "SELECT t.*, s.workspace AS workspace, s.id AS step_id FROM tasks t JOIN steps s ON s.pk = t.step_pk"
+)
+_LOG_SELECT = "SELECT l.*, j.name AS job_name FROM log_lines l JOIN jobs j ON j.pk = l.job_pk"
+
+
+def _string_condition(column: str, cond: StringCondition, where: list[str], args: list[Any]) -> None:
+    if cond.eq is not None:
+        where.append(f"{column} = ?")
+        args.append(cond.eq)
+    if cond.like is not None:
+        # The reference's $like is a case-insensitive substring match.
+        escaped = cond.like.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(f"{column} LIKE ? ESCAPE '\\'")
+        args.append(f"%{escaped}%")
+    if cond.in_ is not None:
+        where.append(f"{column} IN ({','.join('?' * len(cond.in_))})")
+        args.extend(cond.in_)
+    if cond.nin is not None:
+        where.append(f"({column} IS NULL OR {column} NOT IN ({','.join('?' * len(cond.nin))}))")
+        args.extend(cond.nin)
+
+
+class _Reads:
+    """Queries shared by the read connection and write transactions (which must see their own writes)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def _one(self, sql: str, args: Sequence[Any]) -> sqlite3.Row | None:
+        async with self._conn.execute(sql, args) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def _all(self, sql: str, args: Sequence[Any]) -> list[sqlite3.Row]:
+        async with self._conn.execute(sql, args) as cursor:
+            return list(await cursor.fetchall())
+
+    async def get_job(self, workspace: str, name: str) -> JobRecord | None:
+        row = await self._one("SELECT * FROM jobs WHERE workspace = ? AND name = ?", (workspace, name))
+        return None if row is None else _job(row)
+
+    async def get_job_by_pk(self, pk: int) -> JobRecord | None:
+        row = await self._one("SELECT * FROM jobs WHERE pk = ?", (pk,))
+        return None if row is None else _job(row)
+
+    async def get_step(self, workspace: str, job_name: str, step_name: str) -> StepRecord | None:
+        row = await self._one(
+            "SELECT * FROM steps WHERE workspace = ? AND job_name = ? AND name = ?",
+            (workspace, job_name, step_name),
+        )
+        return None if row is None else _step(row)
+
+    async def get_step_by_pk(self, pk: int) -> StepRecord | None:
+        row = await self._one("SELECT * FROM steps WHERE pk = ?", (pk,))
+        return None if row is None else _step(row)
+
+    async def steps_of_job(self, job_pk: int) -> list[StepRecord]:
+        rows = await self._all("SELECT * FROM steps WHERE job_pk = ? ORDER BY idx", (job_pk,))
+        return [_step(row) for row in rows]
+
+    async def tasks_of_step(self, step_pk: int) -> list[TaskRecord]:
+        rows = await self._all(f"{_TASK_SELECT} WHERE t.step_pk = ? ORDER BY t.pk", (step_pk,))
+        return [_task(row) for row in rows]
+
+    async def tasks_of_steps(self, step_pks: Iterable[int]) -> dict[int, list[TaskRecord]]:
+        keys = list(step_pks)
+        result: dict[int, list[TaskRecord]] = {pk: [] for pk in keys}
+        if keys:
+            rows = await self._all(
+                f"{_TASK_SELECT} WHERE t.step_pk IN ({','.join('?' * len(keys))}) ORDER BY t.pk", keys
+            )
+            for row in rows:
+                result[row["step_pk"]].append(_task(row))
+        return result
+
+    async def get_task(self, step_pk: int, name: str) -> TaskRecord | None:
+        row = await self._one(f"{_TASK_SELECT} WHERE t.step_pk = ? AND t.name = ?", (step_pk, name))
+        return None if row is None else _task(row)
+
+    async def get_task_by_pk(self, pk: int) -> TaskRecord | None:
+        row = await self._one(f"{_TASK_SELECT} WHERE t.pk = ?", (pk,))
+        return None if row is None else _task(row)
+
+
+class WriteTx(_Reads):
+    """The typed writes available inside one `Repository.transaction()`."""
+
+    async def insert_job(
+        self,
+        *,
+        id: str,
+        workspace: str,
+        name: str,
+        project: str | None,
+        description: str | None,
+        source: str,
+        spec: dict[str, Any],
+        platform_spec: PlatformJobSpec,
+        fileset: str,
+        output_location: str | None,
+        ownership: dict[str, Any] | None,
+        custom_fields: dict[str, Any] | None,
+        auth_context: dict[str, Any] | None,
+        attempt_id: str,
+        now: int,
+    ) -> int:
+        try:
+            cursor = await self._conn.execute(
+                "INSERT INTO jobs (id, workspace, name, project, description, source, spec, platform_spec,"
+                " fileset, output_location, ownership, custom_fields, auth_context, attempt_id, status,"
+                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    id,
+                    workspace,
+                    name,
+                    project,
+                    description,
+                    source,
+                    _dump(spec),
+                    platform_spec.model_dump_json(),
+                    fileset,
+                    output_location,
+                    _dump(ownership),
+                    _dump(custom_fields),
+                    _dump(auth_context),
+                    attempt_id,
+                    JobStatus.CREATED.value,
+                    now,
+                    now,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"a job named {name!r} already exists in workspace {workspace!r}") from exc
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def insert_step(self, job: JobRecord, index: int, step_id: str, now: int) -> int:
+        spec = job.platform_spec.steps[index]
+        cursor = await self._conn.execute(
+            "INSERT INTO steps (id, workspace, job_pk, job_name, job_source, attempt_id, fileset,"
+            " output_location, auth_context, idx, name, spec, status, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                step_id,
+                job.workspace,
+                job.pk,
+                job.name,
+                job.source,
+                job.attempt_id,
+                job.fileset,
+                job.output_location,
+                _dump(job.auth_context),
+                index,
+                spec.name,
+                spec.model_dump_json(),
+                JobStatus.CREATED.value,
+                now,
+                now,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def update_job_state(
+        self,
+        pk: int,
+        *,
+        status: JobStatus,
+        status_details: dict[str, Any],
+        error_details: dict[str, Any] | None,
+        now: int,
+    ) -> None:
+        await self._conn.execute(
+            "UPDATE jobs SET status = ?, status_details = ?, error_details = ?, updated_at = ? WHERE pk = ?",
+            (status.value, _dump(status_details), _dump(error_details), now, pk),
+        )
+
+    async def update_step_state(
+        self,
+        pk: int,
+        *,
+        status: JobStatus,
+        status_details: dict[str, Any],
+        error_details: dict[str, Any] | None,
+        active_since: int | None,
+        now: int,
+    ) -> None:
+        await self._conn.execute(
+            "UPDATE steps SET status = ?, status_details = ?, error_details = ?, active_since = ?,"
+            " updated_at = ? WHERE pk = ?",
+            (status.value, _dump(status_details), _dump(error_details), active_since, now, pk),
+        )
+
+    async def set_step_handle(self, pk: int, handle: dict[str, Any] | None) -> None:
+        await self._conn.execute("UPDATE steps SET handle = ? WHERE pk = ?", (_dump(handle), pk))
+
+    async def insert_task(
+        self,
+        *,
+        id: str,
+        step_pk: int,
+        name: str,
+        status: JobStatus,
+        status_details: dict[str, Any],
+        error_details: dict[str, Any] | None,
+        error_stack: str | None,
+        heartbeat_at: int | None,
+        now: int,
+    ) -> int:
+        cursor = await self._conn.execute(
+            "INSERT INTO tasks (id, step_pk, name, status, status_details, error_details, error_stack,"
+            " created_at, updated_at, heartbeat_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                id,
+                step_pk,
+                name,
+                status.value,
+                _dump(status_details),
+                _dump(error_details),
+                error_stack,
+                now,
+                now,
+                heartbeat_at,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def update_task(
+        self,
+        pk: int,
+        *,
+        status: JobStatus,
+        status_details: dict[str, Any],
+        error_details: dict[str, Any] | None,
+        error_stack: str | None,
+        heartbeat_at: int | None,
+        now: int,
+    ) -> None:
+        await self._conn.execute(
+            "UPDATE tasks SET status = ?, status_details = ?, error_details = ?, error_stack = ?,"
+            " heartbeat_at = ?, updated_at = ? WHERE pk = ?",
+            (
+                status.value,
+                _dump(status_details),
+                _dump(error_details),
+                error_stack,
+                heartbeat_at,
+                now,
+                pk,
+            ),
+        )
+
+    async def delete_job(self, pk: int) -> None:
+        await self._conn.execute("DELETE FROM jobs WHERE pk = ?", (pk,))
+
+    async def append_log_lines(
+        self,
+        *,
+        job_pk: int,
+        attempt_id: str,
+        step_name: str,
+        task_pk: int,
+        task_name: str,
+        stream: str,
+        lines: Sequence[tuple[int, str]],
+        new_offset: int,
+    ) -> None:
+        """Store lines and the file offset they end at in one commit: a crash loses or repeats nothing."""
+        if lines:
+            await self._conn.executemany(
+                "INSERT INTO log_lines (job_pk, attempt_id, step_name, task_name, stream, ts, message)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [(job_pk, attempt_id, step_name, task_name, stream, ts, msg) for ts, msg in lines],
+            )
+        await self._conn.execute(
+            "INSERT INTO log_offsets (task_pk, stream, offset) VALUES (?,?,?)"
+            " ON CONFLICT (task_pk, stream) DO UPDATE SET offset = excluded.offset",
+            (task_pk, stream, new_offset),
+        )
+
+
+class Repository(_Reads):
+    """Typed access to the store: reads on a reader connection, writes through `transaction()`."""
+
+    def __init__(self, reader: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
+        super().__init__(reader)
+        self._writer = writer
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Repository:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = await _connect(path)
+            await _migrate(writer)
+            reader = await _connect(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageUnavailable(f"cannot open the database at {path}: {exc}") from exc
+        return cls(reader, writer)
+
+    async def close(self) -> None:
+        await self._conn.close()
+        await self._writer.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[WriteTx]:
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield WriteTx(self._writer)
+            except BaseException:
+                await self._writer.rollback()
+                raise
+            else:
+                try:
+                    await self._writer.commit()
+                except sqlite3.Error as exc:
+                    await self._writer.rollback()
+                    raise StorageUnavailable(f"commit failed: {exc}") from exc
+
+    # ----------------------------------------------------------------------------- lists
+
+    async def list_jobs(self, flt: JobFilter, sort: JobSort, page: int, page_size: int) -> Page[JobRecord]:
+        where = ["workspace = ?"]
+        args: list[Any] = [flt.workspace]
+        for column, cond in (("name", flt.name), ("source", flt.source), ("project", flt.project)):
+            if cond is not None:
+                _string_condition(column, cond, where, args)
+        if flt.statuses:
+            where.append(f"status IN ({','.join('?' * len(flt.statuses))})")
+            args.extend(s.value for s in flt.statuses)
+        for column, op, bound in (
+            ("created_at", ">=", flt.created_gte),
+            ("created_at", "<=", flt.created_lte),
+            ("updated_at", ">=", flt.updated_gte),
+            ("updated_at", "<=", flt.updated_lte),
+        ):
+            if bound is not None:
+                where.append(f"{column} {op} ?")
+                args.append(bound)
+        clause = " AND ".join(where)
+        total_row = await self._one(f"SELECT COUNT(*) FROM jobs WHERE {clause}", args)
+        rows = await self._all(
+            f"SELECT * FROM jobs WHERE {clause} ORDER BY {_JOB_SORT_SQL[sort]} LIMIT ? OFFSET ?",
+            [*args, page_size, (page - 1) * page_size],
+        )
+        return Page(items=[_job(r) for r in rows], total=total_row[0] if total_row else 0)
+
+    async def list_steps(
+        self, flt: StepFilter, sort: StepSort, page: int, page_size: int
+    ) -> Page[StepRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if flt.workspace is not None:
+            where.append("workspace = ?")
+            args.append(flt.workspace)
+        if flt.job is not None:
+            where.append("job_name = ?")
+            args.append(flt.job)
+        if flt.statuses:
+            where.append(f"status IN ({','.join('?' * len(flt.statuses))})")
+            args.extend(s.value for s in flt.statuses)
+        if flt.source is not None:
+            where.append("job_source = ?")
+            args.append(flt.source)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        total_row = await self._one(f"SELECT COUNT(*) FROM steps {clause}", args)
+        # Page on the narrow index first, then fetch the wide rows of just that page.
+        rows = await self._all(
+            f"SELECT * FROM steps WHERE pk IN (SELECT pk FROM steps {clause}"
+            f" ORDER BY {_STEP_SORT_SQL[sort]} LIMIT ? OFFSET ?) ORDER BY {_STEP_SORT_SQL[sort]}",
+            [*args, page_size, (page - 1) * page_size],
+        )
+        return Page(items=[_step(r) for r in rows], total=total_row[0] if total_row else 0)
+
+    async def non_terminal_steps(self) -> list[StepRecord]:
+        rows = await self._all(
+            "SELECT * FROM steps WHERE status NOT IN ('completed','error','cancelled')"
+            " ORDER BY created_at, pk",
+            (),
+        )
+        return [_step(r) for r in rows]
+
+    async def runnable_steps(self, limit: int) -> list[StepRecord]:
+        """Steps waiting for the scheduler, oldest first (FIFO, as the reference)."""
+        rows = await self._all(
+            "SELECT * FROM steps WHERE status IN ('created','resuming') ORDER BY created_at, pk LIMIT ?",
+            (limit,),
+        )
+        return [_step(r) for r in rows]
+
+    # ----------------------------------------------------------------------------- logs
+
+    async def log_offsets(self, task_pk: int) -> dict[str, int]:
+        rows = await self._all("SELECT stream, offset FROM log_offsets WHERE task_pk = ?", (task_pk,))
+        return {row["stream"]: row["offset"] for row in rows}
+
+    def _log_scope(self, query: LogQuery) -> tuple[str, list[Any]]:
+        where = ["l.job_pk = ?"]
+        args: list[Any] = [query.job_pk]
+        if query.attempt_id is not None:
+            where.append("l.attempt_id = ?")
+            args.append(query.attempt_id)
+        if query.step_name is not None:
+            where.append("l.step_name = ?")
+            args.append(query.step_name)
+        if query.task_name is not None:
+            where.append("l.task_name = ?")
+            args.append(query.task_name)
+        return " AND ".join(where), args
+
+    async def count_log_lines(self, query: LogQuery) -> int:
+        clause, args = self._log_scope(query)
+        row = await self._one(f"SELECT COUNT(*) FROM log_lines l WHERE {clause}", args)
+        return row[0] if row else 0
+
+    async def log_lines_after(self, query: LogQuery, after_id: int, limit: int) -> list[LogLine]:
+        clause, args = self._log_scope(query)
+        rows = await self._all(
+            f"{_LOG_SELECT} WHERE {clause} AND l.id > ? ORDER BY l.id ASC LIMIT ?", [*args, after_id, limit]
+        )
+        return [_log(r) for r in rows]
+
+    async def log_lines_before(self, query: LogQuery, before_id: int | None, limit: int) -> list[LogLine]:
+        """The `limit` lines just before `before_id` (newest ones when None), in ascending order."""
+        clause, args = self._log_scope(query)
+        if before_id is not None:
+            clause += " AND l.id < ?"
+            args.append(before_id)
+        rows = await self._all(f"{_LOG_SELECT} WHERE {clause} ORDER BY l.id DESC LIMIT ?", [*args, limit])
+        return [_log(r) for r in reversed(rows)]
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    await conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL mode is durable across process crashes; only an OS crash can drop the last commits.
+    await conn.execute("PRAGMA synchronous = NORMAL")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = row[0] if row else 0
+    if version > len(MIGRATIONS):
+        raise StorageUnavailable(
+            f"the database is at schema version {version}, newer than this localjobs ({len(MIGRATIONS)})"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript commits on its own; the version bump is part of the same script.
+        await conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")

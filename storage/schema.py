@@ -1,0 +1,109 @@
+"""The SQLite schema as an ordered list of migrations; `PRAGMA user_version` records how far a file got."""
+
+from __future__ import annotations
+
+# Each entry runs once, in order, inside one transaction. Never edit a released entry: append a new one.
+MIGRATIONS: list[str] = [
+    # 1: jobs, steps, tasks, logs.
+    """
+    CREATE TABLE jobs (
+        pk              INTEGER PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        workspace       TEXT NOT NULL,
+        name            TEXT NOT NULL,
+        project         TEXT,
+        description     TEXT,
+        source          TEXT NOT NULL,
+        spec            TEXT NOT NULL,
+        platform_spec   TEXT NOT NULL,
+        fileset         TEXT NOT NULL,
+        output_location TEXT,
+        ownership       TEXT,
+        custom_fields   TEXT,
+        auth_context    TEXT,
+        attempt_id      TEXT NOT NULL,
+        attempt_seq     INTEGER NOT NULL DEFAULT 0,
+        status          TEXT NOT NULL,
+        status_details  TEXT NOT NULL DEFAULT '{}',
+        error_details   TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        UNIQUE (workspace, name)
+    );
+    CREATE INDEX jobs_ws_created ON jobs (workspace, created_at, pk);
+    CREATE INDEX jobs_ws_updated ON jobs (workspace, updated_at, pk);
+    CREATE INDEX jobs_ws_status ON jobs (workspace, status, created_at, pk);
+
+    CREATE TABLE steps (
+        pk              INTEGER PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        workspace       TEXT NOT NULL,
+        job_pk          INTEGER NOT NULL REFERENCES jobs (pk) ON DELETE CASCADE,
+        job_name        TEXT NOT NULL,
+        job_source      TEXT NOT NULL,
+        attempt_id      TEXT NOT NULL,
+        fileset         TEXT NOT NULL,
+        output_location TEXT,
+        auth_context    TEXT,
+        idx             INTEGER NOT NULL,
+        name            TEXT NOT NULL,
+        spec            TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        status_details  TEXT NOT NULL DEFAULT '{}',
+        error_details   TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        active_since    INTEGER,
+        handle          TEXT,
+        UNIQUE (job_pk, name)
+    );
+    -- List Steps must not slow down with history: every filter/sort pair has an index to walk.
+    CREATE INDEX steps_ws_created ON steps (workspace, created_at, pk);
+    CREATE INDEX steps_ws_updated ON steps (workspace, updated_at, pk);
+    CREATE INDEX steps_ws_job_created ON steps (workspace, job_name, created_at, pk);
+    CREATE INDEX steps_ws_status_created ON steps (workspace, status, created_at, pk);
+    CREATE INDEX steps_ws_status_updated ON steps (workspace, status, updated_at, pk);
+    CREATE INDEX steps_ws_source_created ON steps (workspace, job_source, created_at, pk);
+    CREATE INDEX steps_created ON steps (created_at, pk);
+    CREATE INDEX steps_status_created ON steps (status, created_at, pk);
+    CREATE INDEX steps_job ON steps (job_pk, idx);
+
+    CREATE TABLE tasks (
+        pk              INTEGER PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        step_pk         INTEGER NOT NULL REFERENCES steps (pk) ON DELETE CASCADE,
+        name            TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        status_details  TEXT NOT NULL DEFAULT '{}',
+        error_details   TEXT,
+        error_stack     TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        heartbeat_at    INTEGER,
+        UNIQUE (step_pk, name)
+    );
+
+    CREATE TABLE log_lines (
+        id          INTEGER PRIMARY KEY,
+        job_pk      INTEGER NOT NULL REFERENCES jobs (pk) ON DELETE CASCADE,
+        attempt_id  TEXT NOT NULL,
+        step_name   TEXT NOT NULL,
+        task_name   TEXT NOT NULL,
+        stream      TEXT NOT NULL,
+        ts          INTEGER NOT NULL,
+        message     TEXT NOT NULL
+    );
+    -- Paging and tail both walk (job, id): cost depends on the page, not on the log's size.
+    CREATE INDEX log_lines_job ON log_lines (job_pk, id);
+    CREATE INDEX log_lines_job_step ON log_lines (job_pk, step_name, task_name, id);
+
+    -- How far the daemon has read each task's output files, committed with the lines themselves,
+    -- so a restarted daemon neither loses nor repeats a line.
+    CREATE TABLE log_offsets (
+        task_pk     INTEGER NOT NULL REFERENCES tasks (pk) ON DELETE CASCADE,
+        stream      TEXT NOT NULL,
+        offset      INTEGER NOT NULL,
+        PRIMARY KEY (task_pk, stream)
+    );
+    """,
+]

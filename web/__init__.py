@@ -1,0 +1,1 @@
+"""The aiohttp application: routes, request/response shapes, error middleware, entry point."""
