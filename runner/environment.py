@@ -19,7 +19,7 @@ def prepare_task_folders(paths: TaskPaths, config: dict[str, object]) -> None:
     paths.scratch_dir.mkdir(parents=True, exist_ok=True)
     paths.config_dir.mkdir(parents=True, exist_ok=True)
     paths.persistent_dir.mkdir(parents=True, exist_ok=True)
-    paths.config_file.write_text(json.dumps(config, indent=2))
+    paths.config_file.write_text(json.dumps(config))
 
 
 def task_environment(

@@ -29,10 +29,19 @@ class Server:
 
     async def start(self) -> None:
         await self.daemon.start()
-        self._runner = web.AppRunner(create_app(self.daemon.service), access_log=None, handle_signals=False)
+        try:
+            await self._serve()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _serve(self) -> None:
+        self._runner = web.AppRunner(
+            create_app(self.daemon.service), access_log=None, handle_signals=False, shutdown_timeout=5
+        )
         await self._runner.setup()
         settings = self.daemon.settings
-        site = web.TCPSite(self._runner, settings.host, settings.port, shutdown_timeout=5)
+        site = web.TCPSite(self._runner, settings.host, settings.port)
         await site.start()
         host, port = _bound_address(self._runner)
         self.base_url = f"http://{host}:{port}"

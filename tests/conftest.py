@@ -1,0 +1,109 @@
+"""Shared fixtures: a real daemon on 127.0.0.1 with a real SQLite file, driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from runner.daemon import Daemon
+from runner.settings import ENV_PREFIX, Settings
+from web.app import Server
+
+TERMINAL = {"completed", "error", "cancelled"}
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never pick up a developer's LOCALJOBS_* settings."""
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+
+
+def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    base = Settings(host="127.0.0.1", port=0, data_dir=tmp_path / "data", grace_period_s=2.0)
+    return replace(base, **overrides)
+
+
+@dataclass
+class Api:
+    """A thin HTTP client for one workspace of a running daemon."""
+
+    session: aiohttp.ClientSession
+    base_url: str
+    workspace: str = "default"
+
+    @property
+    def ws(self) -> str:
+        return f"{self.base_url}/apis/jobs/v2/workspaces/{self.workspace}"
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        url = path if path.startswith("http") else f"{self.ws}{path}"
+        async with self.session.request(method, url, **kwargs) as resp:
+            body = await resp.read()
+            if not body:
+                return resp.status, None
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, body
+
+    async def create_job(
+        self, steps: list[dict[str, Any]], name: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"source": "test", "spec": {}, "platform_spec": {"steps": steps}, **extra}
+        if name is not None:
+            body["name"] = name
+        status, data = await self.request("POST", "/jobs", json=body)
+        assert status == 201, data
+        return data  # type: ignore[no-any-return]
+
+    async def wait_job(
+        self, name: str, statuses: set[str] | None = None, timeout_s: float = 20
+    ) -> dict[str, Any]:
+        wanted = statuses or TERMINAL
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, job = await self.request("GET", f"/jobs/{name}")
+            assert status == 200, job
+            if job["status"] in wanted:
+                return job  # type: ignore[no-any-return]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {name} still {job['status']} after {timeout_s}s: {job}")
+            await asyncio.sleep(0.02)
+
+    async def logs(self, name: str, **params: Any) -> list[str]:
+        status, page = await self.request("GET", f"/jobs/{name}/logs", params={"limit": 10000, **params})
+        assert status == 200, page
+        return [line["message"] for line in page["data"]]
+
+
+def step(name: str, *command: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "executor": {"provider": "subprocess", "command": list(command)}, **extra}
+
+
+def shell(name: str, script: str, **extra: Any) -> dict[str, Any]:
+    return step(name, "sh", "-c", script, **extra)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    srv = Server(Daemon(test_settings(tmp_path)))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+@pytest.fixture
+async def api(server: Server) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session=session, base_url=server.base_url)

@@ -1,0 +1,142 @@
+"""End to end over HTTP: steps run in order as real processes and every read endpoint tells the truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import Api, shell, step
+
+
+async def test_steps_run_in_order_and_job_completes(api: Api) -> None:
+    job = await api.create_job([shell("first", "echo one"), shell("second", "echo two")], name="ordered")
+    assert job["status"] == "created"
+    done = await api.wait_job("ordered")
+    assert done["status"] == "completed"
+    assert await api.logs("ordered") == ["one", "two"]
+    status, tree = await api.request("GET", "/jobs/ordered/status")
+    assert status == 200
+    assert [s["name"] for s in tree["steps"]] == ["first", "second"]
+    assert all(s["status"] == "completed" for s in tree["steps"])
+    assert all(t["status"] == "completed" for s in tree["steps"] for t in s["tasks"])
+    assert tree["steps"][0]["created_at"] <= tree["steps"][1]["created_at"]
+    assert done["updated_at"] > done["created_at"]
+
+
+async def test_failing_step_ends_job_in_error_and_later_steps_never_start(api: Api) -> None:
+    await api.create_job(
+        [shell("fails", "echo before; echo bad >&2; exit 3"), step("never", "true")], name="failing"
+    )
+    job = await api.wait_job("failing")
+    assert job["status"] == "error"
+    assert job["error_details"]["exit_code"] == 3
+    assert "code 3" in job["error_details"]["message"]
+    assert job["error_details"]["last_lines"] == ["before", "[stderr] bad"]
+    status, _ = await api.request("GET", "/jobs/failing/steps/never")
+    assert status == 404
+    status, s = await api.request("GET", "/jobs/failing/steps/fails")
+    assert s["status"] == "error" and s["status_details"]["exit_code"] == 3
+
+
+async def test_signal_death_is_reported(api: Api) -> None:
+    await api.create_job([shell("killed", "kill -9 $$")], name="signalled")
+    job = await api.wait_job("signalled")
+    assert job["status"] == "error"
+    assert job["error_details"]["signal"] == "SIGKILL"
+
+
+async def test_missing_executable_is_a_clear_error(api: Api) -> None:
+    await api.create_job([step("nope", "definitely-not-a-command-xyz")], name="missing-exe")
+    job = await api.wait_job("missing-exe")
+    assert job["status"] == "error"
+    assert "executable not found: definitely-not-a-command-xyz" in job["error_details"]["message"]
+
+
+async def test_task_environment_config_and_folders(api: Api) -> None:
+    script = (
+        'echo "id=$NEMO_JOB_ID step=$NEMO_JOB_STEP ws=$NEMO_JOB_WORKSPACE task=$NEMO_JOB_TASK"; '
+        'echo "mine=$MY_VAR url=$NMP_BASE_URL"; cat "$NEMO_JOB_STEP_CONFIG_FILE_PATH"; echo; '
+        'test -d "$NEMO_JOB_EPHEMERAL_TASK_STORAGE_PATH" && test -d "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH" '
+        '&& echo folders-ok; pwd; echo "attempt=$NEMO_JOB_ATTEMPT_ID"; echo "secrets=[$NEMO_JOB_SECRETS]"'
+    )
+    created = await api.create_job(
+        [shell("env", script, environment=[{"name": "MY_VAR", "value": "42"}], config={"lr": 0.1})],
+        name="envjob",
+    )
+    job = await api.wait_job("envjob")
+    assert job["status"] == "completed", job
+    lines = await api.logs("envjob")
+    status, tasks = await api.request("GET", "/jobs/envjob/steps/env/tasks")
+    task_name = tasks["data"][0]["name"]
+    assert lines[0] == f"id=envjob step=env ws=default task={task_name}"
+    assert lines[1] == f"mine=42 url={api.base_url}"
+    assert json.loads(lines[2]) == {"lr": 0.1}
+    assert lines[3] == "folders-ok"
+    assert Path(lines[4]).name == task_name
+    assert lines[5] == f"attempt={created['attempt_id']}"
+    assert lines[6] == "secrets=[]"
+
+
+async def test_daemon_environment_does_not_leak(api: Api, monkeypatch: object) -> None:
+    import os
+
+    os.environ["LEAKY_SECRET_FOR_TEST"] = "x"
+    try:
+        await api.create_job([shell("env", "env")], name="noleak")
+        await api.wait_job("noleak")
+        lines = await api.logs("noleak")
+    finally:
+        del os.environ["LEAKY_SECRET_FOR_TEST"]
+    assert not any(line.startswith("LEAKY_SECRET_FOR_TEST") for line in lines)
+    assert any(line.startswith("PATH=") for line in lines)
+
+
+async def test_status_details_are_truthful_while_running(api: Api) -> None:
+    await api.create_job([shell("slow", "echo started; sleep 30")], name="running")
+    job = await api.wait_job("running", {"active"})
+    status, s = await api.request("GET", "/jobs/running/steps/slow")
+    assert s["status"] == "active"
+    pid = s["status_details"]["pid"]
+    import os
+
+    os.kill(pid, 0)  # the recorded pid is a live process
+    assert job["status"] == "active"
+    status, job = await api.request("POST", "/jobs/running/cancel")
+    assert status == 200
+    job = await api.wait_job("running")
+    assert job["status"] == "cancelled"
+
+
+async def test_task_put_is_a_heartbeat_and_feeds_job_status_details(api: Api) -> None:
+    script = (
+        'curl -s -X PUT -H "content-type: application/json" '
+        '-d \'{"status":"active","status_details":{"percentage_done":50}}\' '
+        '"$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID/steps/$NEMO_JOB_STEP/tasks/$NEMO_JOB_TASK"'
+        " >/dev/null; echo reported"
+    )
+    await api.create_job([shell("progress", script)], name="progress")
+    job = await api.wait_job("progress")
+    assert job["status"] == "completed", job
+    assert job["status_details"]["percentage_done"] == 50
+
+
+async def test_job_status_details_patch_merges(api: Api) -> None:
+    await api.create_job([step("s1", "true")], name="details")
+    status, body = await api.request("PATCH", "/jobs/details/status-details", json={"a": 1})
+    assert (status, body) == (200, None)
+    await api.request("PATCH", "/jobs/details/status-details", json={"b": 2})
+    status, job = await api.request("GET", "/jobs/details")
+    assert job["status_details"]["a"] == 1 and job["status_details"]["b"] == 2
+
+
+async def test_delete_requires_terminal_job(api: Api) -> None:
+    await api.create_job([shell("slow", "sleep 30")], name="deleteme")
+    await api.wait_job("deleteme", {"active"})
+    status, body = await api.request("DELETE", "/jobs/deleteme")
+    assert status == 409 and "detail" in body
+    await api.request("POST", "/jobs/deleteme/cancel")
+    await api.wait_job("deleteme")
+    status, body = await api.request("DELETE", "/jobs/deleteme")
+    assert (status, body) == (204, None)
+    status, _ = await api.request("GET", "/jobs/deleteme")
+    assert status == 404
