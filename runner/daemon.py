@@ -8,8 +8,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from runner.clock import Clock, SystemClock
-from runner.executors.subprocess import SubprocessExecutor
-from runner.scheduler import ExecutorRegistry, Scheduler
+from runner.executors.registry import ExecutorRegistry
+from runner.models import StepRecord
+from runner.scheduler import Scheduler, owner_id
 from runner.service import JobService
 from runner.settings import Settings
 from storage import Repository
@@ -24,6 +25,7 @@ class Daemon:
         self._store: Repository | None = None
         self._scheduler: Scheduler | None = None
         self._service: JobService | None = None
+        self._executors: ExecutorRegistry | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Set when a supervised loop dies: the entry point then stops the daemon instead of
         # serving an API whose statuses would silently stop moving.
@@ -42,8 +44,8 @@ class Daemon:
     async def start(self) -> None:
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
         self._store = await Repository.open(self.settings.db_path)
-        executors = ExecutorRegistry({"subprocess": SubprocessExecutor(self.settings.python_executable)})
-        self._scheduler = Scheduler(self._store, self.clock, self.settings, executors)
+        self._executors = ExecutorRegistry(self.settings, owner_id(self.settings))
+        self._scheduler = Scheduler(self._store, self.clock, self.settings, self._executors, _NoSecrets())
         self._service = JobService(self._store, self.clock, self._scheduler)
 
     def begin_running(self, base_url: str) -> None:
@@ -76,6 +78,13 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._executors is not None:
+            await self._executors.close()
         if self._store is not None:
             await self._store.close()
             self._store = None
+
+
+class _NoSecrets:
+    async def resolve(self, step: StepRecord) -> dict[str, str]:
+        return {}

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from runner.executors.base import TaskPaths
+from runner.executors.base import TaskPaths, VisiblePaths
 from runner.models import StepRecord
 
 
@@ -26,7 +26,7 @@ def task_environment(
     *,
     step: StepRecord,
     task_name: str,
-    paths: TaskPaths,
+    paths: VisiblePaths,
     base_url: str,
     inherited: Mapping[str, str],
     secrets: Mapping[str, str],
@@ -47,10 +47,10 @@ def task_environment(
             "NEMO_JOB_TASK": task_name,
             "NEMO_JOB_WORKSPACE": step.workspace,
             "NEMO_JOB_FILESET": step.fileset,
-            "NEMO_JOB_EPHEMERAL_TASK_STORAGE_PATH": str(paths.scratch_dir),
-            "NEMO_JOB_STEP_CONFIG_STORAGE_PATH": str(paths.config_dir),
-            "NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH": str(paths.persistent_dir),
-            "NEMO_JOB_STEP_CONFIG_FILE_PATH": str(paths.config_file),
+            "NEMO_JOB_EPHEMERAL_TASK_STORAGE_PATH": paths.scratch_dir,
+            "NEMO_JOB_STEP_CONFIG_STORAGE_PATH": paths.config_dir,
+            "NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH": paths.persistent_dir,
+            "NEMO_JOB_STEP_CONFIG_FILE_PATH": paths.config_file,
             "NEMO_JOB_SECRETS": ",".join(secret_refs),
             # How a workload calls back (heartbeats, results): the official SDK reads these.
             "NMP_BASE_URL": base_url,

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from runner.clock import Clock
 from runner.environment import prepare_task_folders, task_environment, task_paths
 from runner.errors import Conflict
-from runner.executors.base import Executor, ExecutorError, ExitStatus, Launch, TaskPaths, Workload
+from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskLaunch, TaskPaths, Workload
+from runner.executors.registry import ExecutorRegistry
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.settings import Settings
@@ -27,6 +29,18 @@ log = logging.getLogger(__name__)
 
 _ERROR_TAIL_LINES = 20
 _STARTABLE = (JobStatus.CREATED, JobStatus.RESUMING)
+
+
+@dataclass(frozen=True)
+class _TaskRef:
+    pk: int
+    name: str
+    paths: TaskPaths
+
+
+def _handle(workload: Workload | None, tasks: list[_TaskRef]) -> dict[str, Any]:
+    refs = [{"task_pk": t.pk, "task_name": t.name} for t in tasks]
+    return {**(workload.handle if workload is not None else {}), "tasks": refs}
 
 
 @dataclass
@@ -42,22 +56,24 @@ class _Run:
     control: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-class ExecutorRegistry:
-    """Executors by provider; the docker one is built only when a container step needs it."""
-
-    def __init__(self, executors: dict[str, Executor]) -> None:
-        self._executors = executors
-
-    def for_provider(self, provider: str) -> Executor:
-        try:
-            return self._executors[provider]
-        except KeyError:
-            raise ExecutorError(f"no executor is available for provider {provider!r}") from None
+class SecretSource(Protocol):
+    async def resolve(self, step: StepRecord) -> dict[str, str]:
+        """Environment variables holding the values of the step's `from_secret` references."""
+        ...
 
 
 class Scheduler:
-    def __init__(self, store: Repository, clock: Clock, settings: Settings, executors: ExecutorRegistry):
+    def __init__(
+        self,
+        store: Repository,
+        clock: Clock,
+        settings: Settings,
+        executors: ExecutorRegistry,
+        secrets: SecretSource,
+    ):
         self._store = store
+        self._secrets = secrets
+        self._owner = owner_id(settings)
         self._clock = clock
         self._settings = settings
         self._executors = executors
@@ -97,25 +113,8 @@ class Scheduler:
             run.pause_requested = False
             self._control(run, self._resume(run))
 
-    def profiles(self) -> list[dict[str, Any]]:
-        s = self._settings
-        return [
-            {
-                "provider": "subprocess",
-                "profile": "default",
-                "backend": "subprocess",
-                "config": {
-                    "ttl_seconds_before_active": s.ttl_seconds_before_active,
-                    "ttl_seconds_active": s.ttl_seconds_active,
-                    "ttl_seconds_after_finished": s.ttl_seconds_after_finished,
-                    "cleanup_completed_jobs_immediately": False,
-                    "launcher_tool_path": "",
-                    "env": {},
-                    "working_directory": str(s.work_dir),
-                    "graceful_shutdown_timeout_seconds": int(s.grace_period_s),
-                },
-            }
-        ]
+    async def profiles(self) -> list[dict[str, Any]]:
+        return await self._executors.profiles()
 
     def _control(self, run: _Run, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=f"control-step-{run.step_pk}")
@@ -157,111 +156,135 @@ class Scheduler:
 
     async def _run_step(self, step: StepRecord) -> None:
         run = self._runs[step.pk]
-        task_name = new_task_name()
-        paths = task_paths(self._settings.work_dir, step, task_name)
+        executor_spec = step.spec.executor
+        count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
+        names = [new_task_name() for _ in range(count)]
         now = self._clock.now_us()
         async with self._store.transaction() as tx:
             fresh = await tx.get_step_by_pk(step.pk)
             if fresh is None or fresh.status not in _STARTABLE:
                 return
-            task_pk = await tx.insert_task(
-                id=new_entity_id("platform-job-task"),
-                step_pk=step.pk,
-                name=task_name,
-                status=JobStatus.PENDING,
-                status_details={"message": "Starting"},
-                error_details=None,
-                error_stack=None,
-                heartbeat_at=None,
-                now=now,
-            )
+            tasks = [
+                _TaskRef(
+                    await tx.insert_task(
+                        id=new_entity_id("platform-job-task"),
+                        step_pk=step.pk,
+                        name=name,
+                        status=JobStatus.PENDING,
+                        status_details={"message": "Starting"},
+                        error_details=None,
+                        error_stack=None,
+                        heartbeat_at=None,
+                        now=now,
+                    ),
+                    name,
+                    task_paths(self._settings.work_dir, step, name),
+                )
+                for name in names
+            ]
             # Recorded before the spawn: after a crash the next daemon knows where to look, and
             # never starts the step a second time.
-            await tx.set_step_handle(step.pk, {"task_pk": task_pk, "task_name": task_name})
+            await tx.set_step_handle(step.pk, _handle(None, tasks))
             outcome = await transition_step(
                 tx, fresh, JobStatus.PENDING, now=now, status_details={"message": "Starting"}
             )
             step = outcome.step
         try:
-            executor = self._executors.for_provider(step.spec.executor.provider)
-            await asyncio.to_thread(prepare_task_folders, paths, step.spec.config)
-            env = task_environment(
-                step=step,
-                task_name=task_name,
-                paths=paths,
-                base_url=self.base_url,
-                inherited=self._inherited,
-                secrets={},
-            )
+            executor = await self._executors.for_provider(executor_spec.provider)
+            launches = []
+            for task in tasks:
+                await asyncio.to_thread(prepare_task_folders, task.paths, step.spec.config)
+                env = task_environment(
+                    step=step,
+                    task_name=task.name,
+                    paths=executor.visible_paths(task.paths),
+                    base_url=executor.callback_url(self.base_url),
+                    inherited=self._inherited if executor_spec.provider == "subprocess" else {},
+                    secrets=await self._secrets.resolve(step),
+                )
+                launches.append(TaskLaunch(task_name=task.name, env=env, paths=task.paths))
             workload = await executor.start(
-                Launch(task_name=task_name, argv=_argv(step), env=env, paths=paths, labels={})
+                Launch(step=step, argv=_argv(step), tasks=launches, labels=self._labels(step))
             )
         except (ExecutorError, OSError) as exc:
-            await self._finish(
-                step, task_pk, None, ExitStatus(exit_code=None, reason=str(exc)), message=str(exc)
-            )
+            failure = ExitStatus(exit_code=None, reason=str(exc))
+            await self._finish(step, tasks, failure, message=str(exc), with_output=False)
             return
         run.workload = workload
-        await self._mark_active(step, task_pk, task_name, workload, paths)
-        await self._follow(run, step, task_pk, task_name, paths, workload, offsets={})
+        await self._mark_active(step, tasks, workload)
+        await self._follow(run, step, tasks, workload, offsets={})
 
-    async def _mark_active(
-        self, step: StepRecord, task_pk: int, task_name: str, workload: Workload, paths: TaskPaths
-    ) -> None:
+    def _labels(self, step: StepRecord) -> dict[str, str]:
+        return {
+            "localjobs.owner": self._owner,
+            "localjobs.workspace": step.workspace,
+            "localjobs.job": step.job_name,
+            "localjobs.attempt": step.attempt_id,
+            "localjobs.step": step.name,
+            "localjobs.step-id": step.id,
+        }
+
+    async def _mark_active(self, step: StepRecord, tasks: list[_TaskRef], workload: Workload) -> None:
         now = self._clock.now_us()
-        details = {"message": "Running", **workload.details, "work_dir": str(paths.work_dir)}
+        details = {"message": "Running", **workload.details, "work_dir": str(tasks[0].paths.work_dir)}
         async with self._store.transaction() as tx:
-            await tx.set_step_handle(step.pk, {**workload.handle, "task_pk": task_pk, "task_name": task_name})
+            await tx.set_step_handle(step.pk, _handle(workload, tasks))
             fresh = await tx.get_step_by_pk(step.pk)
             assert fresh is not None
             if fresh.status in (JobStatus.PENDING, JobStatus.RESUMING):
                 await transition_step(tx, fresh, JobStatus.ACTIVE, now=now, status_details=details)
-            await _update_task(tx, task_pk, JobStatus.ACTIVE, details, None, None, now)
+            for task in tasks:
+                await _update_task(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
 
     async def _follow(
         self,
         run: _Run,
         step: StepRecord,
-        task_pk: int,
-        task_name: str,
-        paths: TaskPaths,
+        tasks: list[_TaskRef],
         workload: Workload,
-        offsets: dict[str, int],
+        offsets: dict[int, dict[str, int]],
     ) -> None:
         if run.stop_requested:
             self._control(run, workload.stop(self._settings.grace_period_s))
         elif run.pause_requested:
             self._control(run, self._pause(run))
-        collector = OutputCollector(
-            self._store,
-            self._clock,
-            OutputTarget(step.job_pk, step.attempt_id, step.name, task_pk, task_name),
-            paths,
-            offsets,
-            self._settings.log_poll_max_s,
-        )
-        collector.start()
+        collectors = [self._collector(step, task, offsets.get(task.pk, {})) for task in tasks]
+        for collector in collectors:
+            collector.start()
         try:
             status = await workload.wait()
         finally:
-            await collector.finish()
+            for collector in collectors:
+                await collector.finish()
         if run.control:
             await asyncio.gather(*run.control, return_exceptions=True)
-        await self._finish(step, task_pk, task_name, status, message=None, shutdown=run.shutdown)
+        await self._finish(step, tasks, status, message=None, shutdown=run.shutdown)
+        if not self._settings.keep_containers:
+            await workload.release()
+
+    def _collector(self, step: StepRecord, task: _TaskRef, offsets: dict[str, int]) -> OutputCollector:
+        return OutputCollector(
+            self._store,
+            self._clock,
+            OutputTarget(step.job_pk, step.attempt_id, step.name, task.pk, task.name),
+            task.paths,
+            offsets,
+            self._settings.log_poll_max_s,
+        )
 
     async def _finish(
         self,
         step: StepRecord,
-        task_pk: int,
-        task_name: str | None,
+        tasks: list[_TaskRef],
         status: ExitStatus,
         *,
         message: str | None,
         shutdown: bool = False,
+        with_output: bool = True,
     ) -> None:
         """Record how the workload ended, mapped against what the step was asked to do meanwhile."""
         now = self._clock.now_us()
-        tail = await self._output_tail(step, task_name) if task_name else []
+        tail = await self._output_tail(step) if with_output else []
         async with self._store.transaction() as tx:
             fresh = await tx.get_step_by_pk(step.pk)
             if fresh is None:
@@ -269,7 +292,8 @@ class Scheduler:
             details = {**status.as_details()}
             errors: dict[str, Any] | None = None
             if fresh.status.is_terminal:
-                final = fresh.status  # a client already decided (PATCH to a terminal status)
+                final = fresh.status  # a client or the watchdog already decided
+                errors = fresh.error_details
             elif fresh.status == JobStatus.CANCELLING:
                 final = JobStatus.CANCELLED
                 details["message"] = "Cancelled"
@@ -303,13 +327,13 @@ class Scheduler:
                         tx, fresh, JobStatus.ERROR, now=now, error_details=errors or details
                     )
             stack = "\n".join(tail) if final == JobStatus.ERROR and tail else None
-            await _update_task(tx, task_pk, final, details, errors, stack, now)
+            for task in tasks:
+                await _update_task(tx, task.pk, final, details, errors, stack, now)
         self.wake()
 
-    async def _output_tail(self, step: StepRecord, task_name: str | None) -> list[str]:
-        lines = await self._store.log_lines_before(
-            LogQuery(job_pk=step.job_pk, step_name=step.name, task_name=task_name), None, _ERROR_TAIL_LINES
-        )
+    async def _output_tail(self, step: StepRecord) -> list[str]:
+        query = LogQuery(job_pk=step.job_pk, attempt_id=step.attempt_id, step_name=step.name)
+        lines = await self._store.log_lines_before(query, None, _ERROR_TAIL_LINES)
         return [line.message for line in lines]
 
     async def _pause(self, run: _Run) -> None:
@@ -346,75 +370,64 @@ class Scheduler:
             if step.status in _STARTABLE and not step.handle:
                 continue  # never started: the loop will start it
             handle = step.handle or {}
-            task_pk, task_name = handle.get("task_pk"), handle.get("task_name")
-            if not isinstance(task_pk, int) or not isinstance(task_name, str):
+            tasks = [
+                _TaskRef(
+                    t["task_pk"], t["task_name"], task_paths(self._settings.work_dir, step, t["task_name"])
+                )
+                for t in handle.get("tasks", [])
+            ]
+            if not tasks:
                 if step.status == JobStatus.PAUSED:
                     continue  # paused before it ever ran: resume will start it
-                await self._settle_lost(step, "no workload was ever recorded for this step")
+                await self._settle_lost(step, [], "no workload was ever recorded for this step")
                 continue
-            paths = task_paths(self._settings.work_dir, step, task_name)
             try:
-                executor = self._executors.for_provider(step.spec.executor.provider)
-                found = await executor.recover(handle, paths)
+                executor = await self._executors.for_provider(step.spec.executor.provider)
+                found = await executor.recover(step, handle, [t.paths for t in tasks])
             except ExecutorError as exc:
-                await self._settle_lost(step, str(exc), task_pk)
+                await self._settle_lost(step, tasks, str(exc))
                 continue
             if found is None:
-                if "pid" not in handle and "container_id" not in handle:
-                    await self._restart_unstarted(step, task_pk)
+                if handle.get("kind") is None:
+                    await self._restart_unstarted(step, tasks)
                 else:
-                    await self._settle_lost(step, "the workload vanished while the daemon was down", task_pk)
+                    await self._settle_lost(step, tasks, "the workload vanished while the daemon was down")
                 continue
-            offsets = await self._store.log_offsets(task_pk)
-            self._claim(step, self._adopt(step, task_pk, task_name, paths, found, offsets))
+            offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
+            self._claim(step, self._adopt(step, tasks, found, offsets))
         self.wake()
 
     async def _adopt(
         self,
         step: StepRecord,
-        task_pk: int,
-        task_name: str,
-        paths: TaskPaths,
+        tasks: list[_TaskRef],
         found: Workload | ExitStatus,
-        offsets: dict[str, int],
+        offsets: dict[int, dict[str, int]],
     ) -> None:
         run = self._runs[step.pk]
         if isinstance(found, ExitStatus):
-            collector = OutputCollector(
-                self._store,
-                self._clock,
-                OutputTarget(step.job_pk, step.attempt_id, step.name, task_pk, task_name),
-                paths,
-                offsets,
-                self._settings.log_poll_max_s,
-            )
-            await collector.finish()
-            await self._finish(step, task_pk, task_name, found, message=None)
+            for task in tasks:
+                await self._collector(step, task, offsets.get(task.pk, {})).finish()
+            await self._finish(step, tasks, found, message=None)
             return
         run.workload = found
         if step.status == JobStatus.PENDING:
-            await self._mark_active(step, task_pk, task_name, found, paths)
+            await self._mark_active(step, tasks, found)
         elif step.status == JobStatus.CANCELLING:
             run.stop_requested = True
         elif step.status == JobStatus.PAUSING:
             run.pause_requested = True
         elif step.status == JobStatus.RESUMING:
             self._control(run, self._resume(run))
-        await self._follow(run, step, task_pk, task_name, paths, found, offsets)
+        await self._follow(run, step, tasks, found, offsets)
 
-    async def _restart_unstarted(self, step: StepRecord, task_pk: int) -> None:
+    async def _restart_unstarted(self, step: StepRecord, tasks: list[_TaskRef]) -> None:
         """The daemon died between recording the start and spawning: nothing ran, so start afresh."""
         now = self._clock.now_us()
         async with self._store.transaction() as tx:
-            await _update_task(
-                tx,
-                task_pk,
-                JobStatus.ERROR,
-                {"message": "Never started: the daemon stopped first"},
-                None,
-                None,
-                now,
-            )
+            for task in tasks:
+                message = {"message": "Never started: the daemon stopped first"}
+                await _update_task(tx, task.pk, JobStatus.ERROR, message, None, None, now)
             await tx.set_step_handle(step.pk, None)
             await tx.update_step_state(
                 step.pk,
@@ -425,7 +438,7 @@ class Scheduler:
                 now=now,
             )
 
-    async def _settle_lost(self, step: StepRecord, why: str, task_pk: int | None = None) -> None:
+    async def _settle_lost(self, step: StepRecord, tasks: list[_TaskRef], why: str) -> None:
         now = self._clock.now_us()
         final = JobStatus.CANCELLED if step.status == JobStatus.CANCELLING else JobStatus.ERROR
         errors = None if final == JobStatus.CANCELLED else {"message": f"Workload lost: {why}"}
@@ -437,8 +450,8 @@ class Scheduler:
                 fresh = (await transition_step(tx, fresh, JobStatus.CANCELLING, now=now)).step
                 final = JobStatus.CANCELLED
             await transition_step(tx, fresh, final, now=now, error_details=errors)
-            if task_pk is not None:
-                await _update_task(tx, task_pk, final, {"message": why}, errors, None, now)
+            for task in tasks:
+                await _update_task(tx, task.pk, final, {"message": why}, errors, None, now)
 
     async def shutdown(self) -> None:
         """Stop starting steps; end the running ones (or leave them for the next start)."""
@@ -459,6 +472,11 @@ class Scheduler:
                 run.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run.task
+
+
+def owner_id(settings: Settings) -> str:
+    """Stable per data dir: labels this daemon's containers so that it only ever cleans up its own."""
+    return hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:16]
 
 
 def _argv(step: StepRecord) -> list[str]:

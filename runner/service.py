@@ -54,7 +54,7 @@ class WorkloadControl(Protocol):
     def request_resume(self, step_pk: int) -> None:
         """Thaw the frozen workload of a step now in `resuming`."""
 
-    def profiles(self) -> list[dict[str, Any]]:
+    async def profiles(self) -> list[dict[str, Any]]:
         """The execution profiles on offer, as `GET /execution-profiles` lists them."""
 
 
@@ -87,13 +87,13 @@ class JobService:
         self._workloads = workloads
         self._principal = {"principal_id": getpass.getuser(), "principal_groups": []}
 
-    def profiles(self) -> list[dict[str, Any]]:
-        return self._workloads.profiles()
+    async def profiles(self) -> list[dict[str, Any]]:
+        return await self._workloads.profiles()
 
     # ------------------------------------------------------------------------------ jobs
 
     async def create_job(self, workspace: str, request: CreateJobRequest) -> JobRecord:
-        self._check_profiles(request)
+        await self._check_profiles(request)
         now = self._clock.now_us()
         name = request.name or generate_job_name(request.source)
         async with self._store.transaction() as tx:
@@ -124,8 +124,16 @@ class JobService:
         self._workloads.wake()
         return job
 
-    def _check_profiles(self, request: CreateJobRequest) -> None:
-        offered = {(p["provider"], p["profile"]) for p in self._workloads.profiles()}
+    async def _check_profiles(self, request: CreateJobRequest) -> None:
+        executors = [step.executor for step in request.platform_spec.steps]
+        if all(e.provider == "subprocess" and e.profile == "default" for e in executors):
+            return  # always offered; skip asking (and maybe probing Docker) on the hot path
+        for step in request.platform_spec.steps:
+            if step.executor.provider != "subprocess" and not step.executor.container.image:
+                raise Unprocessable(
+                    f"step {step.name!r}: container.image is required (localjobs has no default task image)"
+                )
+        offered = {(p["provider"], p["profile"]) for p in await self._workloads.profiles()}
         for step in request.platform_spec.steps:
             executor = step.executor
             if (executor.provider, executor.profile) in offered:

@@ -55,12 +55,15 @@ def parse_deep_object(query: MultiMapping[str], root: str) -> dict[str, Any]:
                 child = node[part] = {"$eq": child}
             node = child
         leaf = parts[-1]
-        if leaf in node and isinstance(node[leaf], list):
-            node[leaf].extend(_split(value))
-        elif leaf in node:
-            node[leaf] = [*_as_list(node[leaf]), *_split(value)]
-        else:
+        if value == "":
+            # As the reference: an empty value is None, i.e. no condition (the SDK never sends one).
+            node.setdefault(leaf, None)
+        elif node.get(leaf) is None:
             node[leaf] = value
+        elif isinstance(node[leaf], list):
+            node[leaf].extend(_split(value))
+        else:
+            node[leaf] = [*_as_list(node[leaf]), *_split(value)]
     return result
 
 
@@ -118,7 +121,7 @@ class _StepsFilterModel(BaseModel, extra="forbid"):
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         # A single status is a one-item list: the SDK sends `filter[status]=active` for ["active"].
-        return _as_list(value) if value is not None else None
+        return (_as_list(value) or None) if value is not None else None
 
 
 def parse_steps_filter(
@@ -146,8 +149,10 @@ def parse_steps_filter(
 _OPERATORS = {"eq", "like", "in", "nin", "gte", "lte"}
 
 
-def _normalise_ops(field: str, value: Any) -> dict[str, Any]:
-    """A bare value means $eq (a list means $in); operator keys may omit the `$`."""
+def _normalise_ops(field: str, value: Any) -> dict[str, Any] | None:
+    """A bare value means $eq (a list means $in); operator keys may omit the `$`; None is no condition."""
+    if value is None:
+        return None
     if not isinstance(value, dict):
         if isinstance(value, list) or (isinstance(value, str) and "," in value):
             return {"$in": _as_list(value)}
@@ -159,8 +164,9 @@ def _normalise_ops(field: str, value: Any) -> dict[str, Any]:
             raise InvalidRequest.single(
                 ["query", "filter", field, key], f"unknown filter operator {key!r}", "value_error", operand
             )
-        ops["$" + op] = _as_list(operand) if op in ("in", "nin") else operand
-    return ops
+        if operand is not None:
+            ops["$" + op] = _as_list(operand) if op in ("in", "nin") else operand
+    return ops or None
 
 
 class _JobsFilterModel(BaseModel, extra="forbid"):

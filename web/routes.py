@@ -81,7 +81,7 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get(V2 + "/execution-profiles")
 async def execution_profiles(request: web.Request) -> web.Response:
-    return _json(_service(request).profiles())
+    return _json(await _service(request).profiles())
 
 
 # --------------------------------------------------------------------------------- jobs

@@ -76,20 +76,19 @@ def step_with_context(record: StepRecord) -> dict[str, Any]:
         "job": record.job_name,
         "attempt_id": record.attempt_id,
         "fileset": record.fileset,
+        "artifact_base_path": f"jobs/{record.job_name}" if record.output_location else None,
         "workspace": record.workspace,
         "name": record.name,
         "step_spec": _spec(record.spec),
         "status": record.status.value,
         "status_details": record.status_details,
         "error_details": record.error_details or {},
+        "auth_context": record.auth_context or None,
         "created_at": timestamp(record.created_at),
         "updated_at": timestamp(record.updated_at),
     }
-    if record.output_location:
-        item["artifact_base_path"] = f"jobs/{record.job_name}"
-    if record.auth_context:
-        item["auth_context"] = record.auth_context
-    return item
+    # Field order is the reference model's; nulls are left out as in the reference's lists.
+    return {key: value for key, value in item.items() if value is not None}
 
 
 def task(record: TaskRecord) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from runner.models import StepRecord
+
 
 class ExecutorError(Exception):
     """A workload could not be started or controlled; the message is shown to the user."""
@@ -46,13 +48,29 @@ class TaskPaths:
 
 
 @dataclass(frozen=True)
-class Launch:
-    """Everything an executor needs to start one task."""
+class VisiblePaths:
+    """The task's folders as the workload sees them (host paths, or mount points in a container)."""
 
+    scratch_dir: str
+    config_dir: str
+    config_file: str
+    persistent_dir: str
+
+
+@dataclass(frozen=True)
+class TaskLaunch:
     task_name: str
-    argv: list[str]
     env: dict[str, str]
     paths: TaskPaths
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything an executor needs to start one step: one task per process or container."""
+
+    step: StepRecord
+    argv: list[str]
+    tasks: list[TaskLaunch]
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -83,7 +101,7 @@ class ExitStatus:
 
 
 class Workload(Protocol):
-    """A started task. `handle` is stored so that a restarted daemon can find the workload again."""
+    """A started step. `handle` is stored so that a restarted daemon can find the workload again."""
 
     @property
     def handle(self) -> dict[str, Any]: ...
@@ -102,11 +120,22 @@ class Workload(Protocol):
 
     async def resume(self) -> None: ...
 
+    async def release(self) -> None:
+        """Free what the workload held once its outcome is stored (e.g. remove containers)."""
+
 
 class Executor(Protocol):
+    def visible_paths(self, paths: TaskPaths) -> VisiblePaths: ...
+
+    def callback_url(self, base_url: str) -> str:
+        """The daemon's URL as the workload can reach it."""
+        ...
+
     async def start(self, launch: Launch) -> Workload: ...
 
-    async def recover(self, handle: dict[str, Any], paths: TaskPaths) -> Workload | ExitStatus | None:
+    async def recover(
+        self, step: StepRecord, handle: dict[str, Any], paths: list[TaskPaths]
+    ) -> Workload | ExitStatus | None:
         """Re-attach to a workload started by an earlier daemon: the live workload, its final
         status if it ended meanwhile, or None when it cannot be found at all."""
         ...

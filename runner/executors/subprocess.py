@@ -18,7 +18,8 @@ from typing import Any
 
 import psutil
 
-from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskPaths
+from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskPaths, VisiblePaths
+from runner.models import StepRecord
 
 # $0 is a marker naming the task (visible in `ps`, used to find orphans); $1 the exit-status file.
 # `trap :` (not `trap ''`) so the workload itself keeps the default SIGTERM action.
@@ -132,6 +133,9 @@ class SubprocessWorkload:
     async def resume(self) -> None:
         self._signal_group(signal.SIGCONT)
 
+    async def release(self) -> None:
+        return None
+
 
 async def _wait_for_exit(pid: int) -> None:
     """Wait for a process that is not our child (adopted after a restart), without polling."""
@@ -169,10 +173,22 @@ class SubprocessExecutor:
             raise ExecutorError(f"Failed to start subprocess: executable not found: {program}")
         return [found, *argv[1:]]
 
+    def visible_paths(self, paths: TaskPaths) -> VisiblePaths:
+        return VisiblePaths(
+            scratch_dir=str(paths.scratch_dir),
+            config_dir=str(paths.config_dir),
+            config_file=str(paths.config_file),
+            persistent_dir=str(paths.persistent_dir),
+        )
+
+    def callback_url(self, base_url: str) -> str:
+        return base_url
+
     async def start(self, launch: Launch) -> SubprocessWorkload:
-        argv = self._resolve(launch.argv, launch.env)
-        paths = launch.paths
-        wrapped = ["/bin/sh", "-c", _WRAPPER, MARKER_PREFIX + launch.task_name, str(paths.exit_file), *argv]
+        (task,) = launch.tasks  # a host subprocess step is always one task
+        argv = self._resolve(launch.argv, task.env)
+        paths = task.paths
+        wrapped = ["/bin/sh", "-c", _WRAPPER, MARKER_PREFIX + task.task_name, str(paths.exit_file), *argv]
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         out = err = -1
         try:
@@ -184,7 +200,7 @@ class SubprocessExecutor:
                 stdout=out,
                 stderr=err,
                 cwd=paths.work_dir,
-                env=launch.env,
+                env=task.env,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -197,8 +213,9 @@ class SubprocessExecutor:
         return SubprocessWorkload(proc.pid, start_time, paths.exit_file, proc)
 
     async def recover(
-        self, handle: dict[str, Any], paths: TaskPaths
+        self, step: StepRecord, handle: dict[str, Any], task_paths: list[TaskPaths]
     ) -> SubprocessWorkload | ExitStatus | None:
+        (paths,) = task_paths
         pid = handle.get("pid")
         if isinstance(pid, int) and handle.get("boot_id") == BOOT_ID:
             started = _start_time(pid)

@@ -1,0 +1,349 @@
+"""Docker executor: `cpu`, `gpu` and `gpu_distributed` steps as containers, through the Engine API.
+
+Imported only when a container step (or the profile list) needs it, so a host without Docker never
+loads a Docker client. Output is streamed from the engine into the same per-task files the
+subprocess executor writes, so logs, tailing and crash recovery work the same for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.containers import DockerContainer
+
+from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskPaths, VisiblePaths
+from runner.models import ComputeResources, StepRecord, parse_quantity
+from runner.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MOUNT_ROOT = "/var/run/scratch"
+_PROBE_TIMEOUT_S = 5.0
+_API_TIMEOUT_S = 60.0
+_LOG_DRAIN_S = 5.0
+_RENDEZVOUS_PORT = "29500"
+_GIB = 2**30
+
+
+class DockerUnavailable(Exception):
+    """No engine answers at DOCKER_HOST (or the default socket)."""
+
+
+def _engine_reason(exc: BaseException) -> str:
+    if isinstance(exc, aiodocker.DockerError):
+        return str(exc.message)
+    return str(exc) or type(exc).__name__
+
+
+def resource_config(provider: str, resources: ComputeResources) -> dict[str, Any]:
+    """Kubernetes-style resources -> Docker HostConfig fields (fractional CPUs kept)."""
+    host: dict[str, Any] = {}
+    limits, requests = resources.limits, resources.requests
+    if limits and limits.cpu:
+        host["NanoCpus"] = int(parse_quantity(limits.cpu) * 1e9)
+    if limits and limits.memory:
+        host["Memory"] = int(parse_quantity(limits.memory))
+    if requests and requests.cpu:
+        host["CpuShares"] = max(2, int(parse_quantity(requests.cpu) * 1024))
+    if requests and requests.memory:
+        host["MemoryReservation"] = int(parse_quantity(requests.memory))
+    gpus = resources.num_gpus
+    if provider in ("gpu", "gpu_distributed") and gpus is None:
+        gpus = 1  # the reference's default for GPU providers
+    if gpus:
+        host["DeviceRequests"] = [{"Driver": "nvidia", "Count": gpus, "Capabilities": [["gpu"]]}]
+    if resources.shm_size:
+        host["ShmSize"] = int(parse_quantity(resources.shm_size))
+    elif gpus:
+        host["ShmSize"] = gpus * _GIB
+    return host
+
+
+class DockerWorkload:
+    def __init__(
+        self,
+        client: aiodocker.Docker,
+        containers: list[DockerContainer],
+        log_files: list[TaskPaths],
+        network: str | None,
+        image: str,
+    ) -> None:
+        self._client = client
+        self._containers = containers
+        self._network = network
+        self._image = image
+        self._paused = False
+        self._streams = [
+            asyncio.create_task(_stream_logs(c, stream, paths), name=f"docker-logs-{c.id[:12]}-{stream}")
+            for c, paths in zip(containers, log_files, strict=True)
+            for stream in ("stdout", "stderr")
+        ]
+        self._exit: asyncio.Task[ExitStatus] = asyncio.create_task(self._watch(), name="docker-wait")
+
+    @property
+    def handle(self) -> dict[str, Any]:
+        return {"kind": "docker", "containers": [c.id for c in self._containers], "network": self._network}
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"container_ids": [c.id[:12] for c in self._containers], "image": self._image}
+
+    async def _watch(self) -> ExitStatus:
+        waits = {asyncio.create_task(_wait_container(c)): c for c in self._containers}
+        first_failure: ExitStatus | None = None
+        pending = set(waits)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                status = finished.result()
+                if not status.succeeded and first_failure is None:
+                    first_failure = status
+                    # One node of a distributed step failed: the others cannot finish on their own.
+                    await asyncio.gather(*(_stop(waits[t], 2.0) for t in pending), return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._streams, return_exceptions=True), _LOG_DRAIN_S)
+        return first_failure or ExitStatus(exit_code=0)
+
+    async def wait(self) -> ExitStatus:
+        return await asyncio.shield(self._exit)
+
+    async def stop(self, grace_s: float) -> None:
+        if self._paused:
+            await self.resume()
+        await asyncio.gather(*(_stop(c, grace_s) for c in self._containers), return_exceptions=True)
+
+    async def pause(self) -> None:
+        await asyncio.gather(*(c.pause() for c in self._containers), return_exceptions=True)
+        self._paused = True
+
+    async def resume(self) -> None:
+        await asyncio.gather(*(c.unpause() for c in self._containers), return_exceptions=True)
+        self._paused = False
+
+    async def release(self) -> None:
+        for stream in self._streams:
+            stream.cancel()
+        for container in self._containers:
+            with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
+                await asyncio.wait_for(container.delete(force=True, v=True), _API_TIMEOUT_S)
+        if self._network:
+            with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
+                network = await self._client.networks.get(self._network)
+                await asyncio.wait_for(network.delete(), _API_TIMEOUT_S)
+
+
+async def _stop(container: DockerContainer, grace_s: float) -> None:
+    with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
+        await asyncio.wait_for(container.stop(t=max(0, int(grace_s))), grace_s + _API_TIMEOUT_S)
+
+
+async def _wait_container(container: DockerContainer) -> ExitStatus:
+    try:
+        result = await container.wait()
+        state = (await container.show())["State"]
+    except (aiodocker.DockerError, aiohttp.ClientError) as exc:
+        return ExitStatus(exit_code=None, reason=f"lost track of container: {_engine_reason(exc)}")
+    code = int(result.get("StatusCode", state.get("ExitCode", -1)))
+    # OOMKilled is set when any process in the container hit the limit; it only explains the
+    # ending when the container itself failed.
+    if state.get("OOMKilled") and code != 0:
+        return ExitStatus(exit_code=code, reason="OOMKilled")
+    if code > 128:
+        return ExitStatus(exit_code=code, signal=code - 128 if code - 128 < 65 else None)
+    return ExitStatus(exit_code=code)
+
+
+async def _stream_logs(container: DockerContainer, stream: str, paths: TaskPaths) -> None:
+    """Copy one output stream of a container into the task's file, from the very first byte.
+
+    Writing the whole history each time (truncating first) keeps the file byte-identical across
+    daemon restarts, so the stored read offsets stay valid after a re-attach."""
+    target = paths.stdout_file if stream == "stdout" else paths.stderr_file
+    with open(target, "wb", buffering=0) as out:  # noqa: ASYNC230 - small local appends
+        lines = container.log(stdout=stream == "stdout", stderr=stream == "stderr", follow=True)
+        async for chunk in lines:
+            out.write(chunk.encode("utf-8", "surrogateescape"))
+
+
+class DockerExecutor:
+    def __init__(self, client: aiodocker.Docker, settings: Settings, owner: str, version: dict[str, Any]):
+        self._client = client
+        self._settings = settings
+        self._owner = owner
+        self.engine_description = (
+            f"Docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')})"
+        )
+
+    @classmethod
+    async def connect(cls, settings: Settings, owner: str) -> DockerExecutor:
+        try:
+            client = aiodocker.Docker()
+        except (aiodocker.DockerError, ValueError, OSError) as exc:
+            raise DockerUnavailable(_engine_reason(exc)) from exc
+        try:
+            version = await asyncio.wait_for(client.version(), _PROBE_TIMEOUT_S)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await client.close()
+            raise DockerUnavailable(_engine_reason(exc)) from exc
+        return cls(client, settings, owner, version)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def network_for(self, provider: str) -> str:
+        return "private bridge per step" if provider == "gpu_distributed" else "host"
+
+    def visible_paths(self, paths: TaskPaths) -> VisiblePaths:
+        return VisiblePaths(
+            scratch_dir=f"{MOUNT_ROOT}/task",
+            config_dir=f"{MOUNT_ROOT}/config",
+            config_file=f"{MOUNT_ROOT}/config/job_step_config.json",
+            persistent_dir=f"{MOUNT_ROOT}/job",
+        )
+
+    def callback_url(self, base_url: str) -> str:
+        return base_url  # single-node containers share the host's network
+
+    async def _ensure_image(self, image: str) -> None:
+        try:
+            await asyncio.wait_for(self._client.images.inspect(image), _API_TIMEOUT_S)
+            return
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise ExecutorError(f"cannot inspect image {image!r}: {_engine_reason(exc)}") from exc
+        try:
+            await asyncio.wait_for(self._client.images.pull(image), 600)
+        except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
+            raise ExecutorError(
+                f"image {image!r} is not present and pulling it failed: {_engine_reason(exc)}"
+            ) from exc
+
+    async def start(self, launch: Launch) -> DockerWorkload:
+        executor = launch.step.spec.executor
+        assert executor.provider != "subprocess"
+        image = executor.container.image
+        if not image:
+            raise ExecutorError("container.image is required: localjobs has no default task image")
+        await self._ensure_image(image)
+        distributed = executor.provider == "gpu_distributed"
+        network = f"lj-{launch.step.id.lower()}"[:60] if distributed else None
+        if network:
+            await self._create_network(network, launch.labels)
+        names = [f"lj-{task.task_name}" for task in launch.tasks]
+        containers: list[DockerContainer] = []
+        try:
+            for rank, task in enumerate(launch.tasks):
+                env = dict(task.env)
+                if distributed:
+                    env.update(
+                        {
+                            "NODE_RANK": str(rank),
+                            "RANK": str(rank),
+                            "NNODES": str(len(launch.tasks)),
+                            "WORLD_SIZE": str(len(launch.tasks)),
+                            "MASTER_ADDR": names[0],
+                            "MASTER_PORT": _RENDEZVOUS_PORT,
+                        }
+                    )
+                config = self._container_config(launch, image, env, task.paths, network)
+                config["Labels"] = {
+                    **launch.labels,
+                    "localjobs.task": task.task_name,
+                    "localjobs.rank": str(rank),
+                }
+                container = await asyncio.wait_for(
+                    self._client.containers.create(config, name=names[rank]), _API_TIMEOUT_S
+                )
+                containers.append(container)
+            for container in containers:
+                await asyncio.wait_for(container.start(), _API_TIMEOUT_S)
+        except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
+            for container in containers:
+                with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
+                    await asyncio.wait_for(container.delete(force=True, v=True), _API_TIMEOUT_S)
+            reason = _engine_reason(exc)
+            if "device driver" in reason and "gpu" in reason:
+                reason = (
+                    "this Docker engine has no GPU runtime (NVIDIA Container Toolkit), so a step with "
+                    f"num_gpus cannot run here; the engine said: {reason}"
+                )
+            raise ExecutorError(f"could not start the container: {reason}") from exc
+        return DockerWorkload(self._client, containers, [t.paths for t in launch.tasks], network, image)
+
+    def _container_config(
+        self, launch: Launch, image: str, env: dict[str, str], paths: TaskPaths, network: str | None
+    ) -> dict[str, Any]:
+        executor = launch.step.spec.executor
+        assert executor.provider != "subprocess"
+        host: dict[str, Any] = {
+            "Init": True,  # SIGTERM reaches the workload; zombies are reaped
+            "Binds": [
+                f"{paths.scratch_dir}:{MOUNT_ROOT}/task",
+                f"{paths.config_dir}:{MOUNT_ROOT}/config",
+                f"{paths.persistent_dir}:{MOUNT_ROOT}/job",
+            ],
+            "NetworkMode": network or "host",
+            **resource_config(executor.provider, executor.resources),
+        }
+        if network:
+            host["ExtraHosts"] = ["host.docker.internal:host-gateway"]
+        config: dict[str, Any] = {
+            "Image": image,
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "HostConfig": host,
+            "AttachStdout": False,
+            "AttachStderr": False,
+        }
+        # An empty list keeps the image's own ENTRYPOINT / CMD (Docker and Kubernetes semantics).
+        if executor.container.entrypoint:
+            config["Entrypoint"] = executor.container.entrypoint
+        if executor.container.command:
+            config["Cmd"] = executor.container.command
+        return config
+
+    async def _create_network(self, name: str, labels: dict[str, str]) -> None:
+        try:
+            await asyncio.wait_for(
+                self._client.networks.create({"Name": name, "Driver": "bridge", "Labels": labels}),
+                _API_TIMEOUT_S,
+            )
+        except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
+            raise ExecutorError(f"could not create the step's network: {_engine_reason(exc)}") from exc
+
+    async def recover(
+        self, step: StepRecord, handle: dict[str, Any], paths: list[TaskPaths]
+    ) -> DockerWorkload | ExitStatus | None:
+        ids = handle.get("containers") or []
+        containers = []
+        for container_id in ids:
+            try:
+                container = await self._client.containers.get(container_id)
+            except aiodocker.DockerError:
+                return None
+            labels = container["Config"].get("Labels") or {}
+            # An id alone could be stale; the labels tie the container to this daemon and step.
+            if labels.get("localjobs.owner") != self._owner or labels.get("localjobs.step-id") != step.id:
+                return None
+            containers.append(container)
+        if not containers:
+            return None
+        image = str(containers[0]["Config"].get("Image", ""))
+        return DockerWorkload(self._client, containers, paths, handle.get("network"), image)
+
+    async def sweep_orphans(self, known_ids: set[str]) -> int:
+        """Remove containers labelled as this daemon's that no unfinished step refers to."""
+        removed = 0
+        filters = json.dumps({"label": [f"localjobs.owner={self._owner}"]})
+        for container in await self._client.containers.list(all=True, filters=filters):
+            if container.id in known_ids:
+                continue
+            with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError):
+                await container.delete(force=True, v=True)
+                removed += 1
+        return removed

@@ -1,0 +1,106 @@
+"""Which executor runs which provider. The Docker one is imported and connected only when needed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from runner.executors.base import Executor, ExecutorError
+from runner.executors.subprocess import SubprocessExecutor
+from runner.settings import Settings
+
+if TYPE_CHECKING:
+    from runner.executors.docker import DockerExecutor
+
+log = logging.getLogger(__name__)
+
+CONTAINER_PROVIDERS = ("cpu", "gpu", "gpu_distributed")
+_REPROBE_AFTER_S = 30.0
+
+
+class ExecutorRegistry:
+    def __init__(self, settings: Settings, owner: str) -> None:
+        self._settings = settings
+        self._owner = owner
+        self._subprocess = SubprocessExecutor(settings.python_executable)
+        self._docker: DockerExecutor | None = None
+        self._docker_checked_at: float | None = None
+        self._docker_error = "not checked yet"
+        self._docker_lock = asyncio.Lock()
+
+    async def for_provider(self, provider: str) -> Executor:
+        if provider == "subprocess" or (provider == "cpu" and self._settings.cpu_containers_as_subprocess):
+            return self._subprocess
+        if provider in CONTAINER_PROVIDERS:
+            docker = await self.docker()
+            if docker is None:
+                raise ExecutorError(f"no Docker engine is reachable: {self._docker_error}")
+            return docker
+        raise ExecutorError(f"no executor is available for provider {provider!r}")
+
+    async def docker(self) -> DockerExecutor | None:
+        """The connected Docker executor, or None when no engine answers (re-checked every 30 s)."""
+        async with self._docker_lock:
+            fresh = self._docker_checked_at is not None and (
+                time.monotonic() - self._docker_checked_at < _REPROBE_AFTER_S
+            )
+            if self._docker is None and not fresh:
+                self._docker_checked_at = time.monotonic()
+                from runner.executors.docker import DockerExecutor, DockerUnavailable
+
+                try:
+                    self._docker = await DockerExecutor.connect(self._settings, self._owner)
+                except DockerUnavailable as exc:
+                    self._docker_error = str(exc)
+                    log.info("container steps unavailable: %s", exc)
+            return self._docker
+
+    async def profiles(self) -> list[dict[str, Any]]:
+        s = self._settings
+        limits = {
+            "ttl_seconds_before_active": s.ttl_seconds_before_active,
+            "ttl_seconds_active": s.ttl_seconds_active,
+            "ttl_seconds_after_finished": s.ttl_seconds_after_finished,
+            "launcher_tool_path": "",
+            "env": {},
+        }
+        profiles: list[dict[str, Any]] = [
+            {
+                "provider": "subprocess",
+                "profile": "default",
+                "backend": "subprocess",
+                "config": {
+                    **limits,
+                    "cleanup_completed_jobs_immediately": False,
+                    "working_directory": str(s.work_dir),
+                    "graceful_shutdown_timeout_seconds": int(s.grace_period_s),
+                },
+            }
+        ]
+        if s.cpu_containers_as_subprocess:
+            profiles.append({**profiles[0], "provider": "cpu"})
+        docker = await self.docker()
+        if docker is not None:
+            for provider in CONTAINER_PROVIDERS:
+                if provider == "cpu" and s.cpu_containers_as_subprocess:
+                    continue
+                profiles.append(
+                    {
+                        "provider": provider,
+                        "profile": "default",
+                        "backend": "docker",
+                        "config": {
+                            **limits,
+                            "cleanup_completed_jobs_immediately": not s.keep_containers,
+                            "networking": {"job_container_network": docker.network_for(provider)},
+                            "engine": docker.engine_description,
+                        },
+                    }
+                )
+        return profiles
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
