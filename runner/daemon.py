@@ -13,6 +13,7 @@ from runner.models import StepRecord
 from runner.scheduler import Scheduler, owner_id
 from runner.service import JobService
 from runner.settings import Settings
+from runner.watchdog import Watchdog
 from storage import Repository
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,18 @@ class Daemon:
         self._executors = ExecutorRegistry(self.settings, owner_id(self.settings))
         self._scheduler = Scheduler(self._store, self.clock, self.settings, self._executors, _NoSecrets())
         self._service = JobService(self._store, self.clock, self._scheduler)
+        scheduler = self._scheduler
+        self.watchdog = Watchdog(
+            self._store, self.clock, self.settings, lambda pk: scheduler.request_stop(pk, 0)
+        )
+        scheduler.on_active = self.watchdog.wake
 
     def begin_running(self, base_url: str) -> None:
         """Start the background loops once the API answers at `base_url` (workloads call back there)."""
         scheduler = self.scheduler
         scheduler.base_url = base_url
         self._supervise("scheduler", self._recover_then_schedule(scheduler))
+        self._supervise("watchdog", self.watchdog.run_forever())
 
     async def _recover_then_schedule(self, scheduler: Scheduler) -> None:
         await scheduler.recover()

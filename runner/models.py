@@ -419,8 +419,9 @@ class StepRecord(BaseModel):
     auth_context: dict[str, Any] | None
     created_at: int
     updated_at: int
-    # When the step became active (counts for time limits); None until then.
+    # When the step last became active, and its active time before that (pauses excluded).
     active_since: int | None
+    active_us: int = 0
     # Workload identity persisted by the executor (see runner/executors): survives restarts.
     handle: dict[str, Any] | None
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,6 +51,7 @@ class _Run:
     step_pk: int
     workload: Workload | None = None
     stop_requested: bool = False
+    stop_grace_s: float = 10.0
     pause_requested: bool = False
     shutdown: bool = False
     task: asyncio.Task[None] | None = None
@@ -80,6 +82,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._runs: dict[int, _Run] = {}
         self._closing = False
+        # Told whenever a step becomes active: a new deadline may now be the nearest one.
+        self.on_active: Callable[[], None] = lambda: None
         self.base_url = f"http://{settings.host}:{settings.port}"
         self._inherited = {k: os.environ[k] for k in settings.inherited_env if k in os.environ}
 
@@ -91,13 +95,15 @@ class Scheduler:
     def is_running(self, step_pk: int) -> bool:
         return step_pk in self._runs
 
-    def request_stop(self, step_pk: int) -> None:
+    def request_stop(self, step_pk: int, grace_s: float | None = None) -> None:
         run = self._runs.get(step_pk)
         if run is None:
             return
         run.stop_requested = True
+        if grace_s is not None:
+            run.stop_grace_s = grace_s
         if run.workload is not None:
-            self._control(run, run.workload.stop(self._settings.grace_period_s))
+            self._control(run, run.workload.stop(run.stop_grace_s))
 
     def request_pause(self, step_pk: int) -> None:
         run = self._runs.get(step_pk)
@@ -142,7 +148,7 @@ class Scheduler:
                 self._claim(step, self._run_step(step))
 
     def _claim(self, step: StepRecord, coro: Any) -> _Run:
-        run = _Run(step_pk=step.pk)
+        run = _Run(step_pk=step.pk, stop_grace_s=self._settings.grace_period_s)
         self._runs[step.pk] = run
         run.task = asyncio.create_task(coro, name=f"step-{step.job_name}-{step.name}")
 
@@ -235,6 +241,7 @@ class Scheduler:
                 await transition_step(tx, fresh, JobStatus.ACTIVE, now=now, status_details=details)
             for task in tasks:
                 await _update_task(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
+        self.on_active()
 
     async def _follow(
         self,
@@ -245,7 +252,7 @@ class Scheduler:
         offsets: dict[int, dict[str, int]],
     ) -> None:
         if run.stop_requested:
-            self._control(run, workload.stop(self._settings.grace_period_s))
+            self._control(run, workload.stop(run.stop_grace_s))
         elif run.pause_requested:
             self._control(run, self._pause(run))
         collectors = [self._collector(step, task, offsets.get(task.pk, {})) for task in tasks]

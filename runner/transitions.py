@@ -52,9 +52,11 @@ async def transition_step(
         )
     merged = {**step.status_details, **(status_details or {})}
     errors = error_details if error_details else step.error_details
-    active_since = step.active_since
-    if new_status == JobStatus.ACTIVE and step.status != JobStatus.ACTIVE and active_since is None:
-        active_since = now
+    active_since, active_us = step.active_since, step.active_us
+    if new_status == JobStatus.ACTIVE and step.status != JobStatus.ACTIVE:
+        active_since = now  # first start, or back from a pause: the clocks run again from here
+    elif step.status == JobStatus.ACTIVE and new_status != JobStatus.ACTIVE and active_since is not None:
+        active_us += now - active_since
     job = await tx.get_job_by_pk(step.job_pk)
     assert job is not None, "a step always has its job (foreign key with cascade)"
     if (new_status, merged, errors) == (step.status, step.status_details, step.error_details):
@@ -66,6 +68,7 @@ async def transition_step(
         status_details=merged,
         error_details=errors,
         active_since=active_since,
+        active_us=active_us,
         now=now,
     )
     step = step.model_copy(
@@ -74,6 +77,7 @@ async def transition_step(
             "status_details": merged,
             "error_details": errors,
             "active_since": active_since,
+            "active_us": active_us,
             "updated_at": now,
         }
     )

@@ -108,6 +108,7 @@ def _step(row: sqlite3.Row) -> StepRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         active_since=row["active_since"],
+        active_us=row["active_us"],
         handle=_load(row["handle"]),
     )
 
@@ -330,11 +331,12 @@ class WriteTx(_Reads):
         error_details: dict[str, Any] | None,
         active_since: int | None,
         now: int,
+        active_us: int = 0,
     ) -> None:
         await self._conn.execute(
             "UPDATE steps SET status = ?, status_details = ?, error_details = ?, active_since = ?,"
-            " updated_at = ? WHERE pk = ?",
-            (status.value, _dump(status_details), _dump(error_details), active_since, now, pk),
+            " active_us = ?, updated_at = ? WHERE pk = ?",
+            (status.value, _dump(status_details), _dump(error_details), active_since, active_us, now, pk),
         )
 
     async def set_step_handle(self, pk: int, handle: dict[str, Any] | None) -> None:
@@ -527,6 +529,17 @@ class Repository(_Reads):
             (),
         )
         return [_step(r) for r in rows]
+
+    async def watched_steps(self) -> list[tuple[StepRecord, int, int | None]]:
+        """Every unfinished step with its number of `active` tasks and their latest heartbeat."""
+        rows = await self._all(
+            "SELECT s.*, (SELECT COUNT(*) FROM tasks t WHERE t.step_pk = s.pk AND t.status = 'active')"
+            " AS active_tasks, (SELECT MAX(t.heartbeat_at) FROM tasks t WHERE t.step_pk = s.pk"
+            " AND t.status = 'active') AS last_beat FROM steps s"
+            " WHERE s.status NOT IN ('completed','error','cancelled')",
+            (),
+        )
+        return [(_step(r), r["active_tasks"], r["last_beat"]) for r in rows]
 
     async def runnable_steps(self, limit: int) -> list[StepRecord]:
         """Steps waiting for the scheduler, oldest first (FIFO, as the reference)."""

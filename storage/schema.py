@@ -53,7 +53,10 @@ MIGRATIONS: list[str] = [
         error_details   TEXT,
         created_at      INTEGER NOT NULL,
         updated_at      INTEGER NOT NULL,
+        -- When the step last became active, and how long it was active before that (pauses
+        -- excluded): together they give the time limit's deadline.
         active_since    INTEGER,
+        active_us       INTEGER NOT NULL DEFAULT 0,
         handle          TEXT,
         UNIQUE (job_pk, name)
     );

@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from runner.clock import Clock
 from runner.daemon import Daemon
 from runner.settings import ENV_PREFIX, Settings
 from web.app import Server
@@ -93,14 +95,28 @@ def shell(name: str, script: str, **extra: Any) -> dict[str, Any]:
     return step(name, "sh", "-c", script, **extra)
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    srv = Server(Daemon(test_settings(tmp_path)))
+@asynccontextmanager
+async def running_server(
+    tmp_path: Path, clock: Clock | None = None, **overrides: Any
+) -> AsyncIterator[Server]:
+    srv = Server(Daemon(test_settings(tmp_path, **overrides), clock=clock))
     await srv.start()
     try:
         yield srv
     finally:
         await srv.stop()
+
+
+@asynccontextmanager
+async def api_for(srv: Server) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session=session, base_url=srv.base_url)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(tmp_path) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -201,16 +201,16 @@ def parse_jobs_filter(query: MultiMapping[str], workspace: str) -> tuple[JobFilt
     normalised = {field: _normalise_ops(field, value) for field, value in raw.items()}
     try:
         fields = _JobsFilterModel.model_validate(normalised)
-        strings = {
-            name: _StringOps.model_validate(ops)
-            for name, ops in (("name", fields.name), ("source", fields.source), ("project", fields.project))
-            if ops is not None
-        }
-        status = _StatusOps.model_validate(fields.status) if fields.status is not None else None
-        created = _DateOps.model_validate(fields.created_at) if fields.created_at is not None else None
-        updated = _DateOps.model_validate(fields.updated_at) if fields.updated_at is not None else None
     except ValidationError as exc:
         raise InvalidRequest(validation_detail(exc, ["query", "filter"])) from None
+    strings = {
+        name: _ops(_StringOps, name, ops)
+        for name, ops in (("name", fields.name), ("source", fields.source), ("project", fields.project))
+        if ops is not None
+    }
+    status = _ops(_StatusOps, "status", fields.status) if fields.status is not None else None
+    created = _ops(_DateOps, "created_at", fields.created_at) if fields.created_at is not None else None
+    updated = _ops(_DateOps, "updated_at", fields.updated_at) if fields.updated_at is not None else None
     if fields.workspace is not None and fields.workspace.get("$eq") not in (None, workspace):
         # The path already names the workspace; a different one in the filter can match nothing.
         strings["name"] = _StringOps.model_validate({"$in": []})
@@ -228,7 +228,16 @@ def parse_jobs_filter(query: MultiMapping[str], workspace: str) -> tuple[JobFilt
         updated_gte=datetime_to_us(updated.gte) if updated and updated.gte else None,
         updated_lte=datetime_to_us(updated.lte) if updated and updated.lte else None,
     )
-    return flt, (normalised or None)
+    echo = {field: ops for field, ops in normalised.items() if ops is not None}
+    return flt, (echo or None)
+
+
+def _ops[O: BaseModel](model: type[O], field: str, ops: dict[str, Any]) -> O:
+    """One field's operators; errors are located at `filter.<field>.<operator>`."""
+    try:
+        return model.model_validate(ops)
+    except ValidationError as exc:
+        raise InvalidRequest(validation_detail(exc, ["query", "filter", field])) from None
 
 
 def _condition(ops: _StringOps | None) -> StringCondition | None:

@@ -1,0 +1,122 @@
+"""Ends steps that went silent (staleness) or ran past their time limits, on every executor.
+
+No polling tick: the watchdog computes the earliest deadline among unfinished steps and sleeps
+until then. Heartbeats only push deadlines later, so they need not wake it; a step becoming
+active (which may bring a deadline closer) does, through `wake()`. The clock is injected, so
+tests move time forward and call `check()` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runner.clock import Clock
+from runner.errors import Conflict
+from runner.models import JobStatus, StepRecord
+from runner.settings import Settings
+from runner.transitions import transition_step
+from storage import Repository
+
+log = logging.getLogger(__name__)
+
+_US = 1_000_000
+# Upper bound on one sleep: a safety net should a wake-up ever be missed.
+_MAX_SLEEP_S = 60.0
+_BEFORE_ACTIVE = (JobStatus.CREATED, JobStatus.PENDING, JobStatus.RESUMING)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    deadline: int  # microseconds since the epoch
+    message: str
+
+
+def verdicts(step: StepRecord, active_tasks: int, last_beat: int | None, settings: Settings) -> list[Verdict]:
+    """Every deadline that applies to the step now, each with the message it ends the step with."""
+    found: list[Verdict] = []
+    if step.status == JobStatus.ACTIVE and step.active_since is not None:
+        timeout = step.spec.lifecycle.staleness_timeout_seconds
+        if timeout > 0 and active_tasks > 0:
+            # A step that never sent a heartbeat is measured from when it became active.
+            since = max(last_beat or 0, step.active_since)
+            found.append(
+                Verdict(since + timeout * _US, f"Job terminated: no task updates received within {timeout} s")
+            )
+        limit = settings.ttl_seconds_active
+        found.append(
+            Verdict(
+                step.active_since + limit * _US - step.active_us,
+                f"Job timed out: active for more than ttl_seconds_active={limit} s",
+            )
+        )
+    elif step.status in _BEFORE_ACTIVE:
+        limit = settings.ttl_seconds_before_active
+        found.append(
+            Verdict(
+                step.created_at + limit * _US,
+                f"Job timed out: not active within ttl_seconds_before_active={limit} s",
+            )
+        )
+    return found
+
+
+class Watchdog:
+    def __init__(
+        self,
+        store: Repository,
+        clock: Clock,
+        settings: Settings,
+        stop_workload: Callable[[int], None],
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._settings = settings
+        self._stop_workload = stop_workload
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            next_deadline = await self.check()
+            delay = _MAX_SLEEP_S
+            if next_deadline is not None:
+                delay = min(delay, max(0.0, (next_deadline - self._clock.now_us()) / _US))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def check(self) -> int | None:
+        """End every step past a deadline; return the earliest deadline still ahead."""
+        now = self._clock.now_us()
+        earliest: int | None = None
+        for step, active_tasks, last_beat in await self._store.watched_steps():
+            for verdict in verdicts(step, active_tasks, last_beat, self._settings):
+                if verdict.deadline <= now:
+                    if not await self._terminate(step, verdict.message):
+                        earliest = now  # the step moved meanwhile: look again at once
+                    break
+                earliest = verdict.deadline if earliest is None else min(earliest, verdict.deadline)
+        return earliest
+
+    async def _terminate(self, step: StepRecord, message: str) -> bool:
+        now = self._clock.now_us()
+        async with self._store.transaction() as tx:
+            fresh = await tx.get_step_by_pk(step.pk)
+            if fresh is None or fresh.status.is_terminal:
+                return True
+            if fresh.status != step.status or fresh.updated_at != step.updated_at:
+                return False
+            try:
+                await transition_step(tx, fresh, JobStatus.ERROR, now=now, error_details={"message": message})
+            except Conflict:
+                return False
+        log.warning("step %s of job %s: %s", step.name, step.job_name, message)
+        # The verdict is recorded first; the workload (whole process tree or containers) goes next.
+        self._stop_workload(step.pk)
+        return True

@@ -1,0 +1,143 @@
+"""Staleness and time limits, on an injected clock (no long sleeps), plus one real-time check."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.clock import ManualClock
+from tests.conftest import Api, api_for, running_server, shell
+
+PUT_HEARTBEAT = (
+    'curl -s -X PUT -H "content-type: application/json" -d \'{"status":"active"}\' '
+    '"$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID/steps/$NEMO_JOB_STEP/tasks/$NEMO_JOB_TASK"'
+    " >/dev/null"
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _task_name(api: Api, job: str, step: str) -> str:
+    _, tasks = await api.request("GET", f"/jobs/{job}/steps/{step}/tasks")
+    return tasks["data"][0]["name"]  # type: ignore[no-any-return]
+
+
+async def test_staleness_on_an_injected_clock(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with running_server(tmp_path, clock=clock) as srv, api_for(srv) as api:
+        lifecycle = {"staleness_timeout_seconds": 5}
+        await api.create_job([shell("quiet", "sleep 60", lifecycle=lifecycle)], name="stale")
+        await api.wait_job("stale", {"active"})
+        _, step = await api.request("GET", "/jobs/stale/steps/quiet")
+        pid = step["status_details"]["pid"]
+        watchdog = srv.daemon.watchdog
+
+        clock.advance(4)
+        await watchdog.check()
+        assert (await api.wait_job("stale", {"active"}))["status"] == "active"
+
+        # A PUT from the workload is a heartbeat even when nothing else changes.
+        task = await _task_name(api, "stale", "quiet")
+        status, _ = await api.request(
+            "PUT", f"/jobs/stale/steps/quiet/tasks/{task}", json={"status": "active"}
+        )
+        assert status == 200
+        clock.advance(4)  # 8 s after start, 4 s after the heartbeat
+        await watchdog.check()
+        assert (await api.wait_job("stale", {"active"}))["status"] == "active"
+
+        clock.advance(1.5)  # 5.5 s after the heartbeat
+        await watchdog.check()
+        job = await api.wait_job("stale")
+        assert job["status"] == "error"
+        assert job["error_details"]["message"] == "Job terminated: no task updates received within 5 s"
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            await __import__("asyncio").sleep(0.02)
+        assert not _alive(pid)
+        _, tasks = await api.request("GET", "/jobs/stale/steps/quiet/tasks")
+        assert tasks["data"][0]["status"] == "error"
+
+
+async def test_daemon_bookkeeping_is_not_a_heartbeat(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with running_server(tmp_path, clock=clock) as srv, api_for(srv) as api:
+        lifecycle = {"staleness_timeout_seconds": 3}
+        await api.create_job(
+            [shell("chatty", "while true; do echo tick; sleep 0.05; done", lifecycle=lifecycle)],
+            name="chatty",
+        )
+        await api.wait_job("chatty", {"active"})
+        clock.advance(3.1)  # output and log bookkeeping keep flowing, but no PUT arrived
+        await srv.daemon.watchdog.check()
+        job = await api.wait_job("chatty")
+        assert job["status"] == "error"
+
+
+async def test_active_time_limit_ignores_paused_time(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with running_server(tmp_path, clock=clock, ttl_seconds_active=10) as srv, api_for(srv) as api:
+        watchdog = srv.daemon.watchdog
+        await api.create_job([shell("long", "sleep 60")], name="limited")
+        await api.wait_job("limited", {"active"})
+        clock.advance(6)
+        status, job = await api.request("POST", "/jobs/limited/pause")
+        assert status == 200
+        await api.wait_job("limited", {"paused"})
+        clock.advance(100)  # paused: neither the limit nor staleness runs
+        await watchdog.check()
+        assert (await api.wait_job("limited", {"paused"}))["status"] == "paused"
+        await api.request("POST", "/jobs/limited/resume")
+        await api.wait_job("limited", {"active"})
+        clock.advance(3)  # 9 s active in all
+        await watchdog.check()
+        assert (await api.wait_job("limited", {"active"}))["status"] == "active"
+        clock.advance(2)  # 11 s active
+        await watchdog.check()
+        job = await api.wait_job("limited")
+        assert job["status"] == "error"
+        assert "ttl_seconds_active=10" in job["error_details"]["message"]
+
+
+async def test_before_active_time_limit(tmp_path: Path) -> None:
+    clock = ManualClock()
+    # No slot to run in: the step waits in `created` until its before-active limit ends it.
+    async with (
+        running_server(tmp_path, clock=clock, max_running_steps=1, ttl_seconds_before_active=30) as srv,
+        api_for(srv) as api,
+    ):
+        await api.create_job([shell("hog", "sleep 60")], name="hog")
+        await api.wait_job("hog", {"active"})
+        await api.create_job([shell("queued", "true")], name="queued")
+        clock.advance(31)
+        await srv.daemon.watchdog.check()
+        job = await api.wait_job("queued")
+        assert job["status"] == "error"
+        assert "ttl_seconds_before_active=30" in job["error_details"]["message"]
+        await api.request("POST", "/jobs/hog/cancel")
+
+
+@pytest.mark.timeout(30)
+async def test_staleness_in_real_time(tmp_path: Path) -> None:
+    """Real clock: a heartbeating workload outlives the timeout; a silent one is ended promptly."""
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        lifecycle = {"staleness_timeout_seconds": 1}
+        beating = f"for i in 1 2 3 4 5 6 7 8 9 10 11 12; do {PUT_HEARTBEAT}; sleep 0.2; done"
+        await api.create_job([shell("beats", beating, lifecycle=lifecycle)], name="beating")
+        await api.create_job([shell("silent", "sleep 60", lifecycle=lifecycle)], name="silent")
+        started = time.monotonic()
+        job = await api.wait_job("silent")
+        assert job["status"] == "error"
+        # Ended by the watchdog (deadline 1 s after it became active), not by its own exit.
+        assert time.monotonic() - started < 8  # far before the 60 s sleep would end
+        job = await api.wait_job("beating")
+        assert job["status"] == "completed", job
