@@ -1,0 +1,135 @@
+"""Cancel, pause and resume on real process trees."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import Api, api_for, running_server, shell, step
+
+
+def _processes_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(marker in part for part in proc.info.get("cmdline") or []):
+            found.append(proc)
+    return found
+
+
+async def _eventually(predicate: object, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_cancel_ends_the_whole_tree_including_escaped_grandchildren(api: Api) -> None:
+    script = (
+        "sleep 3001 & "  # a grandchild in the step's process group
+        "setsid sleep 3002 & "  # one that left the group
+        "sh -c 'trap \"\" TERM; sleep 3003' & "  # one that ignores SIGTERM
+        "echo started; wait"
+    )
+    await api.create_job([shell("tree", script), step("after", "true")], name="tree")
+    await api.wait_job("tree", {"active"})
+    await _eventually(lambda: len(_processes_with("300")) >= 3)
+    status, job = await api.request("POST", "/jobs/tree/cancel")
+    assert status == 200 and job["status"] in ("cancelling", "cancelled")
+    job = await api.wait_job("tree")
+    assert job["status"] == "cancelled"
+    for marker in ("sleep 3001", "3002", "3003"):
+        await _eventually(
+            lambda m=marker: not [p for p in _processes_with(m.split()[-1]) if p.status() != "zombie"]
+        )
+    status, _ = await api.request("GET", "/jobs/tree/steps/after")
+    assert status == 404  # later steps never start
+    status, tree = await api.request("GET", "/jobs/tree/status")
+    assert tree["steps"][0]["status"] == "cancelled"
+    assert tree["steps"][0]["tasks"][0]["status"] == "cancelled"
+
+
+async def test_cancel_before_start_and_on_terminal_job(tmp_path: Path) -> None:
+    async with running_server(tmp_path, max_running_steps=1) as srv, api_for(srv) as api:
+        await api.create_job([shell("hog", "sleep 60")], name="hog")
+        await api.wait_job("hog", {"active"})
+        await api.create_job([step("waits", "true")], name="waiting")
+        status, job = await api.request("POST", "/jobs/waiting/cancel")
+        assert (status, job["status"]) == (200, "cancelled")  # never started: cancelled at once
+        await api.request("POST", "/jobs/hog/cancel")
+        assert (await api.wait_job("hog"))["status"] == "cancelled"
+        _, again = await api.request("POST", "/jobs/hog/cancel")
+        assert again["status"] == "cancelled"  # a terminal job is returned unchanged
+        await asyncio.sleep(0.2)
+        _, job = await api.request("GET", "/jobs/waiting")
+        assert job["status"] == "cancelled"
+        _, tasks = await api.request("GET", "/jobs/waiting/steps/waits/tasks")
+        assert tasks["data"] == []  # it never ran
+
+
+async def test_pause_freezes_and_resume_continues_progress(api: Api) -> None:
+    counter = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.02; done"
+    await api.create_job([shell("count", counter)], name="counter")
+    await api.wait_job("counter", {"active"})
+    await _eventually(lambda: True)
+    await asyncio.sleep(0.3)
+    status, job = await api.request("POST", "/jobs/counter/pause")
+    assert status == 200
+    job = await api.wait_job("counter", {"paused"})
+    _, step_before = await api.request("GET", "/jobs/counter/steps/count")
+    pid = step_before["status_details"]["pid"]
+    await asyncio.sleep(0.3)  # let the log collector catch up with what was printed before the freeze
+    frozen = await api.logs("counter")
+    await asyncio.sleep(0.5)
+    assert await api.logs("counter") == frozen  # nothing printed while paused
+    assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    status, job = await api.request("POST", "/jobs/counter/resume")
+    assert status == 200
+    await api.wait_job("counter", {"active"})
+    await asyncio.sleep(0.3)
+    later = [int(x) for x in await api.logs("counter")]
+    assert later[: len(frozen)] == [int(x) for x in frozen]
+    assert len(later) > len(frozen)
+    assert later == list(range(1, len(later) + 1))  # continued where it stopped, never restarted
+    _, step_after = await api.request("GET", "/jobs/counter/steps/count")
+    assert step_after["status_details"]["pid"] == pid
+    await api.request("POST", "/jobs/counter/cancel")
+    assert (await api.wait_job("counter"))["status"] == "cancelled"
+
+
+async def test_cancel_a_paused_step(api: Api) -> None:
+    await api.create_job([shell("nap", "sleep 60")], name="paused-cancel")
+    await api.wait_job("paused-cancel", {"active"})
+    await api.request("POST", "/jobs/paused-cancel/pause")
+    await api.wait_job("paused-cancel", {"paused"})
+    status, _ = await api.request("POST", "/jobs/paused-cancel/cancel")
+    assert status == 200
+    assert (await api.wait_job("paused-cancel"))["status"] == "cancelled"
+
+
+async def test_workload_that_handles_sigterm_is_still_cancelled(api: Api) -> None:
+    script = "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.05; done"
+    await api.create_job([shell("graceful", script)], name="graceful")
+    await api.wait_job("graceful", {"active"})
+    await api.request("POST", "/jobs/graceful/cancel")
+    job = await api.wait_job("graceful")
+    assert job["status"] == "cancelled"
+    assert "got-term" in await api.logs("graceful")
+
+
+async def test_client_patch_to_terminal_status_ends_the_workload(api: Api) -> None:
+    await api.create_job([shell("victim", "sleep 60")], name="patched")
+    await api.wait_job("patched", {"active"})
+    _, s = await api.request("GET", "/jobs/patched/steps/victim")
+    pid = s["status_details"]["pid"]
+    status, body = await api.request(
+        "PATCH",
+        "/jobs/patched/steps/victim/status",
+        json={"status": "error", "error_details": {"message": "by hand"}},
+    )
+    assert status == 200 and body["status"] == "error"
+    job = await api.wait_job("patched")
+    assert job["error_details"]["message"] == "by hand"
+    await _eventually(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
