@@ -1,0 +1,47 @@
+"""Whether container tests can run, and the locally built image they use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+TEST_IMAGE = os.environ.get("LOCALJOBS_TEST_IMAGE", "localjobs-test:busybox")
+
+
+def docker_ready() -> str | None:
+    """None when an engine answers and the test image exists; otherwise why not."""
+    if shutil.which("docker") is None:
+        return "no docker CLI"
+    try:
+        probe = subprocess.run(
+            ["docker", "image", "inspect", TEST_IMAGE], capture_output=True, timeout=20, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return "docker did not answer within 20 s"
+    if probe.returncode != 0:
+        return f"engine or image {TEST_IMAGE} missing: {probe.stderr.decode(errors='replace').strip()}"
+    return None
+
+
+def require_docker() -> None:
+    """Skip only when explicitly allowed (LOCALJOBS_SKIP_DOCKER=1); otherwise a missing engine fails."""
+    reason = docker_ready()
+    if reason is None:
+        return
+    if os.environ.get("LOCALJOBS_SKIP_DOCKER") == "1":
+        pytest.skip(f"container tests skipped (LOCALJOBS_SKIP_DOCKER=1): {reason}")
+    pytest.fail(f"container tests need a Docker engine (run scripts/setup_docker.sh): {reason}")
+
+
+def containers_with_label(label: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={label}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return out.stdout.split()

@@ -1,0 +1,196 @@
+"""Container steps against the real Docker engine (CI starts one: scripts/setup_docker.sh)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from runner.scheduler import owner_id
+from tests.conftest import Api
+from tests.docker_env import TEST_IMAGE, containers_with_label, require_docker
+from web.app import Server
+
+
+@pytest.fixture(autouse=True)
+def _needs_docker() -> None:
+    require_docker()
+
+
+def container_step(name: str, script: str | None, provider: str = "cpu", **resources: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"image": TEST_IMAGE}
+    if script is not None:
+        container.update({"entrypoint": ["sh", "-c"], "command": [script]})
+    executor: dict[str, Any] = {"provider": provider, "container": container}
+    if resources:
+        executor["resources"] = resources
+    return {"name": name, "executor": executor}
+
+
+def _owned_containers(server: Server) -> list[str]:
+    return containers_with_label(f"localjobs.owner={owner_id(server.daemon.settings)}")
+
+
+async def test_execution_profiles_list_docker(api: Api) -> None:
+    status, profiles = await api.request("GET", f"{api.base_url}/apis/jobs/v2/execution-profiles")
+    assert status == 200
+    assert {(p["provider"], p["backend"]) for p in profiles} >= {
+        ("subprocess", "subprocess"),
+        ("cpu", "docker"),
+        ("gpu", "docker"),
+        ("gpu_distributed", "docker"),
+    }
+
+
+async def test_memory_limit_kill_is_reported_as_oom(api: Api) -> None:
+    hog = "x=$(head -c 200m /dev/zero | tr '\\0' a); echo survived"
+    await api.create_job([container_step("hog", hog, limits={"memory": "32Mi"})], name="oom")
+    job = await api.wait_job("oom", timeout_s=60)
+    assert job["status"] == "error"
+    assert job["error_details"]["reason"] == "OOMKilled"
+    assert "OOMKilled" in job["error_details"]["message"]
+
+
+async def test_cpu_quota_and_memory_limit_reach_the_cgroup(api: Api) -> None:
+    script = (
+        "cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us; "
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+    )
+    await api.create_job(
+        [container_step("caps", script, limits={"cpu": "250m", "memory": "128Mi"})], name="caps"
+    )
+    job = await api.wait_job("caps", timeout_s=60)
+    assert job["status"] == "completed", job
+    cpu, memory = await api.logs("caps")
+    assert cpu.split()[0] == "25000"  # 0.25 CPU of a 100 ms period, fractional value kept
+    assert int(memory) == 128 * 2**20
+
+
+async def test_labels_and_no_container_left_behind(api: Api, server: Server) -> None:
+    await api.create_job([container_step("labelled", "sleep 60")], name="labels")
+    await api.wait_job("labels", {"active"}, timeout_s=60)
+    _, s = await api.request("GET", "/jobs/labels/steps/labelled")
+    (short_id,) = s["status_details"]["container_ids"]
+    inspect = subprocess.run(["docker", "inspect", short_id], capture_output=True, text=True, check=True)
+    info = json.loads(inspect.stdout)[0]
+    labels = info["Config"]["Labels"]
+    _, tasks = await api.request("GET", "/jobs/labels/steps/labelled/tasks")
+    assert labels["localjobs.workspace"] == "default"
+    assert labels["localjobs.job"] == "labels"
+    assert labels["localjobs.step"] == "labelled"
+    assert labels["localjobs.task"] == tasks["data"][0]["name"]
+    assert labels["localjobs.attempt"] == s["attempt_id"]
+    assert info["HostConfig"]["Init"] is True
+    await api.request("POST", "/jobs/labels/cancel")
+    assert (await api.wait_job("labels", timeout_s=60))["status"] == "cancelled"
+    for _ in range(100):
+        if not _owned_containers(server):
+            break
+        await asyncio.sleep(0.1)
+    assert _owned_containers(server) == []
+
+
+async def test_two_node_distributed_step_sees_its_ranks(api: Api) -> None:
+    script = 'echo "rank=$NODE_RANK of=$NNODES world=$WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT"'
+    s = container_step("train", script, provider="gpu_distributed", num_nodes=2, num_gpus=0)
+    await api.create_job([s], name="dist")
+    job = await api.wait_job("dist", timeout_s=60)
+    assert job["status"] == "completed", job
+    _, tasks = await api.request("GET", "/jobs/dist/steps/train/tasks")
+    assert len(tasks["data"]) == 2
+    master = f"lj-{tasks['data'][0]['name']}"
+    lines = sorted(await api.logs("dist"))
+    assert lines == [
+        f"rank=0 of=2 world=2 master={master}:29500",
+        f"rank=1 of=2 world=2 master={master}:29500",
+    ]
+
+
+async def test_distributed_nodes_reach_each_other(api: Api) -> None:
+    script = (
+        'if [ "$NODE_RANK" = 0 ]; then echo ready | nc -l -p "$MASTER_PORT"; echo served; '
+        'else for i in $(seq 1 50); do nc "$MASTER_ADDR" "$MASTER_PORT" && break; sleep 0.1; done; fi'
+    )
+    s = container_step("rdzv", script, provider="gpu_distributed", num_nodes=2, num_gpus=0)
+    await api.create_job([s], name="rdzv")
+    job = await api.wait_job("rdzv", timeout_s=60)
+    assert job["status"] == "completed", job
+    assert sorted(await api.logs("rdzv")) == ["ready", "served"]
+
+
+async def test_one_failing_node_fails_the_step_and_stops_the_rest(api: Api) -> None:
+    script = 'if [ "$NODE_RANK" = 1 ]; then exit 9; fi; sleep 120'
+    s = container_step("partial", script, provider="gpu_distributed", num_nodes=2, num_gpus=0)
+    await api.create_job([s], name="partial")
+    job = await api.wait_job("partial", timeout_s=60)
+    assert job["status"] == "error"
+    assert job["error_details"]["exit_code"] == 9
+
+
+async def test_gpu_step_on_an_engine_without_gpus_fails_clearly(api: Api) -> None:
+    await api.create_job([container_step("needs-gpu", "true", provider="gpu", num_gpus=1)], name="gpu")
+    job = await api.wait_job("gpu", timeout_s=60)
+    assert job["status"] == "error"
+    assert "no GPU runtime" in job["error_details"]["message"]
+
+
+async def test_missing_image_fails_with_the_engines_reason(api: Api) -> None:
+    step = container_step("noimage", "true")
+    step["executor"]["container"]["image"] = "localjobs-test:does-not-exist"
+    await api.create_job([step], name="noimage")
+    job = await api.wait_job("noimage", timeout_s=120)
+    assert job["status"] == "error"
+    assert "localjobs-test:does-not-exist" in job["error_details"]["message"]
+    assert "pulling it failed" in job["error_details"]["message"]
+
+
+async def test_empty_entrypoint_and_command_keep_the_images_own(api: Api) -> None:
+    # The test image's CMD is /bin/sh, which exits 0 at once with no input.
+    await api.create_job([container_step("default-cmd", None)], name="defaults")
+    job = await api.wait_job("defaults", timeout_s=60)
+    assert job["status"] == "completed", job
+
+
+async def test_pause_and_resume_a_container(api: Api) -> None:
+    counter = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done"
+    await api.create_job([container_step("count", counter)], name="cpause")
+    await api.wait_job("cpause", {"active"}, timeout_s=60)
+    await asyncio.sleep(0.5)
+    await api.request("POST", "/jobs/cpause/pause")
+    await api.wait_job("cpause", {"paused"})
+    await asyncio.sleep(0.4)
+    frozen = await api.logs("cpause")
+    await asyncio.sleep(0.4)
+    assert await api.logs("cpause") == frozen
+    await api.request("POST", "/jobs/cpause/resume")
+    await api.wait_job("cpause", {"active"})
+    await asyncio.sleep(0.5)
+    later = [int(x) for x in await api.logs("cpause")]
+    assert len(later) > len(frozen)
+    assert later == list(range(1, len(later) + 1))
+    await api.request("POST", "/jobs/cpause/cancel")
+    assert (await api.wait_job("cpause", timeout_s=60))["status"] == "cancelled"
+
+
+async def test_malformed_quantity_is_rejected_at_submission(api: Api) -> None:
+    body = {
+        "source": "t",
+        "spec": {},
+        "platform_spec": {"steps": [container_step("bad", "true", limits={"cpu": "lots"})]},
+    }
+    status, err = await api.request("POST", "/jobs", json=body)
+    assert status == 422
+    assert err["detail"][0]["loc"][-1] == "cpu"
+
+
+async def test_container_step_can_call_the_daemon_back(api: Api) -> None:
+    script = (
+        'wget -q -O - "$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID" '
+        '| grep -o \'"name": "callback"\''
+    )
+    await api.create_job([container_step("call", script)], name="callback")
+    job = await api.wait_job("callback", timeout_s=60)
+    assert job["status"] == "completed", (job, await api.logs("callback"))
