@@ -76,6 +76,7 @@ class Scheduler:
         self._store = store
         self._secrets = secrets
         self._owner = owner_id(settings)
+        executors.on_docker_connected = self.sweep_containers
         self._clock = clock
         self._settings = settings
         self._executors = executors
@@ -402,7 +403,31 @@ class Scheduler:
                 continue
             offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
             self._claim(step, self._adopt(step, tasks, found, offsets))
+        known = await self._known_task_names()
+        killed = self._executors.subprocess.sweep_orphans(known)
+        if killed:
+            log.warning("killed %d orphaned task process group(s) that no unfinished step knows", killed)
         self.wake()
+
+    async def _known_task_names(self) -> set[str]:
+        return {
+            t["task_name"]
+            for step in await self._store.non_terminal_steps()
+            for t in (step.handle or {}).get("tasks", [])
+        }
+
+    async def sweep_containers(self, docker: Any) -> None:
+        """Remove labelled containers that no unfinished step refers to (left by a crash)."""
+        if self._settings.keep_containers:
+            return
+        known = {
+            cid
+            for step in await self._store.non_terminal_steps()
+            for cid in (step.handle or {}).get("containers", [])
+        }
+        removed = await docker.sweep_orphans(known)
+        if removed:
+            log.warning("removed %d orphaned container(s) that no unfinished step knows", removed)
 
     async def _adopt(
         self,

@@ -27,8 +27,15 @@ def _service(request: web.Request) -> JobService:
 
 def _workspace(request: web.Request, allow_all: bool = False) -> str:
     workspace = request.match_info["workspace"]
-    if allow_all and workspace == "-":
-        return workspace
+    if workspace == "-":
+        if allow_all:
+            return workspace
+        raise InvalidRequest.single(
+            ["path", "workspace"],
+            "'-' means every workspace and is only valid for listing steps",
+            "value_error",
+            workspace,
+        )
     if not WORKSPACE_PATTERN.match(workspace):
         raise InvalidRequest.single(
             ["path", "workspace"],

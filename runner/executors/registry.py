@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from runner.executors.base import Executor, ExecutorError
@@ -24,15 +25,17 @@ class ExecutorRegistry:
     def __init__(self, settings: Settings, owner: str) -> None:
         self._settings = settings
         self._owner = owner
-        self._subprocess = SubprocessExecutor(settings.python_executable)
+        self.subprocess = SubprocessExecutor(settings.python_executable, owner)
         self._docker: DockerExecutor | None = None
         self._docker_checked_at: float | None = None
         self._docker_error = "not checked yet"
         self._docker_lock = asyncio.Lock()
+        # Called once when an engine first answers, e.g. to remove containers left by a crash.
+        self.on_docker_connected: Callable[[DockerExecutor], Awaitable[None]] | None = None
 
     async def for_provider(self, provider: str) -> Executor:
         if provider == "subprocess" or (provider == "cpu" and self._settings.cpu_containers_as_subprocess):
-            return self._subprocess
+            return self.subprocess
         if provider in CONTAINER_PROVIDERS:
             docker = await self.docker()
             if docker is None:
@@ -55,6 +58,9 @@ class ExecutorRegistry:
                 except DockerUnavailable as exc:
                     self._docker_error = str(exc)
                     log.info("container steps unavailable: %s", exc)
+                else:
+                    if self.on_docker_connected is not None:
+                        await self.on_docker_connected(self._docker)
             return self._docker
 
     async def profiles(self) -> list[dict[str, Any]]:

@@ -159,8 +159,10 @@ async def _wait_for_exit(pid: int) -> None:
 
 
 class SubprocessExecutor:
-    def __init__(self, python_executable: str) -> None:
+    def __init__(self, python_executable: str, owner: str) -> None:
         self._python = python_executable
+        # In every wrapper's argv: which daemon (data dir) and task it belongs to.
+        self._marker = f"{MARKER_PREFIX}{owner}:"
 
     def _resolve(self, argv: list[str], env: dict[str, str]) -> list[str]:
         program = argv[0]
@@ -188,7 +190,7 @@ class SubprocessExecutor:
         (task,) = launch.tasks  # a host subprocess step is always one task
         argv = self._resolve(launch.argv, task.env)
         paths = task.paths
-        wrapped = ["/bin/sh", "-c", _WRAPPER, MARKER_PREFIX + task.task_name, str(paths.exit_file), *argv]
+        wrapped = ["/bin/sh", "-c", _WRAPPER, self._marker + task.task_name, str(paths.exit_file), *argv]
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         out = err = -1
         try:
@@ -223,27 +225,28 @@ class SubprocessExecutor:
             if started is not None and abs(started - float(handle.get("start_time", 0))) < 0.05:
                 return SubprocessWorkload(pid, started, paths.exit_file, None)
         else:
-            found = find_task_process(paths.work_dir.name)
+            found = self.task_processes().get(paths.work_dir.name)
             if found is not None:
                 return SubprocessWorkload(found.pid, found.create_time(), paths.exit_file, None)
         return read_exit_file(paths.exit_file)
 
+    def task_processes(self) -> dict[str, psutil.Process]:
+        """This daemon's live task wrappers, by task name (found by the marker in their argv)."""
+        found: dict[str, psutil.Process] = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                cmdline = proc.info.get("cmdline") or []
+                if len(cmdline) > 3 and cmdline[3].startswith(self._marker):
+                    found[cmdline[3].removeprefix(self._marker)] = proc
+        return found
 
-def find_task_process(task_name: str) -> psutil.Process | None:
-    """The wrapper process of a task, found by the marker in its command line."""
-    marker = MARKER_PREFIX + task_name
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if len(cmdline) > 3 and cmdline[3] == marker:
-            return proc
-    return None
-
-
-def task_processes() -> dict[str, psutil.Process]:
-    """Every live task wrapper on this machine, by task name (for the orphan sweep)."""
-    found: dict[str, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if len(cmdline) > 3 and cmdline[3].startswith(MARKER_PREFIX):
-            found[cmdline[3].removeprefix(MARKER_PREFIX)] = proc
-    return found
+    def sweep_orphans(self, known_tasks: set[str]) -> int:
+        """Kill the process groups of task wrappers that no unfinished step refers to."""
+        killed = 0
+        for name, proc in self.task_processes().items():
+            if name in known_tasks:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed += 1
+        return killed

@@ -1,0 +1,135 @@
+"""Kill the daemon with SIGKILL at random moments while steps of every kind run; restart it each time.
+
+Afterwards every job must reach its true final status and exit code, every log line must be
+stored exactly once, and no step may have run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_process import DaemonProcess, pid_alive
+
+WS = "/apis/jobs/v2/workspaces/crash"
+HEARTBEAT = (
+    'curl -s -m 1 -X PUT -H "content-type: application/json" -d \'{"status":"active"}\' '
+    '"$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID/steps/$NEMO_JOB_STEP/tasks/$NEMO_JOB_TASK"'
+    " >/dev/null 2>&1"
+)
+
+
+def _call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def _shell(name: str, script: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "executor": {"provider": "subprocess", "command": ["sh", "-c", script]}, **extra}
+
+
+def _jobs(runs_dir: Path) -> dict[str, tuple[list[dict[str, Any]], str, int | None, list[str]]]:
+    """name -> (steps, expected status, expected exit code, expected log lines)."""
+
+    def once(job: str, step: str, rest: str) -> str:
+        # Each start leaves a mark: a step that ran twice leaves two.
+        return f'echo run >> "{runs_dir}/{job}.{step}"; {rest}'
+
+    counter = "; ".join(f"echo n{i}; sleep 0.05" for i in range(1, 61))
+    return {
+        "short": ([_shell("main", once("short", "main", "echo short-out; sleep 0.3"))], "completed", 0, ["short-out"]),
+        "long": ([_shell("main", once("long", "main", counter))], "completed", 0, [f"n{i}" for i in range(1, 61)]),
+        "failing": ([_shell("main", once("failing", "main", "echo dying; sleep 1.5; exit 5"))], "error", 5, ["dying"]),
+        "beating": (
+            [
+                _shell(
+                    "main",
+                    once("beating", "main", f"for i in $(seq 1 15); do {HEARTBEAT}; echo beat$i; sleep 0.2; done"),
+                    lifecycle={"staleness_timeout_seconds": 30},
+                )
+            ],
+            "completed",
+            0,
+            [f"beat{i}" for i in range(1, 16)],
+        ),
+        "two-steps": (
+            [
+                _shell("first", once("two-steps", "first", "echo one; sleep 0.8")),
+                _shell("second", once("two-steps", "second", "echo two; sleep 0.8")),
+            ],
+            "completed",
+            0,
+            ["one", "two"],
+        ),
+        "queued": ([_shell("main", once("queued", "main", "echo late"))], "completed", 0, ["late"]),
+    }
+
+
+def _all_logs(base: str, job: str) -> list[str]:
+    lines: list[str] = []
+    cursor = None
+    while True:
+        path = f"{WS}/jobs/{job}/logs?limit=1000" + (f"&page_cursor={cursor}" if cursor else "")
+        status, page = _call(base, "GET", path)
+        assert status == 200, page
+        lines += [line["message"] for line in page["data"]]
+        cursor = page["next_page"]
+        if not cursor:
+            return lines
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_at_random_moments_loses_nothing_and_runs_nothing_twice(tmp_path: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    jobs = _jobs(runs_dir)
+    rng = random.Random(int(os.environ.get("LOCALJOBS_CRASH_SEED", "20261128")))
+    args = ["--max-running-steps", "4", "--grace-period-s", "1"]
+    with DaemonProcess(tmp_path / "logs", data_dir=tmp_path / "data", args=args) as daemon:
+        base = daemon.start()
+        for name, (steps, *_rest) in jobs.items():
+            status, body = _call(base, "POST", f"{WS}/jobs", {"name": name, "source": "crash", "spec": {}, "platform_spec": {"steps": steps}})
+            assert status == 201, body
+        for _ in range(4):
+            time.sleep(rng.uniform(0.2, 0.9))
+            old_pid = daemon.pid
+            daemon.stop(signal.SIGKILL, timeout_s=10)
+            assert not pid_alive(old_pid)
+            time.sleep(rng.uniform(0.0, 0.5))
+            base = daemon.start()
+        deadline = time.monotonic() + 90
+        results: dict[str, dict[str, Any]] = {}
+        while len(results) < len(jobs):
+            assert time.monotonic() < deadline, f"not finished: {set(jobs) - set(results)}\n{daemon}"
+            for name in jobs:
+                status, job = _call(base, "GET", f"{WS}/jobs/{name}")
+                assert status == 200
+                if job["status"] in ("completed", "error", "cancelled"):
+                    results[name] = job
+            time.sleep(0.1)
+        for name, (steps, expected_status, expected_code, expected_lines) in jobs.items():
+            job = results[name]
+            assert job["status"] == expected_status, (name, job, daemon)
+            if expected_code:
+                assert job["error_details"]["exit_code"] == expected_code, (name, job)
+            assert _all_logs(base, name) == expected_lines, name
+            for s in steps:
+                marks = (runs_dir / f"{name}.{s['name']}").read_text().splitlines()
+                assert marks == ["run"], f"{name}.{s['name']} ran {len(marks)} times"
+        assert daemon.task_processes() == []
+        assert daemon.stop() == 0
