@@ -23,8 +23,8 @@ from runner.executors.registry import ExecutorRegistry
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.settings import Settings
-from runner.transitions import transition_step
-from storage import Repository, WriteTx
+from runner.transitions import record_task_status, transition_step
+from storage import Repository
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class Scheduler:
             if fresh.status in (JobStatus.PENDING, JobStatus.RESUMING):
                 await transition_step(tx, fresh, JobStatus.ACTIVE, now=now, status_details=details)
             for task in tasks:
-                await _update_task(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
+                await record_task_status(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
         self.on_active()
 
     async def _follow(
@@ -336,7 +336,7 @@ class Scheduler:
                     )
             stack = "\n".join(tail) if final == JobStatus.ERROR and tail else None
             for task in tasks:
-                await _update_task(tx, task.pk, final, details, errors, stack, now)
+                await record_task_status(tx, task.pk, final, details, errors, stack, now)
         self.wake()
 
     async def _output_tail(self, step: StepRecord) -> list[str]:
@@ -459,7 +459,7 @@ class Scheduler:
         async with self._store.transaction() as tx:
             for task in tasks:
                 message = {"message": "Never started: the daemon stopped first"}
-                await _update_task(tx, task.pk, JobStatus.ERROR, message, None, None, now)
+                await record_task_status(tx, task.pk, JobStatus.ERROR, message, None, None, now)
             await tx.set_step_handle(step.pk, None)
             await tx.update_step_state(
                 step.pk,
@@ -483,7 +483,7 @@ class Scheduler:
                 final = JobStatus.CANCELLED
             await transition_step(tx, fresh, final, now=now, error_details=errors)
             for task in tasks:
-                await _update_task(tx, task.pk, final, {"message": why}, errors, None, now)
+                await record_task_status(tx, task.pk, final, {"message": why}, errors, None, now)
 
     async def shutdown(self) -> None:
         """Stop starting steps; end the running ones (or leave them for the next start)."""
@@ -516,31 +516,6 @@ def _argv(step: StepRecord) -> list[str]:
     if executor.provider == "subprocess":
         return list(executor.command)
     return [*executor.container.entrypoint, *executor.container.command]
-
-
-async def _update_task(
-    tx: WriteTx,
-    task_pk: int,
-    status: JobStatus,
-    details: dict[str, Any],
-    errors: dict[str, Any] | None,
-    stack: str | None,
-    now: int,
-) -> None:
-    """The daemon's own bookkeeping write: it never counts as a heartbeat."""
-    task = await tx.get_task_by_pk(task_pk)
-    if task is None:
-        return
-    new_status = status if task.status.can_transition_to(status) else task.status
-    await tx.update_task(
-        task_pk,
-        status=new_status,
-        status_details={**task.status_details, **details},
-        error_details=errors or task.error_details,
-        error_stack=stack or task.error_stack,
-        heartbeat_at=task.heartbeat_at,
-        now=now,
-    )
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -114,3 +114,28 @@ async def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
         job.pk, status=target, status_details=job.status_details, error_details=job_errors, now=now
     )
     outcome.job = job.model_copy(update={"status": target, "error_details": job_errors, "updated_at": now})
+
+
+async def record_task_status(
+    tx: WriteTx,
+    task_pk: int,
+    status: JobStatus,
+    details: dict[str, Any],
+    errors: dict[str, Any] | None,
+    stack: str | None,
+    now: int,
+) -> None:
+    """The daemon's own bookkeeping write: it never counts as a heartbeat."""
+    task = await tx.get_task_by_pk(task_pk)
+    if task is None:
+        return
+    new_status = status if task.status.can_transition_to(status) else task.status
+    await tx.update_task(
+        task_pk,
+        status=new_status,
+        status_details={**task.status_details, **details},
+        error_details=errors or task.error_details,
+        error_stack=stack or task.error_stack,
+        heartbeat_at=task.heartbeat_at,
+        now=now,
+    )

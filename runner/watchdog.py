@@ -18,7 +18,7 @@ from runner.clock import Clock
 from runner.errors import Conflict
 from runner.models import JobStatus, StepRecord
 from runner.settings import Settings
-from runner.transitions import transition_step
+from runner.transitions import record_task_status, transition_step
 from storage import Repository
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,14 @@ class Watchdog:
                 return True
             if fresh.status != step.status or fresh.updated_at != step.updated_at:
                 return False
+            errors = {"message": message}
             try:
-                await transition_step(tx, fresh, JobStatus.ERROR, now=now, error_details={"message": message})
+                await transition_step(tx, fresh, JobStatus.ERROR, now=now, error_details=errors)
             except Conflict:
                 return False
+            for task in await tx.tasks_of_step(step.pk):
+                if not task.status.is_terminal:
+                    await record_task_status(tx, task.pk, JobStatus.ERROR, errors, errors, None, now)
         log.warning("step %s of job %s: %s", step.name, step.job_name, message)
         # The verdict is recorded first; the workload (whole process tree or containers) goes next.
         self._stop_workload(step.pk)
