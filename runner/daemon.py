@@ -9,8 +9,9 @@ from typing import Any
 
 from runner.clock import Clock, SystemClock
 from runner.executors.registry import ExecutorRegistry
-from runner.models import StepRecord
+from runner.results import ResultService
 from runner.scheduler import Scheduler, owner_id
+from runner.secrets import SecretService
 from runner.service import JobService
 from runner.settings import Settings
 from runner.watchdog import Watchdog
@@ -44,10 +45,16 @@ class Daemon:
 
     async def start(self) -> None:
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+        # Secret values live in the database: only the daemon's user may open this folder.
+        self.settings.data_dir.chmod(0o700)
         self._store = await Repository.open(self.settings.db_path)
         self._executors = ExecutorRegistry(self.settings, owner_id(self.settings))
-        self._scheduler = Scheduler(self._store, self.clock, self.settings, self._executors, _NoSecrets())
-        self._service = JobService(self._store, self.clock, self._scheduler)
+        secrets = SecretService(self._store, self.clock)
+        self._scheduler = Scheduler(self._store, self.clock, self.settings, self._executors, secrets)
+        results = ResultService(self._store, self.clock, self.settings.work_dir)
+        self._service = JobService(
+            self._store, self.clock, self._scheduler, secrets, results, self._scheduler.log_signal
+        )
         scheduler = self._scheduler
         self.watchdog = Watchdog(
             self._store, self.clock, self.settings, lambda pk: scheduler.request_stop(pk, 0)
@@ -90,8 +97,3 @@ class Daemon:
         if self._store is not None:
             await self._store.close()
             self._store = None
-
-
-class _NoSecrets:
-    async def resolve(self, step: StepRecord) -> dict[str, str]:
-        return {}

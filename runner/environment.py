@@ -10,9 +10,16 @@ from runner.executors.base import TaskPaths, VisiblePaths
 from runner.models import StepRecord
 
 
+def job_storage_dir(work_root: Path, workspace: str, job_name: str, attempt_id: str) -> Path:
+    """The job's fileset folder: persistent storage shared by its steps, where results live."""
+    return work_root / workspace / job_name / attempt_id / "job-storage"
+
+
 def task_paths(work_root: Path, step: StepRecord, task_name: str) -> TaskPaths:
-    attempt_dir = work_root / step.workspace / step.job_name / step.attempt_id
-    return TaskPaths(work_dir=attempt_dir / step.name / task_name, persistent_dir=attempt_dir / "job-storage")
+    return TaskPaths(
+        work_dir=work_root / step.workspace / step.job_name / step.attempt_id / step.name / task_name,
+        persistent_dir=job_storage_dir(work_root, step.workspace, step.job_name, step.attempt_id),
+    )
 
 
 def prepare_task_folders(paths: TaskPaths, config: dict[str, object]) -> None:

@@ -34,9 +34,10 @@ class LogPage:
     total: int
     next_page: str | None
     prev_page: str | None
+    dropped: int = 0
 
 
-def _scope_hash(query: LogQuery) -> str:
+def scope_hash(query: LogQuery) -> str:
     key = f"{query.job_pk}|{query.attempt_id}|{query.step_name}|{query.task_name}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -60,7 +61,7 @@ def decode_cursor(text: str, query: LogQuery) -> Cursor:
         raise invalid from None
     if direction not in ("f", "b") or not isinstance(line_id, int) or line_id < 0:
         raise invalid
-    if scope != _scope_hash(query):
+    if scope != scope_hash(query):
         raise invalid
     return Cursor(direction=direction, line_id=line_id, scope=scope)
 
@@ -75,14 +76,14 @@ async def page_logs(
 ) -> LogPage:
     if tail is not None and (limit is not None or page_cursor is not None):
         raise BadRequest("`tail` cannot be combined with `limit` or `page_cursor`")
-    scope = _scope_hash(query)
-    total = await store.count_log_lines(query)
+    scope = scope_hash(query)
+    total, dropped = await store.log_totals(query)
     if tail is not None:
         lines = await store.log_lines_before(query, None, tail + 1)
         older = len(lines) > tail
         lines = lines[1:] if older else lines
         prev = encode_cursor(Cursor("b", lines[0].id, scope)) if older and lines else None
-        return LogPage(lines=lines, total=total, next_page=None, prev_page=prev)
+        return LogPage(lines=lines, total=total, next_page=None, prev_page=prev, dropped=dropped)
     size = limit if limit is not None else 100
     cursor = decode_cursor(page_cursor, query) if page_cursor else None
     if cursor is not None and cursor.direction == "b":
@@ -91,11 +92,11 @@ async def page_logs(
         lines = lines[1:] if older else lines
         prev = encode_cursor(Cursor("b", lines[0].id, scope)) if older and lines else None
         nxt = encode_cursor(Cursor("f", lines[-1].id, scope)) if lines else None
-        return LogPage(lines=lines, total=total, next_page=nxt, prev_page=prev)
+        return LogPage(lines=lines, total=total, next_page=nxt, prev_page=prev, dropped=dropped)
     after = cursor.line_id if cursor is not None else 0
     lines = await store.log_lines_after(query, after, size + 1)
     newer = len(lines) > size
     lines = lines[:size]
     nxt = encode_cursor(Cursor("f", lines[-1].id, scope)) if newer else None
     prev = encode_cursor(Cursor("b", lines[0].id, scope)) if after > 0 and lines else None
-    return LogPage(lines=lines, total=total, next_page=nxt, prev_page=prev)
+    return LogPage(lines=lines, total=total, next_page=nxt, prev_page=prev, dropped=dropped)

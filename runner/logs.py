@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.clock import Clock
 from runner.executors.base import TaskPaths
+from runner.secrets import mask
 from storage import Repository
 
 _CHUNK = 1 << 20
@@ -82,8 +84,15 @@ class OutputCollector:
         paths: TaskPaths,
         offsets: dict[str, int],
         poll_max_s: float,
+        *,
+        mask_values: list[str] | None = None,
+        max_task_bytes: int = 0,
+        on_stored: Callable[[int], None] = lambda job_pk: None,
     ) -> None:
         self._store = store
+        self._mask_values = mask_values or []
+        self._max_task_bytes = max_task_bytes
+        self._on_stored = on_stored
         self._clock = clock
         self._target = target
         self._streams = [
@@ -135,6 +144,8 @@ class OutputCollector:
         target = self._target
         prefix = "[stderr] " if stream == "stderr" else ""
         decoded = [(now, prefix + line.rstrip(b"\r").decode("utf-8", "replace")) for line in lines]
+        if self._mask_values:
+            decoded = [(ts, mask(text, self._mask_values)) for ts, text in decoded]
         async with self._store.transaction() as tx:
             await tx.append_log_lines(
                 job_pk=target.job_pk,
@@ -145,4 +156,7 @@ class OutputCollector:
                 stream=stream,
                 lines=decoded,
                 new_offset=new_offset,
+                max_task_bytes=self._max_task_bytes,
             )
+        if decoded:
+            self._on_stored(target.job_pk)

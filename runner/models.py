@@ -454,6 +454,27 @@ class LogLine(BaseModel):
     message: str
 
 
+class SecretRecord(BaseModel):
+    pk: int
+    workspace: str
+    name: str
+    description: str | None
+    value: str
+    created_at: int
+    updated_at: int
+
+
+class ResultRecord(BaseModel):
+    pk: int
+    id: str
+    job_pk: int
+    name: str
+    artifact_url: str
+    artifact_storage_type: str
+    created_at: int
+    updated_at: int
+
+
 class Page[T](BaseModel):
     items: list[T]
     total: int

@@ -17,11 +17,12 @@ from typing import Any, Protocol
 
 from runner.clock import Clock
 from runner.environment import prepare_task_folders, task_environment, task_paths
-from runner.errors import Conflict
+from runner.errors import Conflict, NotFound
 from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskLaunch, TaskPaths, Workload
 from runner.executors.registry import ExecutorRegistry
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
+from runner.notify import ChangeSignal
 from runner.settings import Settings
 from runner.transitions import record_task_status, transition_step
 from storage import Repository
@@ -63,6 +64,10 @@ class SecretSource(Protocol):
         """Environment variables holding the values of the step's `from_secret` references."""
         ...
 
+    async def values_for(self, step: StepRecord) -> list[str]:
+        """Secret values to mask in the step's output."""
+        ...
+
 
 class Scheduler:
     def __init__(
@@ -83,6 +88,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._runs: dict[int, _Run] = {}
         self._closing = False
+        # Rung when a job's logs grow or it ends: log followers wait on it.
+        self.log_signal = ChangeSignal()
         # Told whenever a step becomes active: a new deadline may now be the nearest one.
         self.on_active: Callable[[], None] = lambda: None
         self.base_url = f"http://{settings.host}:{settings.port}"
@@ -213,7 +220,7 @@ class Scheduler:
             workload = await executor.start(
                 Launch(step=step, argv=_argv(step), tasks=launches, labels=self._labels(step))
             )
-        except (ExecutorError, OSError) as exc:
+        except (ExecutorError, OSError, NotFound) as exc:
             failure = ExitStatus(exit_code=None, reason=str(exc))
             await self._finish(step, tasks, failure, message=str(exc), with_output=False)
             return
@@ -256,7 +263,8 @@ class Scheduler:
             self._control(run, workload.stop(run.stop_grace_s))
         elif run.pause_requested:
             self._control(run, self._pause(run))
-        collectors = [self._collector(step, task, offsets.get(task.pk, {})) for task in tasks]
+        masked = await self._secrets.values_for(step)
+        collectors = [self._collector(step, task, offsets.get(task.pk, {}), masked) for task in tasks]
         for collector in collectors:
             collector.start()
         try:
@@ -270,7 +278,9 @@ class Scheduler:
         if not self._settings.keep_containers:
             await workload.release()
 
-    def _collector(self, step: StepRecord, task: _TaskRef, offsets: dict[str, int]) -> OutputCollector:
+    def _collector(
+        self, step: StepRecord, task: _TaskRef, offsets: dict[str, int], masked: list[str]
+    ) -> OutputCollector:
         return OutputCollector(
             self._store,
             self._clock,
@@ -278,6 +288,9 @@ class Scheduler:
             task.paths,
             offsets,
             self._settings.log_poll_max_s,
+            mask_values=masked,
+            max_task_bytes=self._settings.log_max_bytes_per_task,
+            on_stored=self.log_signal.notify,
         )
 
     async def _finish(
@@ -337,6 +350,7 @@ class Scheduler:
             stack = "\n".join(tail) if final == JobStatus.ERROR and tail else None
             for task in tasks:
                 await record_task_status(tx, task.pk, final, details, errors, stack, now)
+        self.log_signal.notify(step.job_pk)
         self.wake()
 
     async def _output_tail(self, step: StepRecord) -> list[str]:
@@ -438,8 +452,9 @@ class Scheduler:
     ) -> None:
         run = self._runs[step.pk]
         if isinstance(found, ExitStatus):
+            masked = await self._secrets.values_for(step)
             for task in tasks:
-                await self._collector(step, task, offsets.get(task.pk, {})).finish()
+                await self._collector(step, task, offsets.get(task.pk, {}), masked).finish()
             await self._finish(step, tasks, found, message=None)
             return
         run.workload = found

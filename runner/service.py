@@ -9,12 +9,13 @@ from __future__ import annotations
 import getpass
 import re
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runner.clock import Clock
 from runner.errors import Conflict, NotFound, Unprocessable
-from runner.log_pages import LogPage, page_logs
+from runner.log_pages import Cursor, LogPage, decode_cursor, encode_cursor, page_logs, scope_hash
 from runner.models import (
     NAME_PATTERN,
     CreateJobRequest,
@@ -22,8 +23,10 @@ from runner.models import (
     JobRecord,
     JobSort,
     JobStatus,
+    LogLine,
     LogQuery,
     Page,
+    ResultRecord,
     StepFilter,
     StepRecord,
     StepSort,
@@ -33,6 +36,9 @@ from runner.models import (
     base58,
     new_entity_id,
 )
+from runner.notify import ChangeSignal
+from runner.results import Artifact, ResultService
+from runner.secrets import SecretService, mask
 from runner.transitions import TransitionOutcome, transition_step
 from storage import AlreadyExists, Repository, WriteTx
 
@@ -81,10 +87,21 @@ def generate_job_name(source: str) -> str:
 
 
 class JobService:
-    def __init__(self, store: Repository, clock: Clock, workloads: WorkloadControl) -> None:
+    def __init__(
+        self,
+        store: Repository,
+        clock: Clock,
+        workloads: WorkloadControl,
+        secrets: SecretService,
+        results: ResultService,
+        log_signal: ChangeSignal,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._workloads = workloads
+        self.secrets = secrets
+        self._results = results
+        self._log_signal = log_signal
         self._principal = {"principal_id": getpass.getuser(), "principal_groups": []}
 
     async def profiles(self) -> list[dict[str, Any]]:
@@ -94,6 +111,7 @@ class JobService:
 
     async def create_job(self, workspace: str, request: CreateJobRequest) -> JobRecord:
         await self._check_profiles(request)
+        await self.secrets.check_references(workspace, request.platform_spec)
         now = self._clock.now_us()
         name = request.name or generate_job_name(request.source)
         async with self._store.transaction() as tx:
@@ -348,6 +366,10 @@ class JobService:
     ) -> TaskRecord:
         """A PUT from a workload or client: upsert, and count it as the task's heartbeat."""
         step = await self.get_step(workspace, job_name, step_name)
+        secret_values = await self.secrets.values_for(step)
+        if secret_values:
+            # A workload reporting its own secret must not publish it through the API.
+            update = TaskUpdate.model_validate(mask_json(update.model_dump(), secret_values))
         now = self._clock.now_us()
         async with self._store.transaction() as tx:
             task = await tx.get_task(step.pk, task_name)
@@ -410,11 +432,94 @@ class JobService:
         task_name: str | None,
     ) -> LogPage:
         job = await self.get_job(workspace, name)
+        query = self._log_query(job, attempt, step_name, task_name)
+        return await page_logs(self._store, query, limit=limit, page_cursor=page_cursor, tail=tail)
+
+    def _log_query(
+        self, job: JobRecord, attempt: str | None, step_name: str | None, task_name: str | None
+    ) -> LogQuery:
         # The reference types attempt_id as an integer yet stores string ids, so an explicit value
         # never matches there. Here an integer is the attempt's sequence number (0 = first).
         if attempt is None or attempt in (job.attempt_id, str(job.attempt_seq)):
             attempt_id = job.attempt_id
         else:
             attempt_id = f"no-such-attempt:{attempt}"
-        query = LogQuery(job_pk=job.pk, attempt_id=attempt_id, step_name=step_name, task_name=task_name)
-        return await page_logs(self._store, query, limit=limit, page_cursor=page_cursor, tail=tail)
+        return LogQuery(job_pk=job.pk, attempt_id=attempt_id, step_name=step_name, task_name=task_name)
+
+    async def follow_logs(
+        self,
+        workspace: str,
+        name: str,
+        *,
+        page_cursor: str | None,
+        attempt: str | None,
+        step_name: str | None,
+        task_name: str | None,
+        idle_check_s: float = 1.0,
+    ) -> AsyncIterator[tuple[LogLine, str]]:
+        """Every line after `page_cursor` as it arrives, each with the cursor to resume after it;
+        ends once the job is finished and everything it printed has been sent. The job and the
+        cursor are checked here, before anything is streamed."""
+        job = await self.get_job(workspace, name)
+        query = self._log_query(job, attempt, step_name, task_name)
+        after = 0
+        if page_cursor:
+            cursor = decode_cursor(page_cursor, query)
+            after = cursor.line_id if cursor.direction == "f" else max(0, cursor.line_id - 1)
+        return self._follow(job, query, after, idle_check_s)
+
+    async def _follow(
+        self, job: JobRecord, query: LogQuery, after: int, idle_check_s: float
+    ) -> AsyncIterator[tuple[LogLine, str]]:
+        scope = scope_hash(query)
+        while True:
+            token = self._log_signal.token(job.pk)
+            # Status before lines: the final status is written only after the last line is stored.
+            current = await self._store.get_job_by_pk(job.pk)
+            finished = current is None or current.status.is_terminal
+            lines = await self._store.log_lines_after(query, after, 500)
+            for line in lines:
+                after = line.id
+                yield line, encode_cursor(Cursor("f", after, scope))
+            if lines:
+                continue
+            if finished:
+                return
+            await self._log_signal.wait(token, idle_check_s)
+
+    # ------------------------------------------------------------------------------ results
+
+    async def create_result(
+        self, workspace: str, job_name: str, name: str, artifact_url: str, storage_type: str
+    ) -> tuple[JobRecord, ResultRecord]:
+        job = await self.get_job(workspace, job_name)
+        return job, await self._results.create(job, name, artifact_url, storage_type)
+
+    async def get_result(self, workspace: str, job_name: str, name: str) -> tuple[JobRecord, ResultRecord]:
+        job = await self.get_job(workspace, job_name)
+        return job, await self._results.get(job, name)
+
+    async def list_results(
+        self, workspace: str, job_name: str, sort: StepSort
+    ) -> tuple[JobRecord, list[ResultRecord]]:
+        job = await self.get_job(workspace, job_name)
+        newest_first = sort.value.startswith("-")
+        return job, await self._results.list_all(
+            job, newest_first, by_updated=sort.value.endswith("updated_at")
+        )
+
+    async def result_artifact(
+        self, workspace: str, job_name: str, name: str
+    ) -> tuple[ResultRecord, Artifact]:
+        job, result = await self.get_result(workspace, job_name, name)
+        return result, self._results.artifact(job, result)
+
+
+def mask_json(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return mask(value, secrets)
+    if isinstance(value, dict):
+        return {k: mask_json(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_json(v, secrets) for v in value]
+    return value

@@ -28,6 +28,8 @@ class Settings:
     grace_period_s: float = 10.0
     # Graceful daemon stop ends running steps; False leaves them running for the next start to adopt.
     stop_steps_on_shutdown: bool = True
+    # Per task, the newest output kept in the store; older lines are dropped (and counted). 0: no limit.
+    log_max_bytes_per_task: int = 512 * 1024 * 1024
     # How often a running step's output files are read while it prints nothing new (upper bound).
     log_poll_max_s: float = 0.2
     # Time limits of the execution profiles (the reference's defaults).

@@ -25,6 +25,8 @@ from runner.models import (
     LogQuery,
     Page,
     PlatformJobSpec,
+    ResultRecord,
+    SecretRecord,
     StepFilter,
     StepRecord,
     StepSort,
@@ -144,6 +146,31 @@ def _log(row: sqlite3.Row) -> LogLine:
     )
 
 
+def _secret(row: sqlite3.Row) -> SecretRecord:
+    return SecretRecord(
+        pk=row["pk"],
+        workspace=row["workspace"],
+        name=row["name"],
+        description=row["description"],
+        value=row["value"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _result(row: sqlite3.Row) -> ResultRecord:
+    return ResultRecord(
+        pk=row["pk"],
+        id=row["id"],
+        job_pk=row["job_pk"],
+        name=row["name"],
+        artifact_url=row["artifact_url"],
+        artifact_storage_type=row["artifact_storage_type"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
 _TASK_SELECT = (
     "SELECT t.*, s.workspace AS workspace, s.id AS step_id FROM tasks t JOIN steps s ON s.pk = t.step_pk"
 )
@@ -227,6 +254,14 @@ class _Reads:
     async def get_task_by_pk(self, pk: int) -> TaskRecord | None:
         row = await self._one(f"{_TASK_SELECT} WHERE t.pk = ?", (pk,))
         return None if row is None else _task(row)
+
+    async def get_secret(self, workspace: str, name: str) -> SecretRecord | None:
+        row = await self._one("SELECT * FROM secrets WHERE workspace = ? AND name = ?", (workspace, name))
+        return None if row is None else _secret(row)
+
+    async def get_result(self, job_pk: int, name: str) -> ResultRecord | None:
+        row = await self._one("SELECT * FROM results WHERE job_pk = ? AND name = ?", (job_pk, name))
+        return None if row is None else _result(row)
 
 
 class WriteTx(_Reads):
@@ -413,19 +448,106 @@ class WriteTx(_Reads):
         stream: str,
         lines: Sequence[tuple[int, str]],
         new_offset: int,
-    ) -> None:
-        """Store lines and the file offset they end at in one commit: a crash loses or repeats nothing."""
+        max_task_bytes: int = 0,
+    ) -> int:
+        """Store lines and the file offset they end at in one commit: a crash loses or repeats nothing.
+
+        With `max_task_bytes` > 0 the task keeps only its newest output within that size; the
+        number of lines dropped is returned (and counted in log_stats)."""
+        dropped = 0
         if lines:
             await self._conn.executemany(
                 "INSERT INTO log_lines (job_pk, attempt_id, step_name, task_name, stream, ts, message)"
                 " VALUES (?,?,?,?,?,?,?)",
                 [(job_pk, attempt_id, step_name, task_name, stream, ts, msg) for ts, msg in lines],
             )
+            added = sum(len(msg.encode("utf-8", "replace")) for _, msg in lines)
+            await self._conn.execute(
+                "INSERT INTO log_stats (task_pk, job_pk, attempt_id, step_name, task_name, stored_lines,"
+                " stored_bytes) VALUES (?,?,?,?,?,?,?) ON CONFLICT (task_pk) DO UPDATE SET"
+                " stored_lines = stored_lines + excluded.stored_lines,"
+                " stored_bytes = stored_bytes + excluded.stored_bytes",
+                (task_pk, job_pk, attempt_id, step_name, task_name, len(lines), added),
+            )
+            if max_task_bytes > 0:
+                dropped = await self._trim_task_log(job_pk, step_name, task_pk, task_name, max_task_bytes)
         await self._conn.execute(
             "INSERT INTO log_offsets (task_pk, stream, offset) VALUES (?,?,?)"
             " ON CONFLICT (task_pk, stream) DO UPDATE SET offset = excluded.offset",
             (task_pk, stream, new_offset),
         )
+        return dropped
+
+    async def _trim_task_log(
+        self, job_pk: int, step_name: str, task_pk: int, task_name: str, max_bytes: int
+    ) -> int:
+        row = await self._one("SELECT stored_bytes FROM log_stats WHERE task_pk = ?", (task_pk,))
+        excess = (row[0] if row else 0) - max_bytes
+        if excess <= 0:
+            return 0
+        # Drop a little more than needed so trimming happens once per chunk, not once per line.
+        target = excess + max_bytes // 10
+        rows = await self._all(
+            "SELECT id, length(CAST(message AS BLOB)) AS size FROM log_lines"
+            " WHERE job_pk = ? AND step_name = ? AND task_name = ? ORDER BY id LIMIT 100000",
+            (job_pk, step_name, task_name),
+        )
+        freed, count, cutoff = 0, 0, None
+        for r in rows:
+            freed += r["size"]
+            count += 1
+            cutoff = r["id"]
+            if freed >= target:
+                break
+        if cutoff is None:
+            return 0
+        await self._conn.execute(
+            "DELETE FROM log_lines WHERE job_pk = ? AND step_name = ? AND task_name = ? AND id <= ?",
+            (job_pk, step_name, task_name, cutoff),
+        )
+        await self._conn.execute(
+            "UPDATE log_stats SET stored_lines = stored_lines - ?, stored_bytes = stored_bytes - ?,"
+            " dropped_lines = dropped_lines + ? WHERE task_pk = ?",
+            (count, freed, count, task_pk),
+        )
+        return count
+
+    # ------------------------------------------------------------------------- secrets
+
+    async def insert_secret(
+        self, workspace: str, name: str, description: str | None, value: str, now: int
+    ) -> None:
+        try:
+            await self._conn.execute(
+                "INSERT INTO secrets (workspace, name, description, value, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (workspace, name, description, value, now, now),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"a secret named {name!r} already exists in workspace {workspace!r}") from exc
+
+    async def update_secret(self, pk: int, description: str | None, value: str, now: int) -> None:
+        await self._conn.execute(
+            "UPDATE secrets SET description = ?, value = ?, updated_at = ? WHERE pk = ?",
+            (description, value, now, pk),
+        )
+
+    async def delete_secret(self, pk: int) -> None:
+        await self._conn.execute("DELETE FROM secrets WHERE pk = ?", (pk,))
+
+    # ------------------------------------------------------------------------- results
+
+    async def insert_result(
+        self, *, id: str, job_pk: int, name: str, artifact_url: str, storage_type: str, now: int
+    ) -> None:
+        try:
+            await self._conn.execute(
+                "INSERT INTO results (id, job_pk, name, artifact_url, artifact_storage_type, created_at,"
+                " updated_at) VALUES (?,?,?,?,?,?,?)",
+                (id, job_pk, name, artifact_url, storage_type, now, now),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"a result named {name!r} already exists for this job") from exc
 
 
 class Repository(_Reads):
@@ -569,10 +691,41 @@ class Repository(_Reads):
             args.append(query.task_name)
         return " AND ".join(where), args
 
-    async def count_log_lines(self, query: LogQuery) -> int:
+    async def log_totals(self, query: LogQuery) -> tuple[int, int]:
+        """(lines stored, lines dropped by the size limit) in the scope, from per-task counters."""
         clause, args = self._log_scope(query)
-        row = await self._one(f"SELECT COUNT(*) FROM log_lines l WHERE {clause}", args)
-        return row[0] if row else 0
+        row = await self._one(
+            "SELECT COALESCE(SUM(stored_lines), 0), COALESCE(SUM(dropped_lines), 0)"
+            f" FROM log_stats l WHERE {clause}",
+            args,
+        )
+        return (row[0], row[1]) if row else (0, 0)
+
+    async def list_secrets(self, workspace: str, page: int, page_size: int) -> Page[SecretRecord]:
+        total = await self._one("SELECT COUNT(*) FROM secrets WHERE workspace = ?", (workspace,))
+        rows = await self._all(
+            "SELECT * FROM secrets WHERE workspace = ? ORDER BY created_at DESC, pk DESC LIMIT ? OFFSET ?",
+            (workspace, page_size, (page - 1) * page_size),
+        )
+        return Page(items=[_secret(r) for r in rows], total=total[0] if total else 0)
+
+    async def secrets_named(self, workspace: str, names: Iterable[str]) -> dict[str, SecretRecord]:
+        keys = list(names)
+        if not keys:
+            return {}
+        rows = await self._all(
+            f"SELECT * FROM secrets WHERE workspace = ? AND name IN ({','.join('?' * len(keys))})",
+            [workspace, *keys],
+        )
+        return {row["name"]: _secret(row) for row in rows}
+
+    async def list_results(self, job_pk: int, newest_first: bool, by_updated: bool) -> list[ResultRecord]:
+        column = "updated_at" if by_updated else "created_at"
+        order = "DESC" if newest_first else "ASC"
+        rows = await self._all(
+            f"SELECT * FROM results WHERE job_pk = ? ORDER BY {column} {order}, pk {order}", (job_pk,)
+        )
+        return [_result(r) for r in rows]
 
     async def log_lines_after(self, query: LogQuery, after_id: int, limit: int) -> list[LogLine]:
         clause, args = self._log_scope(query)

@@ -109,4 +109,43 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (task_pk, stream)
     );
     """,
+    # 2: secrets, results, per-task log accounting.
+    """
+    CREATE TABLE secrets (
+        pk          INTEGER PRIMARY KEY,
+        workspace   TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        description TEXT,
+        value       TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        UNIQUE (workspace, name)
+    );
+
+    CREATE TABLE results (
+        pk                    INTEGER PRIMARY KEY,
+        id                    TEXT NOT NULL UNIQUE,
+        job_pk                INTEGER NOT NULL REFERENCES jobs (pk) ON DELETE CASCADE,
+        name                  TEXT NOT NULL,
+        artifact_url          TEXT NOT NULL,
+        artifact_storage_type TEXT NOT NULL,
+        created_at            INTEGER NOT NULL,
+        updated_at            INTEGER NOT NULL,
+        UNIQUE (job_pk, name)
+    );
+
+    -- Lines and bytes stored per task, kept with every append: `total` and the size limit
+    -- never need to count a log line by line.
+    CREATE TABLE log_stats (
+        task_pk       INTEGER PRIMARY KEY REFERENCES tasks (pk) ON DELETE CASCADE,
+        job_pk        INTEGER NOT NULL,
+        attempt_id    TEXT NOT NULL,
+        step_name     TEXT NOT NULL,
+        task_name     TEXT NOT NULL,
+        stored_lines  INTEGER NOT NULL DEFAULT 0,
+        stored_bytes  INTEGER NOT NULL DEFAULT 0,
+        dropped_lines INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX log_stats_job ON log_stats (job_pk);
+    """,
 ]

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from runner.daemon import Daemon
 from runner.service import JobService
+from web import results_routes, secrets_routes
 from web.errors import error_middleware
 from web.routes import SERVICE, routes
 
@@ -16,6 +17,8 @@ def create_app(service: JobService) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=_MAX_BODY_BYTES)
     app[SERVICE] = service
     app.add_routes(routes)
+    app.add_routes(results_routes.routes)
+    app.add_routes(secrets_routes.routes)
     return app
 
 

@@ -25,7 +25,7 @@ def _service(request: web.Request) -> JobService:
     return request.app[SERVICE]
 
 
-def _workspace(request: web.Request, allow_all: bool = False) -> str:
+def workspace_of(request: web.Request, allow_all: bool = False) -> str:
     workspace = request.match_info["workspace"]
     if workspace == "-":
         if allow_all:
@@ -64,7 +64,7 @@ async def _json_body(request: web.Request) -> Any:
         ) from None
 
 
-async def _body[M: BaseModel](request: web.Request, model: type[M]) -> M:
+async def body_of[M: BaseModel](request: web.Request, model: type[M]) -> M:
     data = await _json_body(request)
     if data is None:
         raise InvalidRequest.single(["body"], "Field required", "missing", None)
@@ -96,14 +96,14 @@ async def execution_profiles(request: web.Request) -> web.Response:
 
 @routes.post(W + "/jobs")
 async def create_job(request: web.Request) -> web.Response:
-    workspace = _workspace(request)
-    body = await _body(request, CreateJobRequest)
+    workspace = workspace_of(request)
+    body = await body_of(request, CreateJobRequest)
     return _json(serialize.job(await _service(request).create_job(workspace, body)), status=201)
 
 
 @routes.get(W + "/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    workspace = _workspace(request)
+    workspace = workspace_of(request)
     paging = parse_paging(JobsQuery, request.query)
     flt, echo = parse_jobs_filter(request.query, workspace)
     page = await _service(request).list_jobs(flt, paging.sort, paging.page, paging.page_size)
@@ -120,43 +120,43 @@ def _strip_nones(item: dict[str, Any]) -> dict[str, Any]:
 
 @routes.get(W + "/jobs/{name}")
 async def get_job(request: web.Request) -> web.Response:
-    job = await _service(request).get_job(_workspace(request), request.match_info["name"])
+    job = await _service(request).get_job(workspace_of(request), request.match_info["name"])
     return _json(serialize.job(job))
 
 
 @routes.delete(W + "/jobs/{name}")
 async def delete_job(request: web.Request) -> web.Response:
-    await _service(request).delete_job(_workspace(request), request.match_info["name"])
+    await _service(request).delete_job(workspace_of(request), request.match_info["name"])
     return web.Response(status=204)
 
 
 @routes.post(W + "/jobs/{name}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
-    job = await _service(request).cancel_job(_workspace(request), request.match_info["name"])
+    job = await _service(request).cancel_job(workspace_of(request), request.match_info["name"])
     return _json(serialize.job(job))
 
 
 @routes.post(W + "/jobs/{name}/pause")
 async def pause_job(request: web.Request) -> web.Response:
-    job = await _service(request).pause_job(_workspace(request), request.match_info["name"])
+    job = await _service(request).pause_job(workspace_of(request), request.match_info["name"])
     return _json(serialize.job(job))
 
 
 @routes.post(W + "/jobs/{name}/resume")
 async def resume_job(request: web.Request) -> web.Response:
-    job = await _service(request).resume_job(_workspace(request), request.match_info["name"])
+    job = await _service(request).resume_job(workspace_of(request), request.match_info["name"])
     return _json(serialize.job(job))
 
 
 @routes.get(W + "/jobs/{name}/status")
 async def job_status(request: web.Request) -> web.Response:
-    tree = await _service(request).status_tree(_workspace(request), request.match_info["name"])
+    tree = await _service(request).status_tree(workspace_of(request), request.match_info["name"])
     return _json(serialize.status_tree(tree))
 
 
 @routes.patch(W + "/jobs/{name}/status-details")
 async def patch_status_details(request: web.Request) -> web.Response:
-    workspace = _workspace(request)
+    workspace = workspace_of(request)
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest.single(["body"], "Input should be a valid dictionary", "dict_type", body)
@@ -165,6 +165,7 @@ async def patch_status_details(request: web.Request) -> web.Response:
 
 
 class _LogsQuery(BaseModel):
+    follow: bool = False
     limit: int | None = Field(default=None, gt=0, le=10_000)
     page_cursor: str | None = None
     tail: int | None = Field(default=None, gt=0, le=10_000)
@@ -174,9 +175,11 @@ class _LogsQuery(BaseModel):
 
 
 @routes.get(W + "/jobs/{name}/logs")
-async def job_logs(request: web.Request) -> web.Response:
-    workspace = _workspace(request)
+async def job_logs(request: web.Request) -> web.StreamResponse:
+    workspace = workspace_of(request)
     q = parse_paging(_LogsQuery, request.query)
+    if q.follow:
+        return await _follow_logs(request, workspace, q)
     page = await _service(request).page_logs(
         workspace,
         request.match_info["name"],
@@ -195,7 +198,7 @@ async def job_logs(request: web.Request) -> web.Response:
 
 @routes.get(W + "/jobs/{name}/steps")
 async def list_steps(request: web.Request) -> web.Response:
-    workspace = _workspace(request, allow_all=True)
+    workspace = workspace_of(request, allow_all=True)
     paging = parse_paging(StepsQuery, request.query)
     flt, echo = parse_steps_filter(request.query, workspace, request.match_info["name"])
     page = await _service(request).list_steps(flt, paging.sort, paging.page, paging.page_size)
@@ -208,14 +211,14 @@ async def list_steps(request: web.Request) -> web.Response:
 @routes.get(W + "/jobs/{job}/steps/{name}")
 async def get_step(request: web.Request) -> web.Response:
     m = request.match_info
-    step = await _service(request).get_step(_workspace(request), m["job"], m["name"])
+    step = await _service(request).get_step(workspace_of(request), m["job"], m["name"])
     return _json(serialize.step(step))
 
 
 @routes.patch(W + "/jobs/{job}/steps/{name}/status")
 async def update_step_status(request: web.Request) -> web.Response:
-    workspace = _workspace(request)
-    body = await _body(request, StatusUpdate)
+    workspace = workspace_of(request)
+    body = await body_of(request, StatusUpdate)
     m = request.match_info
     step = await _service(request).update_step_status(
         workspace, m["job"], m["name"], body.status, body.status_details, body.error_details
@@ -226,13 +229,13 @@ async def update_step_status(request: web.Request) -> web.Response:
 @routes.get(W + "/jobs/{job}/steps/{name}/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     m = request.match_info
-    tasks = await _service(request).list_tasks(_workspace(request), m["job"], m["name"])
+    tasks = await _service(request).list_tasks(workspace_of(request), m["job"], m["name"])
     return _json({"data": [serialize.task(t) for t in tasks]})
 
 
 @routes.put(W + "/jobs/{job}/steps/{step}/tasks/{name}")
 async def put_task(request: web.Request) -> web.Response:
-    workspace = _workspace(request)
+    workspace = workspace_of(request)
     data = await _json_body(request)
     try:
         update = TaskUpdate.model_validate(data if data is not None else {})
@@ -246,5 +249,23 @@ async def put_task(request: web.Request) -> web.Response:
 @routes.get(W + "/jobs/{job}/steps/{step}/tasks/{name}")
 async def get_task(request: web.Request) -> web.Response:
     m = request.match_info
-    task = await _service(request).get_task(_workspace(request), m["job"], m["step"], m["name"])
+    task = await _service(request).get_task(workspace_of(request), m["job"], m["step"], m["name"])
     return _json(serialize.task(task))
+
+
+async def _follow_logs(request: web.Request, workspace: str, q: _LogsQuery) -> web.StreamResponse:
+    """`?follow=true`: NDJSON, one line per log line with the cursor to resume after it."""
+    lines = await _service(request).follow_logs(
+        workspace,
+        request.match_info["name"],
+        page_cursor=q.page_cursor,
+        attempt=q.attempt_id,
+        step_name=q.step_id,
+        task_name=q.task_id,
+    )
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    async for line, cursor in lines:
+        await response.write(json.dumps({**serialize.log_line(line), "cursor": cursor}).encode() + b"\n")
+    await response.write_eof()
+    return response

@@ -161,6 +161,8 @@ def log_page(page: LogPage) -> dict[str, Any]:
         "total": page.total,
         "next_page": page.next_page,
         "prev_page": page.prev_page,
+        # Not in the reference schema: lines dropped by the per-task size limit in this scope.
+        "dropped_lines": page.dropped,
     }
 
 

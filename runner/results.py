@@ -1,0 +1,123 @@
+"""Job results: named files or folders inside the job's fileset folder, listed and downloaded.
+
+The fileset folder is the job's persistent storage (NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH). A
+result path may not leave it: `..`, absolute paths and symlinks pointing outside are refused.
+Folders download as a .tar.gz streamed from a worker thread through a pipe, never held in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tarfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from runner.clock import Clock
+from runner.environment import job_storage_dir
+from runner.errors import Conflict, NotFound, Unprocessable
+from runner.models import JobRecord, ResultRecord, check_name, new_entity_id
+from storage import AlreadyExists, Repository
+
+_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    is_dir: bool
+
+
+def artifact_path(job: JobRecord, artifact_url: str) -> PurePosixPath:
+    """The path inside the job's fileset named by `<workspace>/<fileset>#<path>` (or a bare path)."""
+    if "#" in artifact_url:
+        fileset_ref, _, inner = artifact_url.partition("#")
+        if fileset_ref not in (f"{job.workspace}/{job.fileset}", job.fileset):
+            raise Unprocessable(
+                f"artifact_url must point into this job's fileset '{job.workspace}/{job.fileset}', "
+                f"not {fileset_ref!r}"
+            )
+    else:
+        inner = artifact_url
+    relative = PurePosixPath(inner)
+    if not inner or relative.is_absolute() or ".." in relative.parts:
+        raise Unprocessable(f"artifact path {inner!r} must be a relative path inside the job's fileset")
+    return relative
+
+
+def _contained(root: Path, relative: PurePosixPath) -> Path:
+    resolved_root = root.resolve()
+    target = (resolved_root / relative).resolve()
+    if target != resolved_root and resolved_root not in target.parents:
+        raise Unprocessable(f"artifact path {str(relative)!r} leaves the job's fileset (through a symlink)")
+    return target
+
+
+class ResultService:
+    def __init__(self, store: Repository, clock: Clock, work_root: Path) -> None:
+        self._store = store
+        self._clock = clock
+        self._work_root = work_root
+
+    def fileset_dir(self, job: JobRecord) -> Path:
+        return job_storage_dir(self._work_root, job.workspace, job.name, job.attempt_id)
+
+    async def create(self, job: JobRecord, name: str, artifact_url: str, storage_type: str) -> ResultRecord:
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise Unprocessable(str(exc)) from None
+        _contained(self.fileset_dir(job), artifact_path(job, artifact_url))
+        async with self._store.transaction() as tx:
+            try:
+                await tx.insert_result(
+                    id=new_entity_id("platform-job-result"),
+                    job_pk=job.pk,
+                    name=name,
+                    artifact_url=artifact_url,
+                    storage_type=storage_type,
+                    now=self._clock.now_us(),
+                )
+            except AlreadyExists as exc:
+                raise Conflict(str(exc)) from exc
+            created = await tx.get_result(job.pk, name)
+        assert created is not None
+        return created
+
+    async def get(self, job: JobRecord, name: str) -> ResultRecord:
+        result = await self._store.get_result(job.pk, name)
+        if result is None:
+            raise NotFound(f"result {name!r} not found for job {job.name!r}")
+        return result
+
+    async def list_all(self, job: JobRecord, newest_first: bool, by_updated: bool) -> list[ResultRecord]:
+        return await self._store.list_results(job.pk, newest_first, by_updated)
+
+    def artifact(self, job: JobRecord, result: ResultRecord) -> Artifact:
+        # Checked again at download: a symlink may have been planted after the result was created.
+        path = _contained(self.fileset_dir(job), artifact_path(job, result.artifact_url))
+        if not path.exists():
+            raise NotFound(f"the artifact of result {result.name!r} is missing from the job's fileset")
+        return Artifact(path=path, is_dir=path.is_dir())
+
+
+async def tar_gz_stream(folder: Path, arcname: str) -> AsyncIterator[bytes]:
+    """A .tar.gz of `folder` (stored as `arcname/`), produced in a thread and yielded in chunks."""
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+
+    def produce() -> None:
+        with os.fdopen(write_fd, "wb") as sink, tarfile.open(fileobj=sink, mode="w|gz") as tar:
+            tar.add(folder, arcname=arcname)
+
+    producer = loop.run_in_executor(None, produce)
+    try:
+        with os.fdopen(read_fd, "rb", buffering=0) as source:
+            while chunk := await loop.run_in_executor(None, source.read, _CHUNK):
+                yield chunk
+    finally:
+        # A reader that left early closed the pipe: the producer then fails with EPIPE and stops.
+        with contextlib.suppress(BrokenPipeError, OSError):
+            await producer

@@ -1,0 +1,92 @@
+"""The Secrets API (secrets-openapi.yaml): values go out only through `access`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field, field_validator
+
+from runner.models import SecretRecord, check_name
+from web.query import parse_paging
+from web.routes import SERVICE, body_of, workspace_of
+from web.serialize import page_envelope, timestamp
+
+S = "/apis/secrets/v2/workspaces/{workspace}/secrets"
+routes = web.RouteTableDef()
+
+
+class _CreateSecret(BaseModel):
+    name: str = Field(max_length=63)
+    value: str
+    description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return check_name(value)
+
+
+class _UpdateSecret(BaseModel):
+    value: str | None = None
+    description: str | None = None
+
+
+class _SecretsQuery(BaseModel):
+    page: int = Field(default=1, gt=0, le=2**31 - 1)
+    page_size: int = Field(default=10, gt=0, le=10_000)
+
+
+def _secret(secret: SecretRecord) -> dict[str, Any]:
+    return {
+        "name": secret.name,
+        "workspace": secret.workspace,
+        "description": secret.description,
+        "created_at": timestamp(secret.created_at),
+        "updated_at": timestamp(secret.updated_at),
+    }
+
+
+@routes.post(S)
+async def create_secret(request: web.Request) -> web.Response:
+    workspace = workspace_of(request)
+    body = await body_of(request, _CreateSecret)
+    secret = await request.app[SERVICE].secrets.create(workspace, body.name, body.value, body.description)
+    return web.json_response(_secret(secret), status=201)
+
+
+@routes.get(S)
+async def list_secrets(request: web.Request) -> web.Response:
+    workspace = workspace_of(request)
+    q = parse_paging(_SecretsQuery, request.query)
+    page = await request.app[SERVICE].secrets.list_page(workspace, q.page, q.page_size)
+    items = [_secret(s) for s in page.items]
+    return web.json_response(page_envelope(items, q.page, q.page_size, page.total, "-created_at", None))
+
+
+@routes.get(S + "/{name}")
+async def get_secret(request: web.Request) -> web.Response:
+    secret = await request.app[SERVICE].secrets.get(workspace_of(request), request.match_info["name"])
+    return web.json_response(_secret(secret))
+
+
+@routes.patch(S + "/{name}")
+async def update_secret(request: web.Request) -> web.Response:
+    workspace = workspace_of(request)
+    body = await body_of(request, _UpdateSecret)
+    secret = await request.app[SERVICE].secrets.update(
+        workspace, request.match_info["name"], body.value, body.description
+    )
+    return web.json_response(_secret(secret))
+
+
+@routes.delete(S + "/{name}")
+async def delete_secret(request: web.Request) -> web.Response:
+    await request.app[SERVICE].secrets.delete(workspace_of(request), request.match_info["name"])
+    return web.Response(status=204)
+
+
+@routes.get(S + "/{name}/access")
+async def access_secret(request: web.Request) -> web.Response:
+    secret = await request.app[SERVICE].secrets.get(workspace_of(request), request.match_info["name"])
+    return web.json_response({"name": secret.name, "workspace": secret.workspace, "value": secret.value})
