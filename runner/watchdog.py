@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from runner.clock import Clock
+from runner.environment import task_paths
 from runner.errors import Conflict
 from runner.models import JobStatus, StepRecord
 from runner.settings import Settings
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 _US = 1_000_000
 # Upper bound on one sleep: a safety net should a wake-up ever be missed.
 _MAX_SLEEP_S = 60.0
+_CLEANUP_BATCH = 100
 _BEFORE_ACTIVE = (JobStatus.CREATED, JobStatus.PENDING, JobStatus.RESUMING)
 
 
@@ -94,7 +97,7 @@ class Watchdog:
     async def check(self) -> int | None:
         """End every step past a deadline; return the earliest deadline still ahead."""
         now = self._clock.now_us()
-        earliest: int | None = None
+        earliest = await self._remove_old_folders(now)
         for step, active_tasks, last_beat in await self._store.watched_steps():
             for verdict in verdicts(step, active_tasks, last_beat, self._settings):
                 if verdict.deadline <= now:
@@ -103,6 +106,22 @@ class Watchdog:
                     break
                 earliest = verdict.deadline if earliest is None else min(earliest, verdict.deadline)
         return earliest
+
+    async def _remove_old_folders(self, now: int) -> int | None:
+        """Delete task folders of steps finished more than ttl_seconds_after_finished ago.
+
+        The job's own storage (its fileset, where results live) and the stored logs stay."""
+        keep_us = self._settings.ttl_seconds_after_finished * _US
+        batch = await self._store.finished_steps_with_folders(_CLEANUP_BATCH)
+        for step in batch:
+            if step.updated_at + keep_us > now:
+                return step.updated_at + keep_us
+            for task in (step.handle or {}).get("tasks", []):
+                folder = task_paths(self._settings.work_dir, step, task["task_name"]).work_dir
+                await asyncio.to_thread(shutil.rmtree, folder, True)
+            async with self._store.transaction() as tx:
+                await tx.mark_folders_removed(step.pk)
+        return now if len(batch) == _CLEANUP_BATCH else None  # more may wait: come back at once
 
     async def _terminate(self, step: StepRecord, message: str) -> bool:
         now = self._clock.now_us()

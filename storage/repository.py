@@ -374,6 +374,9 @@ class WriteTx(_Reads):
             (status.value, _dump(status_details), _dump(error_details), active_since, active_us, now, pk),
         )
 
+    async def mark_folders_removed(self, pk: int) -> None:
+        await self._conn.execute("UPDATE steps SET folders_removed = 1 WHERE pk = ?", (pk,))
+
     async def set_step_handle(self, pk: int, handle: dict[str, Any] | None) -> None:
         await self._conn.execute("UPDATE steps SET handle = ? WHERE pk = ?", (_dump(handle), pk))
 
@@ -643,6 +646,15 @@ class Repository(_Reads):
             [*args, page_size, (page - 1) * page_size],
         )
         return Page(items=[_step(r) for r in rows], total=total_row[0] if total_row else 0)
+
+    async def finished_steps_with_folders(self, limit: int) -> list[StepRecord]:
+        """Finished steps whose task folders are still on disk, the longest finished first."""
+        rows = await self._all(
+            "SELECT * FROM steps WHERE folders_removed = 0 AND status IN ('completed', 'error', 'cancelled')"
+            " ORDER BY updated_at LIMIT ?",
+            (limit,),
+        )
+        return [_step(r) for r in rows]
 
     async def non_terminal_steps(self) -> list[StepRecord]:
         rows = await self._all(

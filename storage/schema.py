@@ -147,5 +147,10 @@ MIGRATIONS: list[str] = [
         dropped_lines INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX log_stats_job ON log_stats (job_pk);
+
+    -- Finished steps whose task folders still wait for ttl_seconds_after_finished to pass.
+    ALTER TABLE steps ADD COLUMN folders_removed INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX steps_folders_pending ON steps (updated_at)
+        WHERE folders_removed = 0 AND status IN ('completed', 'error', 'cancelled');
     """,
 ]

@@ -141,3 +141,26 @@ async def test_staleness_in_real_time(tmp_path: Path) -> None:
         assert time.monotonic() - started < 8  # far before the 60 s sleep would end
         job = await api.wait_job("beating")
         assert job["status"] == "completed", job
+
+
+async def test_task_folders_removed_after_ttl_seconds_after_finished(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with (
+        running_server(tmp_path, clock=clock, ttl_seconds_after_finished=10) as srv,
+        api_for(srv) as api,
+    ):
+        script = 'echo kept; echo result > "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/out.txt"'
+        await api.create_job([shell("work", script)], name="tidy")
+        assert (await api.wait_job("tidy"))["status"] == "completed"
+        _, step = await api.request("GET", "/jobs/tidy/steps/work")
+        folder = Path(step["status_details"]["work_dir"])
+        storage = folder.parent.parent / "job-storage"
+        assert folder.is_dir()
+        clock.advance(5)
+        await srv.daemon.watchdog.check()
+        assert folder.is_dir()
+        clock.advance(6)
+        await srv.daemon.watchdog.check()
+        assert not folder.exists()
+        assert (storage / "out.txt").read_text() == "result\n"  # the job's fileset stays
+        assert await api.logs("tidy") == ["kept"]  # so do its logs
