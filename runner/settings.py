@@ -60,7 +60,7 @@ def _convert(name: str, raw: str, default: object) -> object:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected true or false, got {raw!r}")
+        raise ValueError("expected true or false")
     if isinstance(default, int):
         return int(raw)
     if isinstance(default, float):
@@ -70,6 +70,11 @@ def _convert(name: str, raw: str, default: object) -> object:
     if isinstance(default, tuple):
         return tuple(part for part in raw.split(",") if part)
     return raw
+
+
+def _reason(exc: ValueError) -> str:
+    text = str(exc)
+    return "expected a number" if text.startswith(("invalid literal", "could not convert")) else text
 
 
 def load_settings(overrides: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
@@ -84,5 +89,5 @@ def load_settings(overrides: Mapping[str, object], environ: Mapping[str, str]) -
             try:
                 values[f.name] = _convert(f.name, raw, default)
             except ValueError as exc:
-                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {_reason(exc)}") from exc
     return Settings(**values)  # type: ignore[arg-type]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,10 @@ TERMINAL = {"completed", "error", "cancelled"}
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never pick up a developer's LOCALJOBS_* settings."""
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            monkeypatch.delenv(key)
+    """Tests never pick up a developer's daemon settings (test switches such as
+    LOCALJOBS_SKIP_DOCKER are not settings and stay)."""
+    for f in fields(Settings):
+        monkeypatch.delenv(ENV_PREFIX + f.name.upper(), raising=False)
 
 
 def test_settings(tmp_path: Path, **overrides: Any) -> Settings:

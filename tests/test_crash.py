@@ -30,7 +30,9 @@ HEARTBEAT = (
 
 def _call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method, headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        base + path, data=data, method=method, headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             raw = resp.read()
@@ -52,14 +54,33 @@ def _jobs(runs_dir: Path) -> dict[str, tuple[list[dict[str, Any]], str, int | No
 
     counter = "; ".join(f"echo n{i}; sleep 0.05" for i in range(1, 61))
     return {
-        "short": ([_shell("main", once("short", "main", "echo short-out; sleep 0.3"))], "completed", 0, ["short-out"]),
-        "long": ([_shell("main", once("long", "main", counter))], "completed", 0, [f"n{i}" for i in range(1, 61)]),
-        "failing": ([_shell("main", once("failing", "main", "echo dying; sleep 1.5; exit 5"))], "error", 5, ["dying"]),
+        "short": (
+            [_shell("main", once("short", "main", "echo short-out; sleep 0.3"))],
+            "completed",
+            0,
+            ["short-out"],
+        ),
+        "long": (
+            [_shell("main", once("long", "main", counter))],
+            "completed",
+            0,
+            [f"n{i}" for i in range(1, 61)],
+        ),
+        "failing": (
+            [_shell("main", once("failing", "main", "echo dying; sleep 1.5; exit 5"))],
+            "error",
+            5,
+            ["dying"],
+        ),
         "beating": (
             [
                 _shell(
                     "main",
-                    once("beating", "main", f"for i in $(seq 1 15); do {HEARTBEAT}; echo beat$i; sleep 0.2; done"),
+                    once(
+                        "beating",
+                        "main",
+                        f"for i in $(seq 1 15); do {HEARTBEAT}; echo beat$i; sleep 0.2; done",
+                    ),
                     lifecycle={"staleness_timeout_seconds": 30},
                 )
             ],
@@ -103,7 +124,12 @@ def test_sigkill_at_random_moments_loses_nothing_and_runs_nothing_twice(tmp_path
     with DaemonProcess(tmp_path / "logs", data_dir=tmp_path / "data", args=args) as daemon:
         base = daemon.start()
         for name, (steps, *_rest) in jobs.items():
-            status, body = _call(base, "POST", f"{WS}/jobs", {"name": name, "source": "crash", "spec": {}, "platform_spec": {"steps": steps}})
+            status, body = _call(
+                base,
+                "POST",
+                f"{WS}/jobs",
+                {"name": name, "source": "crash", "spec": {}, "platform_spec": {"steps": steps}},
+            )
             assert status == 201, body
         for _ in range(4):
             time.sleep(rng.uniform(0.2, 0.9))

@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
 
 async def serve(settings: Settings) -> int:
     server = Server(Daemon(settings))
+    # Handlers first: a signal that arrives while steps are being adopted still stops cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
     except (StorageError, OSError) as exc:
@@ -52,10 +57,6 @@ async def serve(settings: Settings) -> int:
     log.info("localjobs listening on %s (data in %s)", server.base_url, settings.data_dir)
     # Printed on stdout for scripts and tests that start the daemon on port 0.
     print(f"localjobs ready {server.base_url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(server.daemon.failed.wait())]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for waiter in waiters:

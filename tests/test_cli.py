@@ -1,0 +1,209 @@
+"""`localjobs serve` as a real process: readiness, configuration, signals, restarts."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import TERMINAL
+from tests.daemon_process import DaemonProcess, pid_alive, task_processes_under
+
+WS = "/apis/jobs/v2/workspaces/default"
+
+MakeDaemon = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[MakeDaemon]:
+    """Builds DaemonProcess objects (not started); every one is closed at teardown."""
+    made: list[DaemonProcess] = []
+
+    def make(data_dir: Path | None = None, **kwargs: Any) -> DaemonProcess:
+        daemon = DaemonProcess(tmp_path / f"logs-{len(made)}", data_dir=data_dir, **kwargs)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.close()
+
+
+def _get(base_url: str, path: str) -> httpx.Response:
+    return httpx.get(base_url + path, timeout=10)
+
+
+def _create_job(base_url: str, name: str, *command: str) -> dict[str, Any]:
+    body = {
+        "name": name,
+        "source": "test",
+        "spec": {},
+        "platform_spec": {
+            "steps": [{"name": "main", "executor": {"provider": "subprocess", "command": list(command)}}]
+        },
+    }
+    resp = httpx.post(f"{base_url}{WS}/jobs", json=body, timeout=10)
+    assert resp.status_code == 201, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def _wait_job(daemon: DaemonProcess, name: str, statuses: set[str], timeout_s: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        resp = _get(daemon.base_url, f"{WS}/jobs/{name}")
+        assert resp.status_code == 200, resp.text
+        job: dict[str, Any] = resp.json()
+        if job["status"] in statuses:
+            return job
+        if time.monotonic() > deadline:
+            steps = _get(daemon.base_url, f"{WS}/jobs/{name}/status").json()
+            raise AssertionError(f"job {name} still {job['status']} after {timeout_s}s: {steps}\n{daemon}")
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ------------------------------------------------------------------------------------ startup
+
+
+def test_health_answers_once_ready(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    daemon = make_daemon(tmp_path / "data")
+    url = daemon.start()
+    assert url.startswith("http://127.0.0.1:")
+    assert not url.endswith(":0")
+    resp = _get(url, "/health")
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok"}
+    assert daemon.stop() == 0
+
+
+def test_data_dir_and_port_from_environment(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    data_dir = tmp_path / "from-env"
+    port = _free_port()
+    daemon = make_daemon(
+        None, port=None, env={"LOCALJOBS_DATA_DIR": str(data_dir), "LOCALJOBS_PORT": str(port)}
+    )
+    url = daemon.start()
+    assert url == f"http://127.0.0.1:{port}"
+    assert (data_dir / "localjobs.db").is_file()
+    assert _get(url, "/health").status_code == 200
+    assert daemon.stop() == 0
+
+
+def test_flags_beat_environment(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    env_dir, flag_dir = tmp_path / "env-dir", tmp_path / "flag-dir"
+    daemon = make_daemon(
+        flag_dir,
+        env={
+            "LOCALJOBS_DATA_DIR": str(env_dir),
+            "LOCALJOBS_HOST": "0.0.0.0",
+            # Never read: the flag wins, so an unusable value here must not matter.
+            "LOCALJOBS_PORT": "abc",
+        },
+    )
+    url = daemon.start()
+    assert url.startswith("http://127.0.0.1:")
+    assert (flag_dir / "localjobs.db").is_file()
+    assert not env_dir.exists()
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("LOCALJOBS_PORT", "abc"), ("LOCALJOBS_GRACE_PERIOD_S", "soon"), ("LOCALJOBS_KEEP_CONTAINERS", "maybe")],
+)
+def test_bad_environment_value_exits_with_a_clear_message(
+    make_daemon: MakeDaemon, tmp_path: Path, variable: str, value: str
+) -> None:
+    # No --port flag for the port case, so the variable is what gets read.
+    daemon = make_daemon(tmp_path / "data", port=None, env={variable: value})
+    daemon.launch()
+    rc = daemon.wait(timeout_s=15)
+    assert rc != 0, daemon
+    assert variable in daemon.stderr, daemon
+    assert value in daemon.stderr, daemon
+    assert "Traceback" not in daemon.stderr, daemon
+    assert "localjobs ready" not in daemon.stdout
+
+
+def test_unusable_port_exits_non_zero(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        daemon = make_daemon(tmp_path / "data", port=busy.getsockname()[1])
+        daemon.launch()
+        rc = daemon.wait(timeout_s=15)
+    assert rc != 0, daemon
+    assert "cannot start" in daemon.stderr, daemon
+    assert "localjobs ready" not in daemon.stdout
+
+
+# ------------------------------------------------------------------------------------ signals
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_running_steps_and_records_why(
+    make_daemon: MakeDaemon, tmp_path: Path, sig: signal.Signals
+) -> None:
+    data_dir = tmp_path / "data"
+    daemon = make_daemon(data_dir)
+    url = daemon.start()
+    _create_job(url, "sleeper", "sleep", "300")
+    _wait_job(daemon, "sleeper", {"active"})
+    step = _get(url, f"{WS}/jobs/sleeper/steps/main").json()
+    assert step["status"] == "active"
+    pid = step["status_details"]["pid"]
+    assert pid_alive(pid)
+    # The recorded pid is the task's wrapper; `sleep 300` runs under it in the same process group.
+    tree = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    assert any("sleep" in psutil.Process(p).name() for p in tree)
+    assert task_processes_under(data_dir)
+
+    started = time.monotonic()
+    rc = daemon.stop(sig, timeout_s=15)
+    took = time.monotonic() - started
+    assert rc == 0, daemon
+    assert took < 8, f"shutdown took {took:.1f}s\n{daemon}"
+    assert not [p for p in tree if pid_alive(p)], f"left running: {tree}"
+    assert not task_processes_under(data_dir)
+
+    url = daemon.start()
+    step = _get(url, f"{WS}/jobs/sleeper/steps/main").json()
+    assert step["status"] == "error", step
+    assert "daemon shut down" in step["error_details"]["message"], step
+    job = _get(url, f"{WS}/jobs/sleeper").json()
+    assert job["status"] == "error", job
+    assert daemon.stop() == 0
+
+
+def test_jobs_persist_across_a_restart(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    daemon = make_daemon(tmp_path / "data")
+    url = daemon.start()
+    created = _create_job(url, "keeper", "echo", "kept")
+    done = _wait_job(daemon, "keeper", TERMINAL)
+    assert done["status"] == "completed", done
+    assert daemon.stop() == 0
+
+    url = daemon.start()
+    resp = _get(url, f"{WS}/jobs/keeper")
+    assert resp.status_code == 200
+    job = resp.json()
+    assert job["id"] == created["id"]
+    assert job["status"] == "completed"
+    logs = _get(url, f"{WS}/jobs/keeper/logs").json()
+    assert [line["message"] for line in logs["data"]] == ["kept"]
+    listed = _get(url, f"{WS}/jobs").json()
+    assert [j["name"] for j in listed["data"]] == ["keeper"]
+    assert daemon.stop() == 0
