@@ -322,3 +322,52 @@ async def _wait_gone(pid: int, timeout_s: float = 10) -> None:
     while pid_alive(pid):
         assert time.monotonic() < deadline, f"process {pid} still alive"
         await asyncio.sleep(0.05)
+
+
+async def test_results_through_the_sdk(sdk: Sdk) -> None:
+    script = 'mkdir -p "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/out" && printf "weights" > "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/out/w.bin"'
+    await sdk.create("sdk-results", sh("make", script))
+    job = await sdk.wait_job("sdk-results")
+    assert job.status == "completed"
+    url = f"{job.workspace}/{job.fileset}#out/w.bin"
+    created = await sdk(
+        sdk.jobs.results.create,
+        "weights",
+        job="sdk-results",
+        artifact_storage_type="fileset",
+        artifact_url=url,
+    )
+    assert created.name == "weights" and created.job == job.id
+    got = await sdk(sdk.jobs.results.retrieve, "weights", job="sdk-results")
+    assert got.artifact_url == url
+    listed = await sdk(sdk.jobs.results.list, "sdk-results")
+    assert [r.name for r in listed.data] == ["weights"]
+    download = await sdk(sdk.jobs.results.download, "weights", job="sdk-results")
+    assert download.read() == b"weights"
+    with pytest.raises(ConflictError):
+        await sdk(
+            sdk.jobs.results.create,
+            "weights",
+            job="sdk-results",
+            artifact_storage_type="fileset",
+            artifact_url=url,
+        )
+
+
+async def test_secrets_through_the_sdk(sdk: Sdk) -> None:
+    secrets = sdk.client.secrets
+    created = await sdk(secrets.create, name="api-key", value="value-from-sdk-123", description="for a test")
+    assert created.name == "api-key"
+    assert [s.name for s in await sdk.all(secrets.list)] == ["api-key"]
+    assert (await sdk(secrets.retrieve, "api-key")).description == "for a test"
+    await sdk(secrets.update, "api-key", value="rotated-value-456")
+    assert (await sdk(secrets.access, "api-key")).value == "rotated-value-456"
+    step = sh("use", 'echo "key=$KEY"')
+    step["environment"] = [{"name": "KEY", "from_secret": {"name": "api-key"}}]
+    await sdk.create("sdk-secret", step)
+    assert (await sdk.wait_job("sdk-secret")).status == "completed"
+    lines = [line.message for line in await sdk.all(sdk.jobs.get_logs, "sdk-secret")]
+    assert lines == ["key=********"]
+    await sdk(secrets.delete, "api-key")
+    with pytest.raises(NotFoundError):
+        await sdk(secrets.retrieve, "api-key")
