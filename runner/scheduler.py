@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _ERROR_TAIL_LINES = 20
 _STARTABLE = (JobStatus.CREATED, JobStatus.RESUMING)
+_SETTLES_UNSTARTED = {JobStatus.CANCELLING: JobStatus.CANCELLED, JobStatus.PAUSING: JobStatus.PAUSED}
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,12 @@ class Scheduler:
         async with self._store.transaction() as tx:
             fresh = await tx.get_step_by_pk(step.pk)
             if fresh is None or fresh.status not in _STARTABLE:
+                # Cancelled or paused between the claim and now: nothing ran, so settle it here.
+                if fresh is not None and fresh.status in _SETTLES_UNSTARTED:
+                    final = _SETTLES_UNSTARTED[fresh.status]
+                    await transition_step(
+                        tx, fresh, final, now=now, status_details={"message": final.title()}
+                    )
                 return
             tasks = [
                 _TaskRef(

@@ -133,3 +133,16 @@ async def test_client_patch_to_terminal_status_ends_the_workload(api: Api) -> No
     job = await api.wait_job("patched")
     assert job["error_details"]["message"] == "by hand"
     await _eventually(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
+
+
+async def test_cancel_right_after_submit_never_leaves_a_step_stuck(api: Api) -> None:
+    names = [f"race-{i}" for i in range(30)]
+    for name in names:
+        await api.create_job([shell("nap", "sleep 30")], name=name)
+        status, _ = await api.request("POST", f"/jobs/{name}/cancel")
+        assert status == 200
+    for name in names:
+        job = await api.wait_job(name, timeout_s=30)
+        assert job["status"] == "cancelled", job
+        _, s = await api.request("GET", f"/jobs/{name}/steps/nap")
+        assert s["status"] == "cancelled"
