@@ -438,15 +438,11 @@ class Scheduler:
         }
 
     async def sweep_containers(self, docker: Any) -> None:
-        """Remove labelled containers that no unfinished step refers to (left by a crash)."""
+        """Remove labelled containers of steps that are finished or unknown (left by a crash)."""
         if self._settings.keep_containers:
             return
-        known = {
-            cid
-            for step in await self._store.non_terminal_steps()
-            for cid in (step.handle or {}).get("containers", [])
-        }
-        removed = await docker.sweep_orphans(known)
+        unfinished = {step.id for step in await self._store.non_terminal_steps()}
+        removed = await docker.sweep_orphans(unfinished)
         if removed:
             log.warning("removed %d orphaned container(s) that no unfinished step knows", removed)
 

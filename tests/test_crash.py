@@ -159,3 +159,64 @@ def test_sigkill_at_random_moments_loses_nothing_and_runs_nothing_twice(tmp_path
                 assert marks == ["run"], f"{name}.{s['name']} ran {len(marks)} times"
         assert daemon.task_processes() == []
         assert daemon.stop() == 0
+
+
+@pytest.mark.timeout(240)
+def test_container_steps_survive_sigkill_of_the_daemon(tmp_path: Path) -> None:
+    from tests.docker_env import TEST_IMAGE, require_docker
+
+    require_docker()
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir(mode=0o777)
+
+    def container(name: str, script: str) -> dict[str, Any]:
+        # Each start leaves a mark in a bind-mounted folder: a step that ran twice leaves two.
+        marked = f'echo run >> "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/runs"; {script}'
+        executor = {
+            "provider": "cpu",
+            "container": {"image": TEST_IMAGE, "entrypoint": ["sh", "-c"], "command": [marked]},
+        }
+        return {"name": name, "executor": executor}
+
+    counter = "; ".join(f"echo c{i}; sleep 0.05" for i in range(1, 41))
+    jobs = {
+        "c-long": ([container("main", counter)], "completed", 0, [f"c{i}" for i in range(1, 41)]),
+        "c-failing": ([container("main", "echo bye; sleep 1; exit 6")], "error", 6, ["bye"]),
+        "c-short": ([container("main", "echo quick")], "completed", 0, ["quick"]),
+    }
+    rng = random.Random(int(os.environ.get("LOCALJOBS_CRASH_SEED", "7")))
+    with DaemonProcess(
+        tmp_path / "logs", data_dir=tmp_path / "data", args=["--grace-period-s", "1"]
+    ) as daemon:
+        base = daemon.start()
+        for name, (steps, *_rest) in jobs.items():
+            status, body = _call(
+                base,
+                "POST",
+                f"{WS}/jobs",
+                {"name": name, "source": "crash", "spec": {}, "platform_spec": {"steps": steps}},
+            )
+            assert status == 201, body
+        for _ in range(2):
+            time.sleep(rng.uniform(0.3, 1.2))
+            daemon.stop(signal.SIGKILL, timeout_s=10)
+            base = daemon.start()
+        deadline = time.monotonic() + 120
+        results: dict[str, dict[str, Any]] = {}
+        while len(results) < len(jobs):
+            assert time.monotonic() < deadline, f"not finished: {set(jobs) - set(results)}\n{daemon}"
+            for name in jobs:
+                _, job = _call(base, "GET", f"{WS}/jobs/{name}")
+                if job["status"] in ("completed", "error", "cancelled"):
+                    results[name] = job
+            time.sleep(0.1)
+        for name, (_steps, expected_status, expected_code, expected_lines) in jobs.items():
+            job = results[name]
+            assert job["status"] == expected_status, (name, job, daemon)
+            if expected_code:
+                assert job["error_details"]["exit_code"] == expected_code, (name, job)
+            assert _all_logs(base, name) == expected_lines, name
+            _, s = _call(base, "GET", f"{WS}/jobs/{name}/steps/main")
+            storage = Path(s["status_details"]["work_dir"]).parent.parent / "job-storage"
+            assert (storage / "runs").read_text().splitlines() == ["run"], f"{name} ran more than once"
+        assert daemon.stop() == 0

@@ -319,7 +319,16 @@ class DockerExecutor:
     async def recover(
         self, step: StepRecord, handle: dict[str, Any], paths: list[TaskPaths]
     ) -> DockerWorkload | ExitStatus | None:
-        ids = handle.get("containers") or []
+        ids = handle.get("containers")
+        if not ids:
+            # The daemon died between creating the containers and recording them: find them by label.
+            found = await self._labelled({"localjobs.step-id": step.id})
+            if len(found) != len(paths):
+                for container in found:
+                    with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError):
+                        await container.delete(force=True, v=True)
+                return None
+            ids = [c.id for c in sorted(found, key=lambda c: int(c["Labels"].get("localjobs.rank", "0")))]
         containers = []
         for container_id in ids:
             try:
@@ -331,17 +340,19 @@ class DockerExecutor:
             if labels.get("localjobs.owner") != self._owner or labels.get("localjobs.step-id") != step.id:
                 return None
             containers.append(container)
-        if not containers:
-            return None
         image = str(containers[0]["Config"].get("Image", ""))
-        return DockerWorkload(self._client, containers, paths, handle.get("network"), image)
+        network = handle.get("network") or (f"lj-{step.id.lower()}"[:60] if len(containers) > 1 else None)
+        return DockerWorkload(self._client, containers, paths, network, image)
 
-    async def sweep_orphans(self, known_ids: set[str]) -> int:
-        """Remove containers labelled as this daemon's that no unfinished step refers to."""
+    async def _labelled(self, labels: dict[str, str]) -> list[DockerContainer]:
+        wanted = [f"localjobs.owner={self._owner}", *(f"{k}={v}" for k, v in labels.items())]
+        return list(await self._client.containers.list(all=True, filters=json.dumps({"label": wanted})))
+
+    async def sweep_orphans(self, unfinished_step_ids: set[str]) -> int:
+        """Remove this daemon's containers whose step is finished or unknown."""
         removed = 0
-        filters = json.dumps({"label": [f"localjobs.owner={self._owner}"]})
-        for container in await self._client.containers.list(all=True, filters=filters):
-            if container.id in known_ids:
+        for container in await self._labelled({}):
+            if container["Labels"].get("localjobs.step-id") in unfinished_step_ids:
                 continue
             with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError):
                 await container.delete(force=True, v=True)
