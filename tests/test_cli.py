@@ -207,3 +207,29 @@ def test_jobs_persist_across_a_restart(make_daemon: MakeDaemon, tmp_path: Path) 
     listed = _get(url, f"{WS}/jobs").json()
     assert [j["name"] for j in listed["data"]] == ["keeper"]
     assert daemon.stop() == 0
+
+
+def test_keep_steps_running_on_shutdown_then_adopt_them(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    daemon = make_daemon(data_dir, args=["--keep-steps-running-on-shutdown", "--grace-period-s", "1"])
+    url = daemon.start()
+    script = "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.05; done"
+    _create_job(url, "survivor", "sh", "-c", script)
+    _wait_job(daemon, "survivor", {"active"})
+    pid = _get(url, f"{WS}/jobs/survivor/steps/main").json()["status_details"]["pid"]
+    assert daemon.stop() == 0
+    assert pid_alive(pid), "the step should outlive a graceful stop with this setting"
+    time.sleep(0.3)  # output written while no daemon runs must not be lost
+
+    url = daemon.start()
+    step = _get(url, f"{WS}/jobs/survivor/steps/main").json()
+    assert step["status"] == "active" and step["status_details"]["pid"] == pid
+    resp = httpx.post(f"{url}{WS}/jobs/survivor/cancel", timeout=10)
+    assert resp.status_code == 200
+    job = _wait_job(daemon, "survivor", TERMINAL)
+    assert job["status"] == "cancelled", job
+    assert not pid_alive(pid)
+    logs = _get(url, f"{WS}/jobs/survivor/logs?limit=10000").json()["data"]
+    lines = [line["message"] for line in logs if line["stream"] == "stdout"]
+    assert lines == [f"tick{i}" for i in range(1, len(lines) + 1)]  # every line once, none missing
+    assert daemon.stop() == 0

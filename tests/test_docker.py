@@ -194,3 +194,37 @@ async def test_container_step_can_call_the_daemon_back(api: Api) -> None:
     await api.create_job([container_step("call", script)], name="callback")
     job = await api.wait_job("callback", timeout_s=60)
     assert job["status"] == "completed", (job, await api.logs("callback"))
+
+
+async def test_without_an_engine_container_steps_are_refused(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import api_for, running_server
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        _, profiles = await api.request("GET", f"{api.base_url}/apis/jobs/v2/execution-profiles")
+        assert [p["provider"] for p in profiles] == ["subprocess"]
+        body = {"source": "t", "spec": {}, "platform_spec": {"steps": [container_step("boxed", "true")]}}
+        status, err = await api.request("POST", "/jobs", json=body)
+        assert status == 422
+        assert "Docker engine" in err["detail"]
+        # Host steps still run.
+        await api.create_job(
+            [{"name": "host", "executor": {"provider": "subprocess", "command": ["true"]}}], name="host-only"
+        )
+        assert (await api.wait_job("host-only"))["status"] == "completed"
+
+
+async def test_cpu_containers_as_host_processes_when_asked(tmp_path: Any) -> None:
+    from tests.conftest import api_for, running_server
+
+    async with running_server(tmp_path, cpu_containers_as_subprocess=True) as srv, api_for(srv) as api:
+        step = container_step("local", "echo on-the-host $NEMO_JOB_STEP")
+        step["executor"]["container"]["image"] = "image-that-is-never-pulled"
+        await api.create_job([step], name="local-cpu")
+        job = await api.wait_job("local-cpu")
+        assert job["status"] == "completed", job
+        assert await api.logs("local-cpu") == ["on-the-host local"]
+        _, s = await api.request("GET", "/jobs/local-cpu/steps/local")
+        assert "pid" in s["status_details"]

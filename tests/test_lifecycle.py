@@ -140,3 +140,11 @@ async def test_delete_requires_terminal_job(api: Api) -> None:
     assert (status, body) == (204, None)
     status, _ = await api.request("GET", "/jobs/deleteme")
     assert status == 404
+
+
+async def test_workload_gets_default_signal_handling(api: Api) -> None:
+    # The daemon (Python) ignores SIGPIPE; its children must not inherit that.
+    await api.create_job([shell("pipe", "yes | head -n 3")], name="sigpipe")
+    job = await api.wait_job("sigpipe")
+    assert job["status"] == "completed"
+    assert await api.logs("sigpipe") == ["y", "y", "y"]

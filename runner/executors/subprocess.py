@@ -21,9 +21,12 @@ import psutil
 from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskPaths, VisiblePaths
 from runner.models import StepRecord
 
-# $0 is a marker naming the task (visible in `ps`, used to find orphans); $1 the exit-status file.
-# `trap :` (not `trap ''`) so the workload itself keeps the default SIGTERM action.
-_WRAPPER = 'f=$1; shift; trap : HUP INT TERM; "$@"; rc=$?; printf "%s\\n" "$rc" >"$f"; exit "$rc"'
+# $0 is a marker naming the task (visible in `ps`, used to find orphans); $1 the exit-status file;
+# $2 the working folder. `trap :` (not `trap ''`) so the workload keeps the default SIGTERM action.
+_WRAPPER = (
+    'f=$1; cd "$2" || exit 126; shift 2; trap : HUP INT TERM; '
+    '"$@"; rc=$?; printf "%s\\n" "$rc" >"$f"; exit "$rc"'
+)
 MARKER_PREFIX = "localjobs-task:"
 _KILL_WAIT_S = 5.0
 
@@ -60,11 +63,11 @@ def _start_time(pid: int) -> float | None:
 
 
 class SubprocessWorkload:
-    def __init__(self, pid: int, start_time: float, exit_file: Path, proc: asyncio.subprocess.Process | None):
+    def __init__(self, pid: int, start_time: float, exit_file: Path, is_child: bool):
         self._pid = pid
         self._start_time = start_time
         self._exit_file = exit_file
-        self._proc = proc
+        self._is_child = is_child
         self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         self._watcher = asyncio.create_task(self._watch(), name=f"subprocess-watch-{pid}")
 
@@ -78,11 +81,12 @@ class SubprocessWorkload:
 
     async def _watch(self) -> None:
         try:
-            if self._proc is not None:
-                returncode = await self._proc.wait()
-            else:
-                await _wait_for_exit(self._pid)
-                returncode = None
+            await _wait_for_exit(self._pid)
+            returncode = None
+            if self._is_child:
+                # Already dead (the pidfd said so): this reaps it without blocking.
+                with contextlib.suppress(ChildProcessError):
+                    returncode = os.waitstatus_to_exitcode(os.waitpid(self._pid, 0)[1])  # noqa: ASYNC222
             status = read_exit_file(self._exit_file)
             if status is None:
                 # The wrapper itself was killed (SIGKILL to the group): the workload went with it.
@@ -93,7 +97,10 @@ class SubprocessWorkload:
                 else:
                     status = ExitStatus(exit_code=None, reason="exit status lost (the process was killed)")
             self._exit.set_result(status)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            self._exit.cancel()  # the daemon is stopping and leaves the workload running
+            raise
+        except Exception as exc:
             if not self._exit.done():
                 self._exit.set_exception(exc)
             raise
@@ -190,29 +197,38 @@ class SubprocessExecutor:
         (task,) = launch.tasks  # a host subprocess step is always one task
         argv = self._resolve(launch.argv, task.env)
         paths = task.paths
-        wrapped = ["/bin/sh", "-c", _WRAPPER, self._marker + task.task_name, str(paths.exit_file), *argv]
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        out = err = -1
+        wrapped = [
+            "/bin/sh",
+            "-c",
+            _WRAPPER,
+            self._marker + task.task_name,
+            str(paths.exit_file),
+            str(paths.work_dir),
+            *argv,
+        ]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        # posix_spawn, not asyncio's subprocess: nothing ties the child's life to this event
+        # loop, so a step can outlive the daemon (to be adopted by the next start) when asked to.
         try:
-            out = os.open(paths.stdout_file, flags, 0o644)
-            err = os.open(paths.stderr_file, flags, 0o644)
-            proc = await asyncio.create_subprocess_exec(
-                *wrapped,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=paths.work_dir,
-                env=task.env,
-                start_new_session=True,
+            pid = os.posix_spawn(  # noqa: ASYNC221 - returns once the child exists (vfork semantics)
+                "/bin/sh",
+                wrapped,
+                task.env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, str(paths.stdout_file), flags, 0o644),
+                    (os.POSIX_SPAWN_OPEN, 2, str(paths.stderr_file), flags, 0o644),
+                ],
+                setsid=True,
+                # Python ignores SIGPIPE; a workload must get the default action back (as
+                # subprocess's restore_signals does), or `yes | head` ends in an EPIPE error.
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                setsigmask=(),
             )
         except OSError as exc:
             raise ExecutorError(f"Failed to start subprocess: {exc}") from exc
-        finally:
-            for fd in (out, err):
-                if fd >= 0:
-                    os.close(fd)
-        start_time = _start_time(proc.pid) or time.time()
-        return SubprocessWorkload(proc.pid, start_time, paths.exit_file, proc)
+        start_time = _start_time(pid) or time.time()
+        return SubprocessWorkload(pid, start_time, paths.exit_file, is_child=True)
 
     async def recover(
         self, step: StepRecord, handle: dict[str, Any], task_paths: list[TaskPaths]
@@ -223,11 +239,11 @@ class SubprocessExecutor:
             started = _start_time(pid)
             # A bare pid is no identity: it must also be the same process start on the same boot.
             if started is not None and abs(started - float(handle.get("start_time", 0))) < 0.05:
-                return SubprocessWorkload(pid, started, paths.exit_file, None)
+                return SubprocessWorkload(pid, started, paths.exit_file, is_child=False)
         else:
             found = self.task_processes().get(paths.work_dir.name)
             if found is not None:
-                return SubprocessWorkload(found.pid, found.create_time(), paths.exit_file, None)
+                return SubprocessWorkload(found.pid, found.create_time(), paths.exit_file, is_child=False)
         return read_exit_file(paths.exit_file)
 
     def task_processes(self) -> dict[str, psutil.Process]:
