@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -452,6 +453,21 @@ class LogLine(BaseModel):
     task_name: str
     stream: Literal["stdout", "stderr"]
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedStep:
+    """The few fields of an unfinished step that its deadlines depend on."""
+
+    pk: int
+    status: JobStatus
+    created_at: int
+    updated_at: int
+    active_since: int | None
+    active_us: int
+    staleness_timeout_s: int
+    active_tasks: int
+    last_beat: int | None
 
 
 class SecretRecord(BaseModel):

@@ -88,6 +88,7 @@ class Scheduler:
         self._executors = executors
         self._wake = asyncio.Event()
         self._runs: dict[int, _Run] = {}
+        self._starting: set[int] = set()  # claimed, not yet recorded as pending
         self._closing = False
         # Rung when a job's logs grow or it ends: log followers wait on it.
         self.log_signal = ChangeSignal()
@@ -147,7 +148,8 @@ class Scheduler:
             free = self._settings.max_running_steps - len(self._runs)
             if free <= 0:
                 continue
-            candidates = await self._store.runnable_steps(free + len(self._runs))
+            # Claimed steps still in `created` come back from the query too: ask for that many more.
+            candidates = await self._store.runnable_steps(free + len(self._starting))
             for step in candidates:
                 if free <= 0:
                     break
@@ -159,10 +161,12 @@ class Scheduler:
     def _claim(self, step: StepRecord, coro: Any) -> _Run:
         run = _Run(step_pk=step.pk, stop_grace_s=self._settings.grace_period_s)
         self._runs[step.pk] = run
+        self._starting.add(step.pk)
         run.task = asyncio.create_task(coro, name=f"step-{step.job_name}-{step.name}")
 
         def release(task: asyncio.Task[None]) -> None:
             self._runs.pop(step.pk, None)
+            self._starting.discard(step.pk)
             _log_failure(task)
             self.wake()
 
@@ -210,6 +214,7 @@ class Scheduler:
                 tx, fresh, JobStatus.PENDING, now=now, status_details={"message": "Starting"}
             )
             step = outcome.step
+        self._starting.discard(step.pk)
         try:
             executor = await self._executors.for_provider(executor_spec.provider)
             launches = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from runner.clock import Clock
 from runner.environment import task_paths
 from runner.errors import Conflict
-from runner.models import JobStatus, StepRecord
+from runner.models import JobStatus, WatchedStep
 from runner.settings import Settings
 from runner.transitions import record_task_status, transition_step
 from storage import Repository
@@ -29,6 +29,7 @@ _US = 1_000_000
 # Upper bound on one sleep: a safety net should a wake-up ever be missed.
 _MAX_SLEEP_S = 60.0
 _CLEANUP_BATCH = 100
+_COALESCE_S = 0.05
 _BEFORE_ACTIVE = (JobStatus.CREATED, JobStatus.PENDING, JobStatus.RESUMING)
 
 
@@ -38,14 +39,14 @@ class Verdict:
     message: str
 
 
-def verdicts(step: StepRecord, active_tasks: int, last_beat: int | None, settings: Settings) -> list[Verdict]:
+def verdicts(step: WatchedStep, settings: Settings) -> list[Verdict]:
     """Every deadline that applies to the step now, each with the message it ends the step with."""
     found: list[Verdict] = []
     if step.status == JobStatus.ACTIVE and step.active_since is not None:
-        timeout = step.spec.lifecycle.staleness_timeout_seconds
-        if timeout > 0 and active_tasks > 0:
+        timeout = step.staleness_timeout_s
+        if timeout > 0 and step.active_tasks > 0:
             # A step that never sent a heartbeat is measured from when it became active.
-            since = max(last_beat or 0, step.active_since)
+            since = max(step.last_beat or 0, step.active_since)
             found.append(
                 Verdict(since + timeout * _US, f"Job terminated: no task updates received within {timeout} s")
             )
@@ -93,13 +94,16 @@ class Watchdog:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+            # A burst of steps becoming active costs one look at the store, not one each. Deadlines
+            # are seconds away at the least, so this short delay changes no outcome.
+            await asyncio.sleep(_COALESCE_S)
 
     async def check(self) -> int | None:
         """End every step past a deadline; return the earliest deadline still ahead."""
         now = self._clock.now_us()
         earliest = await self._remove_old_folders(now)
-        for step, active_tasks, last_beat in await self._store.watched_steps():
-            for verdict in verdicts(step, active_tasks, last_beat, self._settings):
+        for step in await self._store.watched_steps():
+            for verdict in verdicts(step, self._settings):
                 if verdict.deadline <= now:
                     if not await self._terminate(step, verdict.message):
                         earliest = now  # the step moved meanwhile: look again at once
@@ -123,7 +127,7 @@ class Watchdog:
                 await tx.mark_folders_removed(step.pk)
         return now if len(batch) == _CLEANUP_BATCH else None  # more may wait: come back at once
 
-    async def _terminate(self, step: StepRecord, message: str) -> bool:
+    async def _terminate(self, step: WatchedStep, message: str) -> bool:
         now = self._clock.now_us()
         async with self._store.transaction() as tx:
             fresh = await tx.get_step_by_pk(step.pk)
@@ -139,7 +143,7 @@ class Watchdog:
             for task in await tx.tasks_of_step(step.pk):
                 if not task.status.is_terminal:
                     await record_task_status(tx, task.pk, JobStatus.ERROR, errors, errors, None, now)
-        log.warning("step %s of job %s: %s", step.name, step.job_name, message)
+        log.warning("step %s of job %s: %s", fresh.name, fresh.job_name, message)
         # The verdict is recorded first; the workload (whole process tree or containers) goes next.
         self._stop_workload(step.pk)
         return True

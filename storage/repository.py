@@ -33,6 +33,7 @@ from runner.models import (
     StepSpec,
     StringCondition,
     TaskRecord,
+    WatchedStep,
 )
 from storage.errors import AlreadyExists, StorageUnavailable
 from storage.schema import MIGRATIONS
@@ -200,14 +201,16 @@ class _Reads:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
+    # execute_fetchall runs the statement and fetches in one trip to aiosqlite's thread: each
+    # trip is a cross-thread hand-off, and they dominate the cost of small queries.
     async def _one(self, sql: str, args: Sequence[Any]) -> sqlite3.Row | None:
-        async with self._conn.execute(sql, args) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
+        rows = await self._conn.execute_fetchall(sql, args)
+        for row in rows:
             return row
+        return None
 
     async def _all(self, sql: str, args: Sequence[Any]) -> list[sqlite3.Row]:
-        async with self._conn.execute(sql, args) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._conn.execute_fetchall(sql, args))
 
     async def get_job(self, workspace: str, name: str) -> JobRecord | None:
         row = await self._one("SELECT * FROM jobs WHERE workspace = ? AND name = ?", (workspace, name))
@@ -492,8 +495,8 @@ class WriteTx(_Reads):
         target = excess + max_bytes // 10
         rows = await self._all(
             "SELECT id, length(CAST(message AS BLOB)) AS size FROM log_lines"
-            " WHERE job_pk = ? AND step_name = ? AND task_name = ? ORDER BY id LIMIT 100000",
-            (job_pk, step_name, task_name),
+            " WHERE task_name = ? AND job_pk = ? AND step_name = ? ORDER BY id LIMIT 100000",
+            (task_name, job_pk, step_name),
         )
         freed, count, cutoff = 0, 0, None
         for r in rows:
@@ -664,16 +667,31 @@ class Repository(_Reads):
         )
         return [_step(r) for r in rows]
 
-    async def watched_steps(self) -> list[tuple[StepRecord, int, int | None]]:
-        """Every unfinished step with its number of `active` tasks and their latest heartbeat."""
+    async def watched_steps(self) -> list[WatchedStep]:
+        """What the watchdog needs of every step a deadline can apply to: no JSON parsing, no
+        paused or finished steps."""
         rows = await self._all(
-            "SELECT s.*, (SELECT COUNT(*) FROM tasks t WHERE t.step_pk = s.pk AND t.status = 'active')"
-            " AS active_tasks, (SELECT MAX(t.heartbeat_at) FROM tasks t WHERE t.step_pk = s.pk"
-            " AND t.status = 'active') AS last_beat FROM steps s"
-            " WHERE s.status NOT IN ('completed','error','cancelled')",
+            "SELECT s.pk, s.status, s.created_at, s.updated_at, s.active_since, s.active_us,"
+            " COALESCE(json_extract(s.spec, '$.lifecycle.staleness_timeout_seconds'), 0) AS staleness,"
+            " (SELECT COUNT(*) FROM tasks t WHERE t.step_pk = s.pk AND t.status = 'active') AS active_tasks,"
+            " (SELECT MAX(t.heartbeat_at) FROM tasks t WHERE t.step_pk = s.pk AND t.status = 'active')"
+            " AS last_beat FROM steps s WHERE s.status IN ('created', 'pending', 'active', 'resuming')",
             (),
         )
-        return [(_step(r), r["active_tasks"], r["last_beat"]) for r in rows]
+        return [
+            WatchedStep(
+                pk=r["pk"],
+                status=JobStatus(r["status"]),
+                created_at=r["created_at"],
+                updated_at=r["updated_at"],
+                active_since=r["active_since"],
+                active_us=r["active_us"],
+                staleness_timeout_s=r["staleness"],
+                active_tasks=r["active_tasks"],
+                last_beat=r["last_beat"],
+            )
+            for r in rows
+        ]
 
     async def runnable_steps(self, limit: int) -> list[StepRecord]:
         """Steps waiting for the scheduler, oldest first (FIFO, as the reference)."""

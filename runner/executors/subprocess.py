@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +54,23 @@ def read_exit_file(path: Path) -> ExitStatus | None:
     return ExitStatus(exit_code=code)
 
 
-def _start_time(pid: int) -> float | None:
+def _start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (/proc/PID/stat field 22): with the
+    pid and the boot id, an identity that a reused pid cannot fake."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
         return None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])
 
 
 class SubprocessWorkload:
-    def __init__(self, pid: int, start_time: float, exit_file: Path, is_child: bool):
+    def __init__(self, pid: int, start_ticks: int | None, exit_file: Path, is_child: bool):
         self._pid = pid
-        self._start_time = start_time
+        self._start_ticks = start_ticks
         self._exit_file = exit_file
         self._is_child = is_child
         self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
@@ -73,7 +78,7 @@ class SubprocessWorkload:
 
     @property
     def handle(self) -> dict[str, Any]:
-        return {"kind": "subprocess", "pid": self._pid, "start_time": self._start_time, "boot_id": BOOT_ID}
+        return {"kind": "subprocess", "pid": self._pid, "start_ticks": self._start_ticks, "boot_id": BOOT_ID}
 
     @property
     def details(self) -> dict[str, Any]:
@@ -227,8 +232,7 @@ class SubprocessExecutor:
             )
         except OSError as exc:
             raise ExecutorError(f"Failed to start subprocess: {exc}") from exc
-        start_time = _start_time(pid) or time.time()
-        return SubprocessWorkload(pid, start_time, paths.exit_file, is_child=True)
+        return SubprocessWorkload(pid, _start_ticks(pid), paths.exit_file, is_child=True)
 
     async def recover(
         self, step: StepRecord, handle: dict[str, Any], task_paths: list[TaskPaths]
@@ -236,14 +240,14 @@ class SubprocessExecutor:
         (paths,) = task_paths
         pid = handle.get("pid")
         if isinstance(pid, int) and handle.get("boot_id") == BOOT_ID:
-            started = _start_time(pid)
+            started = _start_ticks(pid)
             # A bare pid is no identity: it must also be the same process start on the same boot.
-            if started is not None and abs(started - float(handle.get("start_time", 0))) < 0.05:
+            if started is not None and started == handle.get("start_ticks"):
                 return SubprocessWorkload(pid, started, paths.exit_file, is_child=False)
         else:
             found = self.task_processes().get(paths.work_dir.name)
             if found is not None:
-                return SubprocessWorkload(found.pid, found.create_time(), paths.exit_file, is_child=False)
+                return SubprocessWorkload(found.pid, _start_ticks(found.pid), paths.exit_file, is_child=False)
         return read_exit_file(paths.exit_file)
 
     def task_processes(self) -> dict[str, psutil.Process]:
