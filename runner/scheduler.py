@@ -150,37 +150,34 @@ class Scheduler:
                 continue
             # Claimed steps still in `created` come back from the query too: ask for that many more.
             candidates = await self._store.runnable_steps(free + len(self._starting))
-            for step in candidates:
+            for step_pk in candidates:
                 if free <= 0:
                     break
-                if step.pk in self._runs:
+                if step_pk in self._runs:
                     continue
                 free -= 1
-                self._claim(step, self._run_step(step))
+                self._claim(step_pk, self._run_step(step_pk))
 
-    def _claim(self, step: StepRecord, coro: Any) -> _Run:
-        run = _Run(step_pk=step.pk, stop_grace_s=self._settings.grace_period_s)
-        self._runs[step.pk] = run
-        self._starting.add(step.pk)
-        run.task = asyncio.create_task(coro, name=f"step-{step.job_name}-{step.name}")
+    def _claim(self, step_pk: int, coro: Any) -> _Run:
+        run = _Run(step_pk=step_pk, stop_grace_s=self._settings.grace_period_s)
+        self._runs[step_pk] = run
+        self._starting.add(step_pk)
+        run.task = asyncio.create_task(coro, name=f"step-{step_pk}")
 
         def release(task: asyncio.Task[None]) -> None:
-            self._runs.pop(step.pk, None)
-            self._starting.discard(step.pk)
+            self._runs.pop(step_pk, None)
+            self._starting.discard(step_pk)
             _log_failure(task)
             self.wake()
 
         run.task.add_done_callback(release)
         return run
 
-    async def _run_step(self, step: StepRecord) -> None:
-        run = self._runs[step.pk]
-        executor_spec = step.spec.executor
-        count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
-        names = [new_task_name() for _ in range(count)]
+    async def _run_step(self, step_pk: int) -> None:
+        run = self._runs[step_pk]
         now = self._clock.now_us()
         async with self._store.transaction() as tx:
-            fresh = await tx.get_step_by_pk(step.pk)
+            fresh = await tx.get_step_by_pk(step_pk)
             if fresh is None or fresh.status not in _STARTABLE:
                 # Cancelled or paused between the claim and now: nothing ran, so settle it here.
                 if fresh is not None and fresh.status in _SETTLES_UNSTARTED:
@@ -189,6 +186,10 @@ class Scheduler:
                         tx, fresh, final, now=now, status_details={"message": final.title()}
                     )
                 return
+            step = fresh
+            executor_spec = step.spec.executor
+            count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
+            names = [new_task_name() for _ in range(count)]
             tasks = [
                 _TaskRef(
                     await tx.insert_task(
@@ -219,7 +220,8 @@ class Scheduler:
             executor = await self._executors.for_provider(executor_spec.provider)
             launches = []
             for task in tasks:
-                await asyncio.to_thread(prepare_task_folders, task.paths, step.spec.config)
+                # A few small local file operations: cheaper inline than a hop to a worker thread.
+                prepare_task_folders(task.paths, step.spec.config)
                 env = task_environment(
                     step=step,
                     task_name=task.name,
@@ -317,7 +319,7 @@ class Scheduler:
     ) -> None:
         """Record how the workload ended, mapped against what the step was asked to do meanwhile."""
         now = self._clock.now_us()
-        tail = await self._output_tail(step) if with_output else []
+        tail = await self._output_tail(step) if with_output and not status.succeeded else []
         async with self._store.transaction() as tx:
             fresh = await tx.get_step_by_pk(step.pk)
             if fresh is None:
@@ -428,7 +430,7 @@ class Scheduler:
                     await self._settle_lost(step, tasks, "the workload vanished while the daemon was down")
                 continue
             offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
-            self._claim(step, self._adopt(step, tasks, found, offsets))
+            self._claim(step.pk, self._adopt(step, tasks, found, offsets))
         known = await self._known_task_names()
         killed = self._executors.subprocess.sweep_orphans(known)
         if killed:

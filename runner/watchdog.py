@@ -116,16 +116,16 @@ class Watchdog:
 
         The job's own storage (its fileset, where results live) and the stored logs stay."""
         keep_us = self._settings.ttl_seconds_after_finished * _US
-        batch = await self._store.finished_steps_with_folders(_CLEANUP_BATCH)
+        batch, next_finished = await self._store.finished_steps_with_folders(now - keep_us, _CLEANUP_BATCH)
         for step in batch:
-            if step.updated_at + keep_us > now:
-                return step.updated_at + keep_us
             for task in (step.handle or {}).get("tasks", []):
                 folder = task_paths(self._settings.work_dir, step, task["task_name"]).work_dir
                 await asyncio.to_thread(shutil.rmtree, folder, True)
             async with self._store.transaction() as tx:
                 await tx.mark_folders_removed(step.pk)
-        return now if len(batch) == _CLEANUP_BATCH else None  # more may wait: come back at once
+        if len(batch) == _CLEANUP_BATCH:
+            return now  # more may wait: come back at once
+        return None if next_finished is None else next_finished + keep_us
 
     async def _terminate(self, step: WatchedStep, message: str) -> bool:
         now = self._clock.now_us()

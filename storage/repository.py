@@ -7,6 +7,7 @@ Single-writer discipline: one write connection guarded by an asyncio lock, every
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -64,6 +65,18 @@ def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+# Specs never change once stored, and the same one is read at every status change of its job:
+# parse each distinct text once. Records are treated as read-only everywhere.
+@functools.lru_cache(maxsize=4096)
+def _job_spec(text: str) -> PlatformJobSpec:
+    return PlatformJobSpec.model_validate_json(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _step_spec(text: str) -> StepSpec:
+    return StepSpec.model_validate_json(text)
+
+
 def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
         pk=row["pk"],
@@ -74,7 +87,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
         description=row["description"],
         source=row["source"],
         spec=json.loads(row["spec"]),
-        platform_spec=PlatformJobSpec.model_validate_json(row["platform_spec"]),
+        platform_spec=_job_spec(row["platform_spec"]),
         fileset=row["fileset"],
         output_location=row["output_location"],
         ownership=_load(row["ownership"]),
@@ -104,7 +117,7 @@ def _step(row: sqlite3.Row) -> StepRecord:
         output_location=row["output_location"],
         auth_context=_load(row["auth_context"]),
         index=row["idx"],
-        spec=StepSpec.model_validate_json(row["spec"]),
+        spec=_step_spec(row["spec"]),
         status=JobStatus(row["status"]),
         status_details=json.loads(row["status_details"]),
         error_details=_load(row["error_details"]),
@@ -650,14 +663,20 @@ class Repository(_Reads):
         )
         return Page(items=[_step(r) for r in rows], total=total_row[0] if total_row else 0)
 
-    async def finished_steps_with_folders(self, limit: int) -> list[StepRecord]:
-        """Finished steps whose task folders are still on disk, the longest finished first."""
+    async def finished_steps_with_folders(
+        self, finished_before: int, limit: int
+    ) -> tuple[list[StepRecord], int | None]:
+        """Finished steps (before the given time) whose task folders are still on disk, and when
+        the next one still waiting finished."""
+        pending = "folders_removed = 0 AND status IN ('completed', 'error', 'cancelled')"
         rows = await self._all(
-            "SELECT * FROM steps WHERE folders_removed = 0 AND status IN ('completed', 'error', 'cancelled')"
-            " ORDER BY updated_at LIMIT ?",
-            (limit,),
+            f"SELECT * FROM steps WHERE {pending} AND updated_at <= ? ORDER BY updated_at LIMIT ?",
+            (finished_before, limit),
         )
-        return [_step(r) for r in rows]
+        nxt = await self._one(
+            f"SELECT MIN(updated_at) FROM steps WHERE {pending} AND updated_at > ?", (finished_before,)
+        )
+        return [_step(r) for r in rows], (nxt[0] if nxt else None)
 
     async def non_terminal_steps(self) -> list[StepRecord]:
         rows = await self._all(
@@ -693,13 +712,13 @@ class Repository(_Reads):
             for r in rows
         ]
 
-    async def runnable_steps(self, limit: int) -> list[StepRecord]:
-        """Steps waiting for the scheduler, oldest first (FIFO, as the reference)."""
+    async def runnable_steps(self, limit: int) -> list[int]:
+        """Steps waiting for the scheduler, oldest first (FIFO, as the reference): their keys only."""
         rows = await self._all(
-            "SELECT * FROM steps WHERE status IN ('created','resuming') ORDER BY created_at, pk LIMIT ?",
+            "SELECT pk FROM steps WHERE status IN ('created','resuming') ORDER BY created_at, pk LIMIT ?",
             (limit,),
         )
-        return [_step(r) for r in rows]
+        return [r["pk"] for r in rows]
 
     # ----------------------------------------------------------------------------- logs
 
