@@ -210,9 +210,13 @@ class Scheduler:
             ]
             # Recorded before the spawn: after a crash the next daemon knows where to look, and
             # never starts the step a second time.
-            await tx.set_step_handle(step.pk, _handle(None, tasks))
             outcome = await transition_step(
-                tx, fresh, JobStatus.PENDING, now=now, status_details={"message": "Starting"}
+                tx,
+                fresh,
+                JobStatus.PENDING,
+                now=now,
+                status_details={"message": "Starting"},
+                handle=_handle(None, tasks),
             )
             step = outcome.step
         self._starting.discard(step.pk)
@@ -256,12 +260,16 @@ class Scheduler:
     async def _mark_active(self, step: StepRecord, tasks: list[_TaskRef], workload: Workload) -> None:
         now = self._clock.now_us()
         details = {"message": "Running", **workload.details, "work_dir": str(tasks[0].paths.work_dir)}
+        handle = _handle(workload, tasks)
         async with self._store.transaction() as tx:
-            await tx.set_step_handle(step.pk, _handle(workload, tasks))
             fresh = await tx.get_step_by_pk(step.pk)
             assert fresh is not None
             if fresh.status in (JobStatus.PENDING, JobStatus.RESUMING):
-                await transition_step(tx, fresh, JobStatus.ACTIVE, now=now, status_details=details)
+                await transition_step(
+                    tx, fresh, JobStatus.ACTIVE, now=now, status_details=details, handle=handle
+                )
+            else:  # cancelling or pausing meanwhile: the status waits, the handle must not
+                await tx.set_step_handle(step.pk, handle)
             for task in tasks:
                 await record_task_status(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
         self.on_active()

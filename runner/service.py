@@ -116,7 +116,7 @@ class JobService:
         name = request.name or generate_job_name(request.source)
         async with self._store.transaction() as tx:
             try:
-                pk = await tx.insert_job(
+                job = await tx.insert_job(
                     id=new_entity_id("platform-job"),
                     workspace=workspace,
                     name=name,
@@ -135,8 +135,6 @@ class JobService:
                 )
             except AlreadyExists as exc:
                 raise Conflict(str(exc)) from exc
-            job = await tx.get_job_by_pk(pk)
-            assert job is not None
             # Steps are created one at a time, as in the reference: the next when this one completes.
             await tx.insert_step(job, 0, new_entity_id("platform-job-step"), now)
         self._workloads.wake()

@@ -43,8 +43,10 @@ async def transition_step(
     now: int,
     status_details: dict[str, Any] | None = None,
     error_details: dict[str, Any] | None = None,
+    handle: dict[str, Any] | None = None,
 ) -> TransitionOutcome:
-    """Move `step` to `new_status` (Conflict if the table forbids it) and roll the job up."""
+    """Move `step` to `new_status` (Conflict if the table forbids it) and roll the job up;
+    `handle`, when given, is recorded with it."""
     if not step.status.can_transition_to(new_status):
         raise Conflict(
             f"step {step.name!r} of job {step.job_name!r} cannot go from {step.status.value!r} "
@@ -59,7 +61,11 @@ async def transition_step(
         active_us += now - active_since
     job = await tx.get_job_by_pk(step.job_pk)
     assert job is not None, "a step always has its job (foreign key with cascade)"
-    if (new_status, merged, errors) == (step.status, step.status_details, step.error_details):
+    if handle is None and (new_status, merged, errors) == (
+        step.status,
+        step.status_details,
+        step.error_details,
+    ):
         return TransitionOutcome(step=step, job=job)
     status_changed = new_status != step.status
     await tx.update_step_state(
@@ -70,6 +76,7 @@ async def transition_step(
         active_since=active_since,
         active_us=active_us,
         now=now,
+        handle=handle,
     )
     step = step.model_copy(
         update={
@@ -79,6 +86,7 @@ async def transition_step(
             "active_since": active_since,
             "active_us": active_us,
             "updated_at": now,
+            "handle": handle if handle is not None else step.handle,
         }
     )
     outcome = TransitionOutcome(step=step, job=job, changed=True)
@@ -125,17 +133,14 @@ async def record_task_status(
     stack: str | None,
     now: int,
 ) -> None:
-    """The daemon's own bookkeeping write: it never counts as a heartbeat."""
-    task = await tx.get_task_by_pk(task_pk)
-    if task is None:
-        return
-    new_status = status if task.status.can_transition_to(status) else task.status
-    await tx.update_task(
+    """The daemon's own bookkeeping write: it never counts as a heartbeat. A task whose status
+    cannot move to `status` (the table forbids it) keeps its status; details still merge."""
+    await tx.record_task_outcome(
         task_pk,
-        status=new_status,
-        status_details={**task.status_details, **details},
-        error_details=errors or task.error_details,
-        error_stack=stack or task.error_stack,
-        heartbeat_at=task.heartbeat_at,
+        status=status,
+        allowed_from=[s for s in JobStatus if s.can_transition_to(status)],
+        details={k: v for k, v in details.items() if v is not None},
+        errors=errors or None,
+        stack=stack,
         now=now,
     )

@@ -301,7 +301,7 @@ class WriteTx(_Reads):
         auth_context: dict[str, Any] | None,
         attempt_id: str,
         now: int,
-    ) -> int:
+    ) -> JobRecord:
         try:
             cursor = await self._conn.execute(
                 "INSERT INTO jobs (id, workspace, name, project, description, source, spec, platform_spec,"
@@ -330,7 +330,29 @@ class WriteTx(_Reads):
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"a job named {name!r} already exists in workspace {workspace!r}") from exc
         assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return JobRecord(
+            pk=cursor.lastrowid,
+            id=id,
+            name=name,
+            workspace=workspace,
+            project=project,
+            description=description,
+            source=source,
+            spec=spec,
+            platform_spec=platform_spec,
+            fileset=fileset,
+            output_location=output_location,
+            ownership=ownership,
+            custom_fields=custom_fields,
+            auth_context=auth_context,
+            created_at=now,
+            updated_at=now,
+            attempt_id=attempt_id,
+            attempt_seq=0,
+            status=JobStatus.CREATED,
+            status_details={},
+            error_details=None,
+        )
 
     async def insert_step(self, job: JobRecord, index: int, step_id: str, now: int) -> int:
         spec = job.platform_spec.steps[index]
@@ -383,11 +405,22 @@ class WriteTx(_Reads):
         active_since: int | None,
         now: int,
         active_us: int = 0,
+        handle: dict[str, Any] | None = None,
     ) -> None:
+        """`handle`, when given, is recorded in the same statement (None leaves it as it is)."""
         await self._conn.execute(
             "UPDATE steps SET status = ?, status_details = ?, error_details = ?, active_since = ?,"
-            " active_us = ?, updated_at = ? WHERE pk = ?",
-            (status.value, _dump(status_details), _dump(error_details), active_since, active_us, now, pk),
+            " active_us = ?, updated_at = ?, handle = COALESCE(?, handle) WHERE pk = ?",
+            (
+                status.value,
+                _dump(status_details),
+                _dump(error_details),
+                active_since,
+                active_us,
+                now,
+                _dump(handle),
+                pk,
+            ),
         )
 
     async def mark_folders_removed(self, pk: int) -> None:
@@ -427,6 +460,28 @@ class WriteTx(_Reads):
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
+
+    async def record_task_outcome(
+        self,
+        pk: int,
+        *,
+        status: JobStatus,
+        allowed_from: Iterable[JobStatus],
+        details: dict[str, Any],
+        errors: dict[str, Any] | None,
+        stack: str | None,
+        now: int,
+    ) -> None:
+        """One statement: the status changes only from `allowed_from`, details merge shallowly
+        (json_patch on flat objects), errors and stack replace only when given. Never a heartbeat."""
+        sources = [s.value for s in allowed_from]
+        await self._conn.execute(
+            f"UPDATE tasks SET status = CASE WHEN status IN ({','.join('?' * len(sources))}) THEN ?"
+            " ELSE status END, status_details = json_patch(status_details, ?),"
+            " error_details = COALESCE(?, error_details), error_stack = COALESCE(?, error_stack),"
+            " updated_at = ? WHERE pk = ?",
+            (*sources, status.value, _dump(details), _dump(errors), stack, now, pk),
+        )
 
     async def update_task(
         self,
