@@ -167,19 +167,14 @@ class JobService:
             )
 
     async def get_job(self, workspace: str, name: str) -> JobRecord:
-        job = await self._store.get_job(workspace, name)
-        if job is None:
-            raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
-        return job
+        return await _existing_job(self._store, workspace, name)
 
     async def list_jobs(self, flt: JobFilter, sort: JobSort, page: int, page_size: int) -> Page[JobRecord]:
         return await self._store.list_jobs(flt, sort, page, page_size)
 
     async def delete_job(self, workspace: str, name: str) -> None:
         async with self._store.transaction() as tx:
-            job = await tx.get_job(workspace, name)
-            if job is None:
-                raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
+            job = await _existing_job(tx, workspace, name)
             steps = await tx.steps_of_job(job.pk)
             if not job.status.is_terminal or any(not s.status.is_terminal for s in steps):
                 raise Conflict(f"job {name!r} is {job.status.value!r}: only a finished job can be deleted")
@@ -193,9 +188,7 @@ class JobService:
 
     async def merge_job_status_details(self, workspace: str, name: str, details: dict[str, Any]) -> None:
         async with self._store.transaction() as tx:
-            job = await tx.get_job(workspace, name)
-            if job is None:
-                raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
+            job = await _existing_job(tx, workspace, name)
             await tx.update_job_state(
                 job.pk,
                 status=job.status,
@@ -273,9 +266,7 @@ class JobService:
     async def _current_step(
         self, tx: WriteTx, workspace: str, name: str
     ) -> tuple[JobRecord, StepRecord | None]:
-        job = await tx.get_job(workspace, name)
-        if job is None:
-            raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
+        job = await _existing_job(tx, workspace, name)
         steps = await tx.steps_of_job(job.pk)
         for step in steps:
             if not step.status.is_terminal:
@@ -511,6 +502,13 @@ class JobService:
     ) -> tuple[ResultRecord, Artifact]:
         job, result = await self.get_result(workspace, job_name, name)
         return result, self._results.artifact(job, result)
+
+
+async def _existing_job(reader: Repository | WriteTx, workspace: str, name: str) -> JobRecord:
+    job = await reader.get_job(workspace, name)
+    if job is None:
+        raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
+    return job
 
 
 def mask_json(value: Any, secrets: list[str]) -> Any:

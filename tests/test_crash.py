@@ -27,6 +27,9 @@ HEARTBEAT = (
     " >/dev/null 2>&1"
 )
 
+# name -> (steps, expected status, expected exit code, expected log lines)
+Expected = dict[str, tuple[list[dict[str, Any]], str, int | None, list[str]]]
+
 
 def _call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
@@ -45,7 +48,7 @@ def _shell(name: str, script: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "executor": {"provider": "subprocess", "command": ["sh", "-c", script]}, **extra}
 
 
-def _jobs(runs_dir: Path) -> dict[str, tuple[list[dict[str, Any]], str, int | None, list[str]]]:
+def _jobs(runs_dir: Path) -> Expected:
     """name -> (steps, expected status, expected exit code, expected log lines)."""
 
     def once(job: str, step: str, rest: str) -> str:
@@ -114,6 +117,48 @@ def _all_logs(base: str, job: str) -> list[str]:
             return lines
 
 
+def _submit_all(base: str, jobs: Expected) -> None:
+    for name, (steps, *_rest) in jobs.items():
+        body = {"name": name, "source": "crash", "spec": {}, "platform_spec": {"steps": steps}}
+        status, created = _call(base, "POST", f"{WS}/jobs", body)
+        assert status == 201, created
+
+
+def _kill_and_restart(
+    daemon: DaemonProcess, rng: random.Random, times: int, up_s: tuple[float, float]
+) -> str:
+    """SIGKILL the daemon `times` times after a random while up, restarting it each time."""
+    base = daemon.base_url
+    for _ in range(times):
+        time.sleep(rng.uniform(*up_s))
+        old_pid = daemon.pid
+        daemon.stop(signal.SIGKILL, timeout_s=10)
+        assert not pid_alive(old_pid)
+        time.sleep(rng.uniform(0.0, 0.5))
+        base = daemon.start()
+    return base
+
+
+def _check_outcomes(base: str, daemon: DaemonProcess, jobs: Expected, timeout_s: float) -> None:
+    """Every job reaches its expected status and exit code, with every log line exactly once."""
+    deadline = time.monotonic() + timeout_s
+    results: dict[str, dict[str, Any]] = {}
+    while len(results) < len(jobs):
+        assert time.monotonic() < deadline, f"not finished: {set(jobs) - set(results)}\n{daemon}"
+        for name in jobs:
+            status, job = _call(base, "GET", f"{WS}/jobs/{name}")
+            assert status == 200
+            if job["status"] in ("completed", "error", "cancelled"):
+                results[name] = job
+        time.sleep(0.1)
+    for name, (_steps, expected_status, expected_code, expected_lines) in jobs.items():
+        job = results[name]
+        assert job["status"] == expected_status, (name, job, daemon)
+        if expected_code:
+            assert job["error_details"]["exit_code"] == expected_code, (name, job)
+        assert _all_logs(base, name) == expected_lines, name
+
+
 @pytest.mark.timeout(180)
 def test_sigkill_at_random_moments_loses_nothing_and_runs_nothing_twice(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
@@ -122,38 +167,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_runs_nothing_twice(tmp_path
     rng = random.Random(int(os.environ.get("LOCALJOBS_CRASH_SEED", "20261128")))
     args = ["--max-running-steps", "4", "--grace-period-s", "1"]
     with DaemonProcess(tmp_path / "logs", data_dir=tmp_path / "data", args=args) as daemon:
-        base = daemon.start()
+        _submit_all(daemon.start(), jobs)
+        base = _kill_and_restart(daemon, rng, times=4, up_s=(0.2, 0.9))
+        _check_outcomes(base, daemon, jobs, timeout_s=90)
         for name, (steps, *_rest) in jobs.items():
-            status, body = _call(
-                base,
-                "POST",
-                f"{WS}/jobs",
-                {"name": name, "source": "crash", "spec": {}, "platform_spec": {"steps": steps}},
-            )
-            assert status == 201, body
-        for _ in range(4):
-            time.sleep(rng.uniform(0.2, 0.9))
-            old_pid = daemon.pid
-            daemon.stop(signal.SIGKILL, timeout_s=10)
-            assert not pid_alive(old_pid)
-            time.sleep(rng.uniform(0.0, 0.5))
-            base = daemon.start()
-        deadline = time.monotonic() + 90
-        results: dict[str, dict[str, Any]] = {}
-        while len(results) < len(jobs):
-            assert time.monotonic() < deadline, f"not finished: {set(jobs) - set(results)}\n{daemon}"
-            for name in jobs:
-                status, job = _call(base, "GET", f"{WS}/jobs/{name}")
-                assert status == 200
-                if job["status"] in ("completed", "error", "cancelled"):
-                    results[name] = job
-            time.sleep(0.1)
-        for name, (steps, expected_status, expected_code, expected_lines) in jobs.items():
-            job = results[name]
-            assert job["status"] == expected_status, (name, job, daemon)
-            if expected_code:
-                assert job["error_details"]["exit_code"] == expected_code, (name, job)
-            assert _all_logs(base, name) == expected_lines, name
             for s in steps:
                 marks = (runs_dir / f"{name}.{s['name']}").read_text().splitlines()
                 assert marks == ["run"], f"{name}.{s['name']} ran {len(marks)} times"
@@ -166,8 +183,6 @@ def test_container_steps_survive_sigkill_of_the_daemon(tmp_path: Path) -> None:
     from tests.docker_env import TEST_IMAGE, require_docker
 
     require_docker()
-    runs_dir = tmp_path / "runs"
-    runs_dir.mkdir(mode=0o777)
 
     def container(name: str, script: str) -> dict[str, Any]:
         # Each start leaves a mark in a bind-mounted folder: a step that ran twice leaves two.
@@ -179,7 +194,7 @@ def test_container_steps_survive_sigkill_of_the_daemon(tmp_path: Path) -> None:
         return {"name": name, "executor": executor}
 
     counter = "; ".join(f"echo c{i}; sleep 0.05" for i in range(1, 41))
-    jobs = {
+    jobs: Expected = {
         "c-long": ([container("main", counter)], "completed", 0, [f"c{i}" for i in range(1, 41)]),
         "c-failing": ([container("main", "echo bye; sleep 1; exit 6")], "error", 6, ["bye"]),
         "c-short": ([container("main", "echo quick")], "completed", 0, ["quick"]),
@@ -188,34 +203,10 @@ def test_container_steps_survive_sigkill_of_the_daemon(tmp_path: Path) -> None:
     with DaemonProcess(
         tmp_path / "logs", data_dir=tmp_path / "data", args=["--grace-period-s", "1"]
     ) as daemon:
-        base = daemon.start()
-        for name, (steps, *_rest) in jobs.items():
-            status, body = _call(
-                base,
-                "POST",
-                f"{WS}/jobs",
-                {"name": name, "source": "crash", "spec": {}, "platform_spec": {"steps": steps}},
-            )
-            assert status == 201, body
-        for _ in range(2):
-            time.sleep(rng.uniform(0.3, 1.2))
-            daemon.stop(signal.SIGKILL, timeout_s=10)
-            base = daemon.start()
-        deadline = time.monotonic() + 120
-        results: dict[str, dict[str, Any]] = {}
-        while len(results) < len(jobs):
-            assert time.monotonic() < deadline, f"not finished: {set(jobs) - set(results)}\n{daemon}"
-            for name in jobs:
-                _, job = _call(base, "GET", f"{WS}/jobs/{name}")
-                if job["status"] in ("completed", "error", "cancelled"):
-                    results[name] = job
-            time.sleep(0.1)
-        for name, (_steps, expected_status, expected_code, expected_lines) in jobs.items():
-            job = results[name]
-            assert job["status"] == expected_status, (name, job, daemon)
-            if expected_code:
-                assert job["error_details"]["exit_code"] == expected_code, (name, job)
-            assert _all_logs(base, name) == expected_lines, name
+        _submit_all(daemon.start(), jobs)
+        base = _kill_and_restart(daemon, rng, times=2, up_s=(0.3, 1.2))
+        _check_outcomes(base, daemon, jobs, timeout_s=120)
+        for name in jobs:
             _, s = _call(base, "GET", f"{WS}/jobs/{name}/steps/main")
             storage = Path(s["status_details"]["work_dir"]).parent.parent / "job-storage"
             assert (storage / "runs").read_text().splitlines() == ["run"], f"{name} ran more than once"
