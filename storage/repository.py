@@ -709,14 +709,39 @@ class Repository(_Reads):
             where.append("job_source = ?")
             args.append(flt.source)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        total_row = await self._one(f"SELECT COUNT(*) FROM steps {clause}", args)
+        total = await self._count_steps(flt, clause, args)
         # Page on the narrow index first, then fetch the wide rows of just that page.
         rows = await self._all(
             f"SELECT * FROM steps WHERE pk IN (SELECT pk FROM steps {clause}"
             f" ORDER BY {_STEP_SORT_SQL[sort]} LIMIT ? OFFSET ?) ORDER BY {_STEP_SORT_SQL[sort]}",
             [*args, page_size, (page - 1) * page_size],
         )
-        return Page(items=[_step(r) for r in rows], total=total_row[0] if total_row else 0)
+        return Page(items=[_step(r) for r in rows], total=total)
+
+    async def _count_steps(self, flt: StepFilter, clause: str, args: list[Any]) -> int:
+        """From the trigger-kept counters: the cost depends on the number of jobs or statuses
+        involved, not on how many steps the store holds."""
+        where: list[str] = []
+        params: list[Any] = []
+        if flt.job is not None and flt.source is not None:
+            row = await self._one(f"SELECT COUNT(*) FROM steps {clause}", args)  # one job: few rows
+            return int(row[0]) if row else 0
+        table = "step_counts_job" if flt.job is not None else "step_counts_ws"
+        if flt.workspace is not None:
+            where.append("workspace = ?")
+            params.append(flt.workspace)
+        if flt.job is not None:
+            where.append("job_name = ?")
+            params.append(flt.job)
+        if flt.source is not None:
+            where.append("source = ?")
+            params.append(flt.source)
+        if flt.statuses:
+            where.append(f"status IN ({','.join('?' * len(flt.statuses))})")
+            params.extend(s.value for s in flt.statuses)
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        row = await self._one(f"SELECT COALESCE(SUM(n), 0) FROM {table} {condition}", params)
+        return int(row[0]) if row else 0
 
     async def finished_steps_with_folders(
         self, finished_before: int, limit: int

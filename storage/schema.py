@@ -154,4 +154,50 @@ MIGRATIONS: list[str] = [
     CREATE INDEX steps_folders_pending ON steps (updated_at)
         WHERE folders_removed = 0 AND status IN ('completed', 'error', 'cancelled');
     """,
+    # 3: step counters kept by triggers, so List Steps' total_results never counts rows.
+    """
+    CREATE TABLE step_counts_ws (
+        workspace TEXT NOT NULL,
+        status    TEXT NOT NULL,
+        source    TEXT NOT NULL,
+        n         INTEGER NOT NULL,
+        PRIMARY KEY (workspace, status, source)
+    ) WITHOUT ROWID;
+    CREATE TABLE step_counts_job (
+        workspace TEXT NOT NULL,
+        job_name  TEXT NOT NULL,
+        status    TEXT NOT NULL,
+        n         INTEGER NOT NULL,
+        PRIMARY KEY (workspace, job_name, status)
+    ) WITHOUT ROWID;
+
+    INSERT INTO step_counts_ws SELECT workspace, status, job_source, COUNT(*) FROM steps
+        GROUP BY workspace, status, job_source;
+    INSERT INTO step_counts_job SELECT workspace, job_name, status, COUNT(*) FROM steps
+        GROUP BY workspace, job_name, status;
+
+    CREATE TRIGGER steps_count_insert AFTER INSERT ON steps BEGIN
+        INSERT INTO step_counts_ws VALUES (new.workspace, new.status, new.job_source, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1;
+        INSERT INTO step_counts_job VALUES (new.workspace, new.job_name, new.status, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER steps_count_status AFTER UPDATE OF status ON steps
+        WHEN old.status != new.status BEGIN
+        UPDATE step_counts_ws SET n = n - 1
+            WHERE workspace = old.workspace AND status = old.status AND source = old.job_source;
+        INSERT INTO step_counts_ws VALUES (new.workspace, new.status, new.job_source, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1;
+        UPDATE step_counts_job SET n = n - 1
+            WHERE workspace = old.workspace AND job_name = old.job_name AND status = old.status;
+        INSERT INTO step_counts_job VALUES (new.workspace, new.job_name, new.status, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER steps_count_delete AFTER DELETE ON steps BEGIN
+        UPDATE step_counts_ws SET n = n - 1
+            WHERE workspace = old.workspace AND status = old.status AND source = old.job_source;
+        UPDATE step_counts_job SET n = n - 1
+            WHERE workspace = old.workspace AND job_name = old.job_name AND status = old.status;
+    END;
+    """,
 ]

@@ -1,0 +1,129 @@
+"""The repository on a real SQLite file: migrations, counters kept by triggers, atomic writes."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from runner.models import CreateJobRequest, JobStatus, StepFilter, StepSort, new_entity_id
+from storage import AlreadyExists, Repository
+from storage.schema import MIGRATIONS
+
+
+def _request(name: str, source: str, steps: int) -> CreateJobRequest:
+    return CreateJobRequest.model_validate(
+        {
+            "name": name,
+            "source": source,
+            "spec": {},
+            "platform_spec": {
+                "steps": [
+                    {"name": f"step-{i}", "executor": {"provider": "subprocess", "command": ["true"]}}
+                    for i in range(steps)
+                ]
+            },
+        }
+    )
+
+
+async def _add_job(store: Repository, workspace: str, name: str, source: str, steps: int, now: int) -> None:
+    request = _request(name, source, steps)
+    async with store.transaction() as tx:
+        job = await tx.insert_job(
+            id=new_entity_id("platform-job"),
+            workspace=workspace,
+            name=name,
+            project=None,
+            description=None,
+            source=source,
+            spec={},
+            platform_spec=request.platform_spec,
+            fileset=f"job-fileset-{name}",
+            output_location=None,
+            ownership=None,
+            custom_fields=None,
+            auth_context=None,
+            attempt_id=new_entity_id("platform-job-attempt"),
+            now=now,
+        )
+        for index in range(steps):
+            await tx.insert_step(job, index, new_entity_id("platform-job-step"), now + index)
+
+
+async def test_migrations_are_recorded_and_reopening_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "db" / "localjobs.db"
+    store = await Repository.open(path)
+    await store.close()
+    store = await Repository.open(path)
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = await Repository.open(tmp_path / "localjobs.db")
+    try:
+        await _add_job(store, "ws", "first", "src", 1, 1_000)
+        with pytest.raises(AlreadyExists):
+            await _add_job(store, "ws", "first", "src", 1, 2_000)
+        page = await store.list_steps(StepFilter(workspace="ws"), StepSort.CREATED_AT, 1, 10)
+        assert page.total == 1 and len(page.items) == 1
+    finally:
+        await store.close()
+
+
+async def test_step_counters_match_the_rows_under_every_filter(tmp_path: Path) -> None:
+    store = await Repository.open(tmp_path / "localjobs.db")
+    try:
+        now = 1_000_000
+        for i in range(12):
+            await _add_job(store, f"ws{i % 2}", f"job-{i}", f"src{i % 3}", 1 + i % 3, now + i * 10)
+        # Move some steps through statuses, then delete a job: the counters must follow.
+        statuses = itertools.cycle(
+            [JobStatus.ACTIVE, JobStatus.ERROR, JobStatus.COMPLETED, JobStatus.CANCELLED]
+        )
+        everything = await store.list_steps(StepFilter(), StepSort.CREATED_AT, 1, 1000)
+        async with store.transaction() as tx:
+            for step in everything.items[::2]:
+                await tx.update_step_state(
+                    step.pk,
+                    status=next(statuses),
+                    status_details={},
+                    error_details=None,
+                    active_since=None,
+                    now=now + 999,
+                )
+            doomed = await tx.get_job("ws0", "job-4")
+            assert doomed is not None
+            await tx.delete_job(doomed.pk)
+        with sqlite3.connect(tmp_path / "localjobs.db") as conn:
+            rows = conn.execute("SELECT workspace, job_name, job_source, status FROM steps").fetchall()
+        filters = [
+            StepFilter(),
+            StepFilter(workspace="ws0"),
+            StepFilter(workspace="ws1", statuses=[JobStatus.ERROR, JobStatus.CREATED]),
+            StepFilter(workspace="ws0", source="src1"),
+            StepFilter(source="src2", statuses=[JobStatus.COMPLETED]),
+            StepFilter(workspace="ws1", job="job-5"),
+            StepFilter(workspace="ws1", job="job-5", statuses=[JobStatus.CREATED]),
+            StepFilter(workspace="ws0", job="job-4"),
+            StepFilter(workspace="ws0", job="job-2", source="src2"),
+            StepFilter(workspace="ws0", job="job-2", source="src0"),
+        ]
+        for flt in filters:
+            expected = sum(
+                1
+                for ws, job, source, status in rows
+                if (flt.workspace is None or ws == flt.workspace)
+                and (flt.job is None or job == flt.job)
+                and (flt.source is None or source == flt.source)
+                and (not flt.statuses or status in {s.value for s in flt.statuses})
+            )
+            page = await store.list_steps(flt, StepSort.CREATED_AT, 1, 1000)
+            assert (page.total, len(page.items)) == (expected, expected), flt
+    finally:
+        await store.close()
