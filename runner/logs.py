@@ -19,7 +19,9 @@ from runner.executors.base import TaskPaths
 from runner.secrets import mask
 from storage import Repository
 
-_CHUNK = 1 << 20
+# Lines are stored in transactions of at most this much output: a flood of output then holds the
+# single writer only briefly, and other writes (submissions, status changes) get their turn.
+_CHUNK = 256 * 1024
 # A "line" longer than this is stored in pieces: one unterminated write must not grow without bound.
 MAX_LINE_BYTES = 64 * 1024
 _POLL_MIN_S = 0.01

@@ -31,7 +31,7 @@ class Settings:
     # Per task, the newest output kept in the store; older lines are dropped (and counted). 0: no limit.
     log_max_bytes_per_task: int = 512 * 1024 * 1024
     # How often a running step's output files are read while it prints nothing new (upper bound).
-    log_poll_max_s: float = 0.2
+    log_poll_max_s: float = 0.05
     # Time limits of the execution profiles (the reference's defaults).
     ttl_seconds_before_active: int = 1800
     ttl_seconds_active: int = 86400

@@ -40,6 +40,8 @@ from storage.errors import AlreadyExists, StorageUnavailable
 from storage.schema import MIGRATIONS
 
 _BUSY_TIMEOUT_MS = 5000
+# Rows looked at per trim of an over-limit task log (the trim repeats on the next append if needed).
+_TRIM_SCAN_ROWS = 1_000_000
 
 _JOB_SORT_SQL = {
     JobSort.CREATED_AT: "created_at ASC, pk ASC",
@@ -563,8 +565,8 @@ class WriteTx(_Reads):
         target = excess + max_bytes // 10
         rows = await self._all(
             "SELECT id, length(CAST(message AS BLOB)) AS size FROM log_lines"
-            " WHERE task_name = ? AND job_pk = ? AND step_name = ? ORDER BY id LIMIT 100000",
-            (task_name, job_pk, step_name),
+            " WHERE job_pk = ? AND step_name = ? AND task_name = ? ORDER BY id LIMIT ?",
+            (job_pk, step_name, task_name, _TRIM_SCAN_ROWS),
         )
         freed, count, cutoff = 0, 0, None
         for r in rows:

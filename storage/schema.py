@@ -99,7 +99,6 @@ MIGRATIONS: list[str] = [
     -- Paging and tail both walk (job, id): cost depends on the page, not on the log's size.
     CREATE INDEX log_lines_job ON log_lines (job_pk, id);
     CREATE INDEX log_lines_job_step ON log_lines (job_pk, step_name, id);
-    CREATE INDEX log_lines_task ON log_lines (task_name, id);
 
     -- How far the daemon has read each task's output files, committed with the lines themselves,
     -- so a restarted daemon neither loses nor repeats a line.
