@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -122,3 +123,14 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 async def api(server: Server) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         yield Api(session=session, base_url=server.base_url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_container_left_behind() -> Iterator[None]:
+    """After the whole suite, no container labelled by any test daemon may remain. Checked in CI
+    only: on a developer's machine a real daemon may legitimately be running containers."""
+    yield
+    from tests.docker_env import containers_with_label, docker_ready
+
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no") and docker_ready() is None:
+        assert containers_with_label("localjobs.owner") == [], "containers left behind by the suite"

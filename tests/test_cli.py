@@ -233,3 +233,58 @@ def test_keep_steps_running_on_shutdown_then_adopt_them(make_daemon: MakeDaemon,
     lines = [line["message"] for line in logs if line["stream"] == "stdout"]
     assert lines == [f"tick{i}" for i in range(1, len(lines) + 1)]  # every line once, none missing
     assert daemon.stop() == 0
+
+
+def test_a_step_that_ends_while_the_daemon_is_down_gets_its_true_exit_code(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    daemon = make_daemon(tmp_path / "data", args=["--keep-steps-running-on-shutdown"])
+    url = daemon.start()
+    _create_job(url, "ends-alone", "sh", "-c", "echo going; sleep 1; echo gone; exit 7")
+    _wait_job(daemon, "ends-alone", {"active"})
+    pid = _get(url, f"{WS}/jobs/ends-alone/steps/main").json()["status_details"]["pid"]
+    assert daemon.stop() == 0
+    deadline = time.monotonic() + 10
+    while pid_alive(pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    url = daemon.start()
+    job = _wait_job(daemon, "ends-alone", TERMINAL)
+    assert job["status"] == "error"
+    assert job["error_details"]["exit_code"] == 7
+    lines = [line["message"] for line in _get(url, f"{WS}/jobs/ends-alone/logs").json()["data"]]
+    assert lines == ["going", "gone"]
+    assert daemon.stop() == 0
+
+
+def test_orphaned_task_processes_are_killed_at_start(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    import subprocess
+
+    from runner.scheduler import owner_id
+    from runner.settings import Settings
+
+    data_dir = tmp_path / "data"
+    owner = owner_id(Settings(data_dir=data_dir))
+    # A task wrapper of this data dir that no step in the store knows (as a crash could leave).
+    orphan = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep 300", f"localjobs-task:{owner}:task-orphan", "x", "y"],
+        start_new_session=True,
+    )
+    try:
+        daemon = make_daemon(data_dir)
+        daemon.start()
+        orphan.wait(timeout=10)
+        assert orphan.returncode == -signal.SIGKILL
+        assert daemon.stop() == 0
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+
+
+def test_data_dir_is_private_to_the_daemon_user(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    daemon = make_daemon(data_dir)
+    daemon.start()
+    assert daemon.stop() == 0
+    assert data_dir.stat().st_mode & 0o777 == 0o700

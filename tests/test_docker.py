@@ -228,3 +228,25 @@ async def test_cpu_containers_as_host_processes_when_asked(tmp_path: Any) -> Non
         assert await api.logs("local-cpu") == ["on-the-host local"]
         _, s = await api.request("GET", "/jobs/local-cpu/steps/local")
         assert "pid" in s["status_details"]
+
+
+async def test_a_silent_container_goes_stale_and_is_removed(tmp_path: Any) -> None:
+    from runner.clock import ManualClock
+    from tests.conftest import api_for, running_server
+
+    clock = ManualClock()
+    async with running_server(tmp_path, clock=clock) as srv, api_for(srv) as api:
+        step = container_step("silent", "sleep 120")
+        step["lifecycle"] = {"staleness_timeout_seconds": 5}
+        await api.create_job([step], name="stale-box")
+        await api.wait_job("stale-box", {"active"}, timeout_s=60)
+        clock.advance(6)
+        await srv.daemon.watchdog.check()
+        job = await api.wait_job("stale-box", timeout_s=60)
+        assert job["status"] == "error"
+        assert job["error_details"]["message"] == "Job terminated: no task updates received within 5 s"
+        for _ in range(100):
+            if not _owned_containers(srv):
+                break
+            await asyncio.sleep(0.1)
+        assert _owned_containers(srv) == []

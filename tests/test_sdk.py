@@ -371,3 +371,29 @@ async def test_secrets_through_the_sdk(sdk: Sdk) -> None:
     await sdk(secrets.delete, "api-key")
     with pytest.raises(NotFoundError):
         await sdk(secrets.retrieve, "api-key")
+
+
+async def test_container_step_through_the_sdk(sdk: Sdk) -> None:
+    from tests.docker_env import TEST_IMAGE, require_docker
+
+    require_docker()
+    step = {
+        "name": "boxed",
+        "executor": {
+            "provider": "cpu",
+            "container": {
+                "image": TEST_IMAGE,
+                "entrypoint": ["sh", "-c"],
+                "command": ["echo from-a-container"],
+            },
+            "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+        },
+    }
+    await sdk.create("sdk-container", step)
+    job = await sdk.wait_job("sdk-container", timeout_s=60)
+    assert job.status == "completed"
+    assert [line.message for line in await sdk.all(sdk.jobs.get_logs, "sdk-container")] == [
+        "from-a-container"
+    ]
+    steps = await sdk.all(sdk.jobs.steps.list, "sdk-container", filter={"status": ["completed"]})
+    assert [s.name for s in steps] == ["boxed"]
