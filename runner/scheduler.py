@@ -17,14 +17,14 @@ from typing import Any, Protocol
 
 from runner.clock import Clock
 from runner.environment import prepare_task_folders, task_environment, task_paths
-from runner.errors import Conflict, NotFound
+from runner.errors import NotFound
 from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskLaunch, TaskPaths, Workload
 from runner.executors.registry import ExecutorRegistry
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.notify import ChangeSignal
 from runner.settings import Settings
-from runner.transitions import record_task_status, transition_step
+from runner.transitions import record_task_status, settle_step, transition_step
 from storage import Repository
 
 log = logging.getLogger(__name__)
@@ -182,9 +182,7 @@ class Scheduler:
                 # Cancelled or paused between the claim and now: nothing ran, so settle it here.
                 if fresh is not None and fresh.status in _SETTLES_UNSTARTED:
                     final = _SETTLES_UNSTARTED[fresh.status]
-                    await transition_step(
-                        tx, fresh, final, now=now, status_details={"message": final.title()}
-                    )
+                    await settle_step(tx, fresh, final, now=now, status_details={"message": final.title()})
                 return
             step = fresh
             executor_spec = step.spec.executor
@@ -353,23 +351,8 @@ class Scheduler:
                 errors = {"message": message or status.describe(), **status.as_details()}
                 if tail:
                     errors["last_lines"] = tail
-            if final in (JobStatus.ERROR, JobStatus.CANCELLED) and fresh.status == JobStatus.PAUSING:
-                fresh = (await transition_step(tx, fresh, JobStatus.PAUSED, now=now)).step
-            if (
-                final == JobStatus.CANCELLED
-                and fresh.status != JobStatus.CANCELLING
-                and not fresh.status.is_terminal
-            ):
-                fresh = (await transition_step(tx, fresh, JobStatus.CANCELLING, now=now)).step
             if not fresh.status.is_terminal:
-                try:
-                    await transition_step(
-                        tx, fresh, final, now=now, status_details=details, error_details=errors
-                    )
-                except Conflict:
-                    await transition_step(
-                        tx, fresh, JobStatus.ERROR, now=now, error_details=errors or details
-                    )
+                await settle_step(tx, fresh, final, now=now, status_details=details, error_details=errors)
             stack = "\n".join(tail) if final == JobStatus.ERROR and tail else None
             for task in tasks:
                 await record_task_status(tx, task.pk, final, details, errors, stack, now)
@@ -512,10 +495,7 @@ class Scheduler:
             fresh = await tx.get_step_by_pk(step.pk)
             if fresh is None or fresh.status.is_terminal:
                 return
-            if fresh.status == JobStatus.PAUSED and final == JobStatus.ERROR:
-                fresh = (await transition_step(tx, fresh, JobStatus.CANCELLING, now=now)).step
-                final = JobStatus.CANCELLED
-            await transition_step(tx, fresh, final, now=now, error_details=errors)
+            await settle_step(tx, fresh, final, now=now, error_details=errors)
             for task in tasks:
                 await record_task_status(tx, task.pk, final, {"message": why}, errors, None, now)
 

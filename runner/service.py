@@ -39,7 +39,7 @@ from runner.models import (
 from runner.notify import ChangeSignal
 from runner.results import Artifact, ResultService
 from runner.secrets import SecretService, mask
-from runner.transitions import TransitionOutcome, transition_step
+from runner.transitions import TransitionOutcome, settle_step, transition_step
 from storage import AlreadyExists, Repository, WriteTx
 
 
@@ -206,24 +206,15 @@ class JobService:
                 return job
             now = self._clock.now_us()
             live = self._workloads.is_running(step.pk)
-            if step.status == JobStatus.PAUSING:
-                # Our pause is a freeze that completes at once; finish it so the cancel can proceed.
-                await transition_step(tx, step, JobStatus.PAUSED, now=now)
-                step = await self._reload(tx, step)
+            # settle_step takes the legal path (a pausing or paused step passes through paused
+            # and cancelling), so cancel works from every unfinished status.
             if live:
-                await transition_step(
+                await settle_step(
                     tx, step, JobStatus.CANCELLING, now=now, status_details={"message": "Cancelling"}
                 )
             else:
-                if step.status == JobStatus.RESUMING:
-                    step = (await transition_step(tx, step, JobStatus.CANCELLING, now=now)).step
-                await transition_step(
-                    tx,
-                    step,
-                    JobStatus.CANCELLED,
-                    now=now,
-                    status_details={"message": "Cancelled before it ran"},
-                )
+                message = {"message": "Cancelled before it ran"}
+                await settle_step(tx, step, JobStatus.CANCELLED, now=now, status_details=message)
             job = await self._reload_job(tx, job)
         if live:
             self._workloads.request_stop(step.pk)

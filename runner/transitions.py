@@ -6,6 +6,8 @@ transition table, the roll-up and the creation of the next step hold for all of 
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +95,54 @@ async def transition_step(
     if status_changed:
         await _roll_up(tx, outcome, now)
     return outcome
+
+
+@functools.cache
+def legal_path(source: JobStatus, target: JobStatus) -> tuple[JobStatus, ...]:
+    """The shortest chain of statuses the table allows from `source` to `target` (excluding
+    `source`), e.g. paused -> active -> completed; empty when `target` cannot be reached."""
+    # Among equally short paths, pass through `cancelling` on the way to `cancelled` and through
+    # `active` otherwise: the statuses a reader would expect to have been seen.
+    via = JobStatus.CANCELLING if target == JobStatus.CANCELLED else JobStatus.ACTIVE
+    order = [via, JobStatus.PAUSED, *(s for s in JobStatus if s not in (via, JobStatus.PAUSED))]
+    previous: dict[JobStatus, JobStatus] = {}
+    queue = deque([source])
+    while queue:
+        current = queue.popleft()
+        if current == target:
+            chain = [current]
+            while chain[-1] != source:
+                chain.append(previous[chain[-1]])
+            return tuple(reversed(chain[:-1]))
+        for nxt in order:
+            if nxt != current and nxt not in previous and nxt != source and current.can_transition_to(nxt):
+                previous[nxt] = current
+                queue.append(nxt)
+    return ()
+
+
+async def settle_step(
+    tx: WriteTx,
+    step: StepRecord,
+    final: JobStatus,
+    *,
+    now: int,
+    status_details: dict[str, Any] | None = None,
+    error_details: dict[str, Any] | None = None,
+) -> TransitionOutcome:
+    """Record how a step really ended, whatever it was asked meanwhile: walk the legal path to
+    `final` (a workload that died while paused goes paused -> active -> error), so every move
+    still obeys the table and rolls up to the job."""
+    if step.status == final or step.status.is_terminal:
+        return await transition_step(tx, step, step.status, now=now)
+    path = legal_path(step.status, final)
+    if not path:
+        raise Conflict(f"step {step.name!r} cannot reach {final.value!r} from {step.status.value!r}")
+    for status in path[:-1]:
+        step = (await transition_step(tx, step, status, now=now)).step
+    return await transition_step(
+        tx, step, final, now=now, status_details=status_details, error_details=error_details
+    )
 
 
 async def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:

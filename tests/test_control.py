@@ -146,3 +146,34 @@ async def test_cancel_right_after_submit_never_leaves_a_step_stuck(api: Api) -> 
         assert job["status"] == "cancelled", job
         _, s = await api.request("GET", f"/jobs/{name}/steps/nap")
         assert s["status"] == "cancelled"
+
+
+async def test_cancel_a_queued_step_that_was_paused(tmp_path: Path) -> None:
+    async with running_server(tmp_path, max_running_steps=1) as srv, api_for(srv) as api:
+        await api.create_job([shell("hog", "sleep 60")], name="hog")
+        await api.wait_job("hog", {"active"})
+        await api.create_job([step("queued", "true")], name="queued")
+        status, job = await api.request("POST", "/jobs/queued/pause")
+        assert (status, job["status"]) == (200, "paused")
+        status, job = await api.request("POST", "/jobs/queued/cancel")
+        assert (status, job["status"]) == (200, "cancelled")
+        await api.request("POST", "/jobs/hog/cancel")
+
+
+async def test_a_workload_that_dies_while_paused_is_recorded(api: Api) -> None:
+    import os
+    import signal
+
+    await api.create_job([shell("frozen", "sleep 60"), step("after", "true")], name="dies-paused")
+    await api.wait_job("dies-paused", {"active"})
+    await api.request("POST", "/jobs/dies-paused/pause")
+    await api.wait_job("dies-paused", {"paused"})
+    _, s = await api.request("GET", "/jobs/dies-paused/steps/frozen")
+    os.killpg(s["status_details"]["pid"], signal.SIGKILL)
+    job = await api.wait_job("dies-paused")
+    assert job["status"] == "error"
+    assert job["error_details"]["signal"] == "SIGKILL"
+    status, _ = await api.request("POST", "/jobs/dies-paused/resume")
+    assert status == 200
+    _, tasks = await api.request("GET", "/jobs/dies-paused/steps/frozen/tasks")
+    assert len(tasks["data"]) == 1  # resuming a finished job runs nothing again
