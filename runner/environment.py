@@ -8,6 +8,7 @@ from pathlib import Path
 
 from runner.executors.base import TaskPaths, VisiblePaths
 from runner.models import StepRecord
+from runner.secrets import split_reference
 
 
 def job_storage_dir(work_root: Path, workspace: str, job_name: str, attempt_id: str) -> Path:
@@ -44,7 +45,9 @@ def task_environment(
         if variable.value is not None:
             env[variable.name] = variable.value
     secret_refs = [
-        f"{v.name}={step.workspace}/{v.from_secret.name}" for v in step.spec.environment if v.from_secret
+        f"{v.name}={'/'.join(split_reference(v.from_secret.name, step.workspace))}"
+        for v in step.spec.environment
+        if v.from_secret
     ]
     env.update(
         {

@@ -17,7 +17,7 @@ from pathlib import Path
 from runner.clock import Clock
 from runner.executors.base import TaskPaths
 from runner.secrets import mask
-from storage import Repository
+from storage import Gone, Repository
 
 # Lines are stored in transactions of at most this much output: a flood of output then holds the
 # single writer only briefly, and other writes (submissions, status changes) get their turn.
@@ -103,6 +103,7 @@ class OutputCollector:
         ]
         self._poll_max_s = poll_max_s
         self._stopped = asyncio.Event()
+        self._gone = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -127,6 +128,8 @@ class OutputCollector:
             pass
 
     async def drain(self, final: bool) -> int:
+        if self._gone:
+            return 0
         stored = 0
         for stream in self._streams:
             while True:
@@ -134,7 +137,11 @@ class OutputCollector:
                 lines, new_offset = stream.read_lines(final)
                 if new_offset == before:
                     break
-                await self._store_lines(stream.name, lines, new_offset)
+                try:
+                    await self._store_lines(stream.name, lines, new_offset)
+                except Gone:
+                    self._gone = True  # the job was deleted: nothing left to store for
+                    return stored
                 stream.offset = new_offset
                 stored += len(lines)
                 if not stream.more_buffered(before):

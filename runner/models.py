@@ -321,7 +321,9 @@ class StepSpec(_Spec):
 
 class JobSecret(_Spec):
     name: str
-    value: str | None = None
+    # Accepted for compatibility but never stored nor echoed back: the reference ignores these
+    # inline values too, and a secret must not reappear in any response.
+    value: str | None = Field(default=None, exclude=True)
     ref_id: str | None = None
 
 

@@ -53,6 +53,7 @@ class _Run:
     step_pk: int
     workload: Workload | None = None
     stop_requested: bool = False
+    frozen: bool = False
     stop_grace_s: float = 10.0
     pause_requested: bool = False
     shutdown: bool = False
@@ -125,7 +126,7 @@ class Scheduler:
 
     def request_resume(self, step_pk: int) -> None:
         run = self._runs.get(step_pk)
-        if run is not None:
+        if run is not None and (run.pause_requested or run.frozen):
             run.pause_requested = False
             self._control(run, self._resume(run))
 
@@ -368,6 +369,7 @@ class Scheduler:
         if run.workload is None:
             return
         await run.workload.pause()
+        run.frozen = True
         async with self._store.transaction() as tx:
             step = await tx.get_step_by_pk(run.step_pk)
             if step is not None and step.status == JobStatus.PAUSING:
@@ -379,6 +381,7 @@ class Scheduler:
         if run.workload is None:
             return
         await run.workload.resume()
+        run.frozen = False
         async with self._store.transaction() as tx:
             step = await tx.get_step_by_pk(run.step_pk)
             if step is not None and step.status == JobStatus.RESUMING:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -178,6 +178,9 @@ class JobService:
             steps = await tx.steps_of_job(job.pk)
             if not job.status.is_terminal or any(not s.status.is_terminal for s in steps):
                 raise Conflict(f"job {name!r} is {job.status.value!r}: only a finished job can be deleted")
+            if any(self._workloads.is_running(s.pk) for s in steps):
+                # Recorded as finished, but its workload is still being stopped and drained.
+                raise Conflict(f"job {name!r} is still stopping its workload; try again in a moment")
             await tx.delete_job(job.pk)
 
     async def status_tree(self, workspace: str, name: str) -> StatusTree:
@@ -323,10 +326,10 @@ class JobService:
             return
         if status == JobStatus.CANCELLING or status.is_terminal:
             self._workloads.request_stop(outcome.step.pk)
-        elif status == JobStatus.PAUSING:
+        elif status in (JobStatus.PAUSING, JobStatus.PAUSED):
             self._workloads.request_pause(outcome.step.pk)
-        elif status == JobStatus.RESUMING:
-            self._workloads.request_resume(outcome.step.pk)
+        elif status in (JobStatus.RESUMING, JobStatus.ACTIVE):
+            self._workloads.request_resume(outcome.step.pk)  # a no-op unless it was frozen
 
     # ------------------------------------------------------------------------------ tasks
 
@@ -436,7 +439,7 @@ class JobService:
         step_name: str | None,
         task_name: str | None,
         idle_check_s: float = 1.0,
-    ) -> AsyncIterator[tuple[LogLine, str]]:
+    ) -> AsyncGenerator[tuple[LogLine, str], None]:
         """Every line after `page_cursor` as it arrives, each with the cursor to resume after it;
         ends once the job is finished and everything it printed has been sent. The job and the
         cursor are checked here, before anything is streamed."""
@@ -450,7 +453,7 @@ class JobService:
 
     async def _follow(
         self, job: JobRecord, query: LogQuery, after: int, idle_check_s: float
-    ) -> AsyncIterator[tuple[LogLine, str]]:
+    ) -> AsyncGenerator[tuple[LogLine, str], None]:
         scope = scope_hash(query)
         while True:
             token = self._log_signal.token(job.pk)

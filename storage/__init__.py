@@ -1,6 +1,6 @@
 """SQLite storage: schema, migrations and the one repository object."""
 
-from storage.errors import AlreadyExists, StorageError, StorageUnavailable
+from storage.errors import AlreadyExists, Gone, StorageError, StorageUnavailable
 from storage.repository import Repository, WriteTx
 
-__all__ = ["AlreadyExists", "Repository", "StorageError", "StorageUnavailable", "WriteTx"]
+__all__ = ["AlreadyExists", "Gone", "Repository", "StorageError", "StorageUnavailable", "WriteTx"]

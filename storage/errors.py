@@ -13,3 +13,7 @@ class AlreadyExists(StorageError):
 
 class StorageUnavailable(StorageError):
     """The database file could not be opened, migrated or written."""
+
+
+class Gone(StorageError):
+    """What a write refers to no longer exists (e.g. its job was deleted meanwhile)."""

@@ -36,7 +36,7 @@ from runner.models import (
     TaskRecord,
     WatchedStep,
 )
-from storage.errors import AlreadyExists, StorageUnavailable
+from storage.errors import AlreadyExists, Gone, StorageUnavailable
 from storage.schema import MIGRATIONS
 
 _BUSY_TIMEOUT_MS = 5000
@@ -655,6 +655,13 @@ class Repository(_Reads):
             await self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield WriteTx(self._writer)
+            except sqlite3.IntegrityError as exc:
+                await self._writer.rollback()
+                # e.g. a row whose job was deleted meanwhile (foreign key)
+                raise Gone(f"the record changed under this write: {exc}") from exc
+            except sqlite3.Error as exc:
+                await self._writer.rollback()
+                raise StorageUnavailable(f"write failed: {exc}") from exc
             except BaseException:
                 await self._writer.rollback()
                 raise

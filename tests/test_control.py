@@ -177,3 +177,18 @@ async def test_a_workload_that_dies_while_paused_is_recorded(api: Api) -> None:
     assert status == 200
     _, tasks = await api.request("GET", "/jobs/dies-paused/steps/frozen/tasks")
     assert len(tasks["data"]) == 1  # resuming a finished job runs nothing again
+
+
+async def test_client_patch_to_paused_and_back_freezes_and_thaws(api: Api) -> None:
+    await api.create_job([shell("ticker", "while true; do echo t; sleep 0.05; done")], name="patch-pause")
+    await api.wait_job("patch-pause", {"active"})
+    _, s = await api.request("GET", "/jobs/patch-pause/steps/ticker")
+    pid = s["status_details"]["pid"]
+    status, _ = await api.request("PATCH", "/jobs/patch-pause/steps/ticker/status", json={"status": "paused"})
+    assert status == 200
+    await _eventually(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+    status, _ = await api.request("PATCH", "/jobs/patch-pause/steps/ticker/status", json={"status": "active"})
+    assert status == 200
+    await _eventually(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED)
+    await api.request("POST", "/jobs/patch-pause/cancel")
+    assert (await api.wait_job("patch-pause"))["status"] == "cancelled"

@@ -181,3 +181,17 @@ async def test_result_paths_that_leave_the_fileset_are_refused(api: Api) -> None
     assert status == 422
     status, _ = await api.request("GET", "/jobs/escapes/results/nope/download")
     assert status == 404
+
+
+async def test_inline_platform_spec_secret_values_are_never_echoed(api: Api) -> None:
+    body = {
+        "name": "inline-secret",
+        "source": "t",
+        "spec": {},
+        "platform_spec": {"steps": [shell("noop", "true")], "secrets": [{"name": "inline", "value": VALUE}]},
+    }
+    status, created = await api.request("POST", "/jobs", json=body)
+    assert status == 201
+    _, fetched = await api.request("GET", "/jobs/inline-secret")
+    assert created["platform_spec"]["secrets"] == [{"name": "inline"}]
+    assert VALUE not in json.dumps([created, fetched])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
@@ -265,7 +266,13 @@ async def _follow_logs(request: web.Request, workspace: str, q: _LogsQuery) -> w
     )
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    async for line, cursor in lines:
-        await response.write(json.dumps({**serialize.log_line(line), "cursor": cursor}).encode() + b"\n")
+    async with aclosing(lines):
+        try:
+            async for line, cursor in lines:
+                await response.write(
+                    json.dumps({**serialize.log_line(line), "cursor": cursor}).encode() + b"\n"
+                )
+        except ConnectionResetError:
+            return response  # the follower went away; it resumes with its last cursor
     await response.write_eof()
     return response

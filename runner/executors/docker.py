@@ -114,8 +114,9 @@ class DockerWorkload:
         return await asyncio.shield(self._exit)
 
     async def stop(self, grace_s: float) -> None:
-        if self._paused:
-            await self.resume()
+        # Always thaw first (an adopted container may be paused without this daemon knowing):
+        # a frozen container never sees SIGTERM. Unpausing a running container just fails.
+        await self.resume()
         await asyncio.gather(*(_stop(c, grace_s) for c in self._containers), return_exceptions=True)
 
     async def pause(self) -> None:
@@ -283,10 +284,14 @@ class DockerExecutor:
         assert executor.provider != "subprocess"
         host: dict[str, Any] = {
             "Init": True,  # SIGTERM reaches the workload; zombies are reaped
-            "Binds": [
-                f"{paths.scratch_dir}:{MOUNT_ROOT}/task",
-                f"{paths.config_dir}:{MOUNT_ROOT}/config",
-                f"{paths.persistent_dir}:{MOUNT_ROOT}/job",
+            # Mounts, not Binds: a host path may contain ':' (workspace names allow it).
+            "Mounts": [
+                {"Type": "bind", "Source": str(source), "Target": f"{MOUNT_ROOT}/{target}"}
+                for source, target in (
+                    (paths.scratch_dir, "task"),
+                    (paths.config_dir, "config"),
+                    (paths.persistent_dir, "job"),
+                )
             ],
             "NetworkMode": network or "host",
             **resource_config(executor.provider, executor.resources),
