@@ -66,10 +66,12 @@ class Daemon:
         scheduler = self.scheduler
         scheduler.base_url = base_url
         self._supervise("scheduler", self._recover_then_schedule(scheduler))
-        self._supervise("watchdog", self.watchdog.run_forever())
 
     async def _recover_then_schedule(self, scheduler: Scheduler) -> None:
+        # The watchdog starts only once every surviving step is adopted again: before that it
+        # could judge a step whose workload this daemon does not hold yet.
         await scheduler.recover()
+        self._supervise("watchdog", self.watchdog.run_forever())
         await scheduler.run_forever()
 
     def _supervise(self, name: str, coro: Coroutine[Any, Any, None]) -> None:

@@ -51,6 +51,7 @@ class _Run:
     """A step this daemon has claimed: being started, running, or being wound down."""
 
     step_pk: int
+    job_pk: int | None = None
     workload: Workload | None = None
     stop_requested: bool = False
     frozen: bool = False
@@ -91,6 +92,8 @@ class Scheduler:
         self._runs: dict[int, _Run] = {}
         self._starting: set[int] = set()  # claimed, not yet recorded as pending
         self._closing = False
+        # Set once recovery has adopted or settled what an earlier daemon left running.
+        self.recovered = asyncio.Event()
         # Rung when a job's logs grow or it ends: log followers wait on it.
         self.log_signal = ChangeSignal()
         # Told whenever a step becomes active: a new deadline may now be the nearest one.
@@ -105,6 +108,15 @@ class Scheduler:
 
     def is_running(self, step_pk: int) -> bool:
         return step_pk in self._runs
+
+    def job_is_live(self, job_pk: int) -> bool:
+        """Whether a workload of the job is still held (running, or being stopped and drained)."""
+        return any(run.job_pk == job_pk for run in self._runs.values())
+
+    async def ready(self) -> None:
+        """Returns once steps left by an earlier daemon are adopted (bounded: 60 s)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.recovered.wait(), 60)
 
     def request_stop(self, step_pk: int, grace_s: float | None = None) -> None:
         run = self._runs.get(step_pk)
@@ -159,15 +171,18 @@ class Scheduler:
                 free -= 1
                 self._claim(step_pk, self._run_step(step_pk))
 
-    def _claim(self, step_pk: int, coro: Any) -> _Run:
-        run = _Run(step_pk=step_pk, stop_grace_s=self._settings.grace_period_s)
+    def _claim(self, step_pk: int, coro: Any, job_pk: int | None = None) -> _Run:
+        run = _Run(step_pk=step_pk, job_pk=job_pk, stop_grace_s=self._settings.grace_period_s)
         self._runs[step_pk] = run
-        self._starting.add(step_pk)
+        if job_pk is None:  # a fresh start (adopted runs are past starting)
+            self._starting.add(step_pk)
         run.task = asyncio.create_task(coro, name=f"step-{step_pk}")
 
         def release(task: asyncio.Task[None]) -> None:
             self._runs.pop(step_pk, None)
             self._starting.discard(step_pk)
+            if run.job_pk is not None:
+                self.log_signal.notify(run.job_pk)  # followers wait for this before they end
             _log_failure(task)
             self.wake()
 
@@ -186,6 +201,7 @@ class Scheduler:
                     await settle_step(tx, fresh, final, now=now, status_details={"message": final.title()})
                 return
             step = fresh
+            run.job_pk = step.job_pk
             executor_spec = step.spec.executor
             count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
             names = [new_task_name() for _ in range(count)]
@@ -238,8 +254,10 @@ class Scheduler:
             workload = await executor.start(
                 Launch(step=step, argv=_argv(step), tasks=launches, labels=self._labels(step))
             )
-        except (ExecutorError, OSError, NotFound) as exc:
-            failure = ExitStatus(exit_code=None, reason=str(exc))
+        except Exception as exc:  # whatever stops a start ends the step in error, never stuck
+            if not isinstance(exc, ExecutorError | OSError | NotFound):
+                log.exception("unexpected failure starting step %s of job %s", step.name, step.job_name)
+            failure = ExitStatus(exit_code=None, reason=str(exc) or type(exc).__name__)
             await self._finish(step, tasks, failure, message=str(exc), with_output=False)
             return
         run.workload = workload
@@ -290,15 +308,23 @@ class Scheduler:
         for collector in collectors:
             collector.start()
         try:
-            status = await workload.wait()
+            try:
+                status = await workload.wait()
+            except Exception as exc:  # lost track of it: say so, rather than leave it active
+                log.exception("lost track of step %s of job %s", step.name, step.job_name)
+                status = ExitStatus(exit_code=None, reason=f"lost track of the workload: {exc}")
+            finally:
+                for collector in collectors:
+                    await collector.finish()
+            if run.control:
+                await asyncio.gather(*run.control, return_exceptions=True)
+            await self._finish(step, tasks, status, message=None, shutdown=run.shutdown)
         finally:
-            for collector in collectors:
-                await collector.finish()
-        if run.control:
-            await asyncio.gather(*run.control, return_exceptions=True)
-        await self._finish(step, tasks, status, message=None, shutdown=run.shutdown)
-        if not self._settings.keep_containers:
-            await workload.release()
+            # A run cancelled by a shutdown that keeps steps running must leave its workload be.
+            current = asyncio.current_task()
+            left_running = current is not None and current.cancelling() > 0
+            if not self._settings.keep_containers and not left_running:
+                await workload.release()
 
     def _collector(
         self, step: StepRecord, task: _TaskRef, offsets: dict[str, int], masked: list[str]
@@ -398,39 +424,45 @@ class Scheduler:
     async def recover(self) -> None:
         """Re-attach to, or settle, every step an earlier daemon left unfinished."""
         for step in await self._store.non_terminal_steps():
-            if step.status in _STARTABLE and not step.handle:
-                continue  # never started: the loop will start it
-            handle = step.handle or {}
-            tasks = [
-                _TaskRef(
-                    t["task_pk"], t["task_name"], task_paths(self._settings.work_dir, step, t["task_name"])
-                )
-                for t in handle.get("tasks", [])
-            ]
-            if not tasks:
-                if step.status == JobStatus.PAUSED:
-                    continue  # paused before it ever ran: resume will start it
-                await self._settle_lost(step, [], "no workload was ever recorded for this step")
-                continue
             try:
-                executor = await self._executors.for_provider(step.spec.executor.provider)
-                found = await executor.recover(step, handle, [t.paths for t in tasks])
-            except ExecutorError as exc:
-                await self._settle_lost(step, tasks, str(exc))
-                continue
-            if found is None:
-                if handle.get("kind") is None:
-                    await self._restart_unstarted(step, tasks)
-                else:
-                    await self._settle_lost(step, tasks, "the workload vanished while the daemon was down")
-                continue
-            offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
-            self._claim(step.pk, self._adopt(step, tasks, found, offsets))
+                await self._recover_step(step)
+            except Exception as exc:  # one odd step must not keep the daemon from starting
+                log.exception("could not re-attach step %s of job %s", step.name, step.job_name)
+                await self._settle_lost(step, [], f"could not re-attach after a restart: {exc}")
         known = await self._known_task_names()
         killed = self._executors.subprocess.sweep_orphans(known)
         if killed:
             log.warning("killed %d orphaned task process group(s) that no unfinished step knows", killed)
+        self.recovered.set()
         self.wake()
+
+    async def _recover_step(self, step: StepRecord) -> None:
+        if step.status in _STARTABLE and not step.handle:
+            return  # never started: the loop will start it
+        handle = step.handle or {}
+        tasks = [
+            _TaskRef(t["task_pk"], t["task_name"], task_paths(self._settings.work_dir, step, t["task_name"]))
+            for t in handle.get("tasks", [])
+        ]
+        if not tasks:
+            if step.status == JobStatus.PAUSED:
+                return  # paused before it ever ran: resume will start it
+            await self._settle_lost(step, [], "no workload was ever recorded for this step")
+            return
+        try:
+            executor = await self._executors.for_provider(step.spec.executor.provider)
+            found = await executor.recover(step, handle, [t.paths for t in tasks])
+        except ExecutorError as exc:
+            await self._settle_lost(step, tasks, str(exc))
+            return
+        if found is None:
+            if handle.get("kind") is None:
+                await self._restart_unstarted(step, tasks)
+            else:
+                await self._settle_lost(step, tasks, "the workload vanished while the daemon was down")
+            return
+        offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
+        self._claim(step.pk, self._adopt(step, tasks, found, offsets), job_pk=step.job_pk)
 
     async def _known_task_names(self) -> set[str]:
         return {

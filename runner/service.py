@@ -51,6 +51,11 @@ class WorkloadControl(Protocol):
 
     def is_running(self, step_pk: int) -> bool: ...
 
+    def job_is_live(self, job_pk: int) -> bool: ...
+
+    async def ready(self) -> None:
+        """Wait until workloads left by an earlier daemon are adopted again."""
+
     def request_stop(self, step_pk: int) -> None:
         """End the live workload of a step now in `cancelling` (or being forced terminal)."""
 
@@ -173,6 +178,7 @@ class JobService:
         return await self._store.list_jobs(flt, sort, page, page_size)
 
     async def delete_job(self, workspace: str, name: str) -> None:
+        await self._workloads.ready()
         async with self._store.transaction() as tx:
             job = await _existing_job(tx, workspace, name)
             steps = await tx.steps_of_job(job.pk)
@@ -203,6 +209,7 @@ class JobService:
     # ------------------------------------------------------------------------------ job control
 
     async def cancel_job(self, workspace: str, name: str) -> JobRecord:
+        await self._workloads.ready()
         async with self._store.transaction() as tx:
             job, step = await self._current_step(tx, workspace, name)
             if step is None or step.status.is_terminal:
@@ -224,6 +231,7 @@ class JobService:
         return job
 
     async def pause_job(self, workspace: str, name: str) -> JobRecord:
+        await self._workloads.ready()
         async with self._store.transaction() as tx:
             job, step = await self._current_step(tx, workspace, name)
             if step is None or step.status not in (JobStatus.CREATED, JobStatus.PENDING, JobStatus.ACTIVE):
@@ -242,6 +250,7 @@ class JobService:
         return job
 
     async def resume_job(self, workspace: str, name: str) -> JobRecord:
+        await self._workloads.ready()
         async with self._store.transaction() as tx:
             job, step = await self._current_step(tx, workspace, name)
             if step is None or step.status != JobStatus.PAUSED:
@@ -303,6 +312,7 @@ class JobService:
         error_details: dict[str, Any],
     ) -> StepRecord:
         """A client's PATCH. The daemon acts on it, so the status stays true to the workload."""
+        await self._workloads.ready()
         step = await self.get_step(workspace, job_name, step_name)
         live = self._workloads.is_running(step.pk)
         async with self._store.transaction() as tx:
@@ -459,7 +469,11 @@ class JobService:
             token = self._log_signal.token(job.pk)
             # Status before lines: the final status is written only after the last line is stored.
             current = await self._store.get_job_by_pk(job.pk)
-            finished = current is None or current.status.is_terminal
+            # A finished status can precede the last lines (a watchdog or client verdict is
+            # recorded before the workload is stopped): also wait for its workload to be let go.
+            finished = current is None or (
+                current.status.is_terminal and not self._workloads.job_is_live(job.pk)
+            )
             lines = await self._store.log_lines_after(query, after, 500)
             for line in lines:
                 after = line.id

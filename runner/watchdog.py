@@ -39,14 +39,15 @@ class Verdict:
     message: str
 
 
-def verdicts(step: WatchedStep, settings: Settings) -> list[Verdict]:
+def verdicts(step: WatchedStep, settings: Settings, daemon_started: int = 0) -> list[Verdict]:
     """Every deadline that applies to the step now, each with the message it ends the step with."""
     found: list[Verdict] = []
     if step.status == JobStatus.ACTIVE and step.active_since is not None:
         timeout = step.staleness_timeout_s
         if timeout > 0 and step.active_tasks > 0:
-            # A step that never sent a heartbeat is measured from when it became active.
-            since = max(step.last_beat or 0, step.active_since)
+            # A step that never sent a heartbeat is measured from when it became active; and
+            # no workload could report while the daemon was down, so not before it started.
+            since = max(step.last_beat or 0, step.active_since, daemon_started)
             found.append(
                 Verdict(since + timeout * _US, f"Job terminated: no task updates received within {timeout} s")
             )
@@ -57,7 +58,7 @@ def verdicts(step: WatchedStep, settings: Settings) -> list[Verdict]:
                 f"Job timed out: active for more than ttl_seconds_active={limit} s",
             )
         )
-    elif step.status in _BEFORE_ACTIVE:
+    elif step.status in _BEFORE_ACTIVE and step.active_since is None:
         limit = settings.ttl_seconds_before_active
         found.append(
             Verdict(
@@ -81,6 +82,7 @@ class Watchdog:
         self._settings = settings
         self._stop_workload = stop_workload
         self._wake = asyncio.Event()
+        self._started = clock.now_us()
 
     def wake(self) -> None:
         self._wake.set()
@@ -103,7 +105,7 @@ class Watchdog:
         now = self._clock.now_us()
         earliest = await self._remove_old_folders(now)
         for step in await self._store.watched_steps():
-            for verdict in verdicts(step, self._settings):
+            for verdict in verdicts(step, self._settings, self._started):
                 if verdict.deadline <= now:
                     if not await self._terminate(step, verdict.message):
                         earliest = now  # the step moved meanwhile: look again at once

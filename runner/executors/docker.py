@@ -130,13 +130,19 @@ class DockerWorkload:
     async def release(self) -> None:
         for stream in self._streams:
             stream.cancel()
-        for container in self._containers:
+        await self.remove(self._client, self._containers, self._network)
+
+    @staticmethod
+    async def remove(
+        client: aiodocker.Docker, containers: list[DockerContainer], network: str | None
+    ) -> None:
+        for container in containers:
             with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
                 await asyncio.wait_for(container.delete(force=True, v=True), _API_TIMEOUT_S)
-        if self._network:
+        if network:
             with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
-                network = await self._client.networks.get(self._network)
-                await asyncio.wait_for(network.delete(), _API_TIMEOUT_S)
+                found = await client.networks.get(network)
+                await asyncio.wait_for(found.delete(), _API_TIMEOUT_S)
 
 
 async def _stop(container: DockerContainer, grace_s: float) -> None:
@@ -218,6 +224,8 @@ class DockerExecutor:
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise ExecutorError(f"cannot inspect image {image!r}: {_engine_reason(exc)}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ExecutorError(f"the Docker engine did not answer: {_engine_reason(exc)}") from exc
         try:
             await asyncio.wait_for(self._client.images.pull(image), 600)
         except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
@@ -265,9 +273,8 @@ class DockerExecutor:
             for container in containers:
                 await asyncio.wait_for(container.start(), _API_TIMEOUT_S)
         except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
-            for container in containers:
-                with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
-                    await asyncio.wait_for(container.delete(force=True, v=True), _API_TIMEOUT_S)
+            # Nothing of a failed start is left behind: its containers, and its network.
+            await DockerWorkload.remove(self._client, containers, network)
             reason = _engine_reason(exc)
             if "device driver" in reason and "gpu" in reason:
                 reason = (
