@@ -8,9 +8,9 @@ Folders download as a .tar.gz streamed from a worker thread through a pipe, neve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import tarfile
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -104,20 +104,35 @@ class ResultService:
 
 
 async def tar_gz_stream(folder: Path, arcname: str) -> AsyncIterator[bytes]:
-    """A .tar.gz of `folder` (stored as `arcname/`), produced in a thread and yielded in chunks."""
+    """A .tar.gz of `folder` (stored as `arcname/`), yielded in chunks as it is produced.
+
+    The archive is written by a thread of its own into a pipe that the event loop reads without
+    blocking: a slow or stalled download holds one thread and one pipe, never the shared worker
+    pool (which starts steps). A failure while archiving raises, so the download is cut short
+    rather than completed with a truncated archive."""
     loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
 
     def produce() -> None:
-        with os.fdopen(write_fd, "wb") as sink, tarfile.open(fileobj=sink, mode="w|gz") as tar:
-            tar.add(folder, arcname=arcname)
+        try:
+            with os.fdopen(write_fd, "wb") as sink, tarfile.open(fileobj=sink, mode="w|gz") as tar:
+                tar.add(folder, arcname=arcname)
+        except BaseException as exc:  # reported to the reader below
+            failure.append(exc)
 
-    producer = loop.run_in_executor(None, produce)
+    reader = asyncio.StreamReader(limit=_CHUNK)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    producer = threading.Thread(target=produce, name=f"tar-{arcname}", daemon=True)
+    producer.start()
     try:
-        with os.fdopen(read_fd, "rb", buffering=0) as source:
-            while chunk := await loop.run_in_executor(None, source.read, _CHUNK):
-                yield chunk
+        while chunk := await reader.read(_CHUNK):
+            yield chunk
+        await asyncio.to_thread(producer.join, 30)
+        if failure and not isinstance(failure[0], BrokenPipeError):
+            raise OSError(f"could not archive {arcname!r}: {failure[0]}") from failure[0]
     finally:
-        # A reader that left early closed the pipe: the producer then fails with EPIPE and stops.
-        with contextlib.suppress(BrokenPipeError, OSError):
-            await producer
+        # Closing our end makes a producer whose reader left fail with EPIPE, and stop.
+        transport.close()

@@ -40,8 +40,6 @@ from storage.errors import AlreadyExists, Gone, StorageUnavailable
 from storage.schema import MIGRATIONS
 
 _BUSY_TIMEOUT_MS = 5000
-# Rows looked at per trim of an over-limit task log (the trim repeats on the next append if needed).
-_TRIM_SCAN_ROWS = 1_000_000
 
 _JOB_SORT_SQL = {
     JobSort.CREATED_AT: "created_at ASC, pk ASC",
@@ -562,21 +560,17 @@ class WriteTx(_Reads):
         if excess <= 0:
             return 0
         # Drop a little more than needed so trimming happens once per chunk, not once per line.
+        # The cut-off is found by SQLite itself (a running sum), not by shipping rows to Python.
         target = excess + max_bytes // 10
-        rows = await self._all(
-            "SELECT id, length(CAST(message AS BLOB)) AS size FROM log_lines"
-            " WHERE job_pk = ? AND step_name = ? AND task_name = ? ORDER BY id LIMIT ?",
-            (job_pk, step_name, task_name, _TRIM_SCAN_ROWS),
+        cut = await self._one(
+            "SELECT id, freed, n FROM (SELECT id, SUM(length(CAST(message AS BLOB))) OVER w AS freed,"
+            " ROW_NUMBER() OVER w AS n FROM log_lines WHERE job_pk = ? AND step_name = ? AND task_name = ?"
+            " WINDOW w AS (ORDER BY id)) WHERE freed >= ? ORDER BY id LIMIT 1",
+            (job_pk, step_name, task_name, target),
         )
-        freed, count, cutoff = 0, 0, None
-        for r in rows:
-            freed += r["size"]
-            count += 1
-            cutoff = r["id"]
-            if freed >= target:
-                break
-        if cutoff is None:
+        if cut is None:
             return 0
+        cutoff, freed, count = cut["id"], cut["freed"], cut["n"]
         await self._conn.execute(
             "DELETE FROM log_lines WHERE job_pk = ? AND step_name = ? AND task_name = ? AND id <= ?",
             (job_pk, step_name, task_name, cutoff),
@@ -586,7 +580,7 @@ class WriteTx(_Reads):
             " dropped_lines = dropped_lines + ? WHERE task_pk = ?",
             (count, freed, count, task_pk),
         )
-        return count
+        return int(count)
 
     # ------------------------------------------------------------------------- secrets
 

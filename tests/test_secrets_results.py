@@ -195,3 +195,22 @@ async def test_inline_platform_spec_secret_values_are_never_echoed(api: Api) -> 
     _, fetched = await api.request("GET", "/jobs/inline-secret")
     assert created["platform_spec"]["secrets"] == [{"name": "inline"}]
     assert VALUE not in json.dumps([created, fetched])
+
+
+async def test_stalled_folder_downloads_do_not_hold_up_new_steps(api: Api) -> None:
+    make = 'd="$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/big"; mkdir -p "$d" && head -c 8000000 /dev/urandom > "$d/blob"'
+    await api.create_job([shell("make", make)], name="big-result")
+    job = await api.wait_job("big-result")
+    body = {"artifact_url": f"default/{job['fileset']}#big", "artifact_storage_type": "fileset"}
+    assert (await api.request("POST", "/jobs/big-result/results/big", json=body))[0] == 201
+    stalled = []
+    try:
+        for _ in range(10):  # more than the default worker pool has threads on a small machine
+            resp = await api.session.get(f"{api.ws}/jobs/big-result/results/big/download")
+            assert resp.status == 200
+            stalled.append(resp)  # never read: its producer blocks on a full pipe
+        await api.create_job([shell("quick", "echo still-starting")], name="meanwhile")
+        assert (await api.wait_job("meanwhile", timeout_s=15))["status"] == "completed"
+    finally:
+        for resp in stalled:
+            resp.close()
