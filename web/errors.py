@@ -75,6 +75,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status >= 400 and exc.content_type != "application/json":
             return web.json_response({"detail": exc.reason}, status=exc.status, headers=_allow(exc))
         raise
+    except ConnectionResetError:
+        raise  # the client left mid-response: nothing to answer, nothing to log as an error
     except StorageError as exc:
         log.error("storage failure on %s %s", request.method, request.path, exc_info=exc)
         return web.json_response({"detail": f"storage failure: {exc}"}, status=503)
