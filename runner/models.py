@@ -139,10 +139,6 @@ def now_us() -> int:
     return int(datetime.now(UTC).timestamp() * 1_000_000)
 
 
-def us_to_datetime(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1_000_000, UTC)
-
-
 def datetime_to_us(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)

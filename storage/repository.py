@@ -841,16 +841,6 @@ class Repository(_Reads):
         )
         return Page(items=[_secret(r) for r in rows], total=total[0] if total else 0)
 
-    async def secrets_named(self, workspace: str, names: Iterable[str]) -> dict[str, SecretRecord]:
-        keys = list(names)
-        if not keys:
-            return {}
-        rows = await self._all(
-            f"SELECT * FROM secrets WHERE workspace = ? AND name IN ({','.join('?' * len(keys))})",
-            [workspace, *keys],
-        )
-        return {row["name"]: _secret(row) for row in rows}
-
     async def list_results(self, job_pk: int, newest_first: bool, by_updated: bool) -> list[ResultRecord]:
         column = "updated_at" if by_updated else "created_at"
         order = "DESC" if newest_first else "ASC"
