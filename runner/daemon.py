@@ -59,7 +59,7 @@ class Daemon:
         self.watchdog = Watchdog(
             self._store, self.clock, self.settings, lambda pk: scheduler.request_stop(pk, 0)
         )
-        scheduler.on_active = self.watchdog.wake
+        scheduler.on_active = self.watchdog.deadline_ahead
 
     def begin_running(self, base_url: str) -> None:
         """Start the background loops once the API answers at `base_url` (workloads call back there)."""

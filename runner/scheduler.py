@@ -97,7 +97,7 @@ class Scheduler:
         # Rung when a job's logs grow or it ends: log followers wait on it.
         self.log_signal = ChangeSignal()
         # Told whenever a step becomes active: a new deadline may now be the nearest one.
-        self.on_active: Callable[[], None] = lambda: None
+        self.on_active: Callable[[int | None], None] = lambda deadline_us: None
         self.base_url = f"http://{settings.host}:{settings.port}"
         self._inherited = {k: os.environ[k] for k in settings.inherited_env if k in os.environ}
 
@@ -289,7 +289,9 @@ class Scheduler:
                 await tx.set_step_handle(step.pk, handle)
             for task in tasks:
                 await record_task_status(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
-        self.on_active()
+        limits = [self._settings.ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
+        positive = [limit for limit in limits if limit > 0]
+        self.on_active(now + min(positive) * 1_000_000 if positive else None)
 
     async def _follow(
         self,
@@ -418,6 +420,7 @@ class Scheduler:
                     now=self._clock.now_us(),
                     status_details={"message": "Running"},
                 )
+        self.on_active(None)  # its deadlines run again from now
 
     # ------------------------------------------------------------------ start-up and shut-down
 

@@ -83,9 +83,16 @@ class Watchdog:
         self._stop_workload = stop_workload
         self._wake = asyncio.Event()
         self._started = clock.now_us()
+        self._planned_us: int | None = None
 
     def wake(self) -> None:
         self._wake.set()
+
+    def deadline_ahead(self, at_us: int | None) -> None:
+        """A step became active with a deadline at `at_us` (None: unknown). Wake only when it
+        comes before the planned wake-up: most activations then cost no look at the store."""
+        if at_us is None or self._planned_us is None or at_us < self._planned_us:
+            self._wake.set()
 
     async def run_forever(self) -> None:
         while True:
@@ -93,6 +100,7 @@ class Watchdog:
             delay = _MAX_SLEEP_S
             if next_deadline is not None:
                 delay = min(delay, max(0.0, (next_deadline - self._clock.now_us()) / _US))
+            self._planned_us = self._clock.now_us() + int(delay * _US)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)

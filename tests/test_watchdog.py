@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -164,3 +165,20 @@ async def test_task_folders_removed_after_ttl_seconds_after_finished(tmp_path: P
         assert not folder.exists()
         assert (storage / "out.txt").read_text() == "result\n"  # the job's fileset stays
         assert await api.logs("tidy") == ["kept"]  # so do its logs
+
+
+@pytest.mark.timeout(30)
+async def test_paused_step_does_not_go_stale_and_is_watched_again_after_resume(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        lifecycle = {"staleness_timeout_seconds": 2}
+        await api.create_job([shell("nap", "sleep 60", lifecycle=lifecycle)], name="paused-stale")
+        await api.wait_job("paused-stale", {"active"})
+        await api.request("POST", "/jobs/paused-stale/pause")
+        await api.wait_job("paused-stale", {"paused"})
+        await asyncio.sleep(3)  # longer than the timeout, but paused
+        assert (await api.wait_job("paused-stale", {"paused"}))["status"] == "paused"
+        await api.request("POST", "/jobs/paused-stale/resume")
+        await api.wait_job("paused-stale", {"active"})
+        job = await api.wait_job("paused-stale", timeout_s=15)  # silent again: ended ~2 s later
+        assert job["status"] == "error"
+        assert "no task updates received within 2 s" in job["error_details"]["message"]
