@@ -87,6 +87,19 @@ class Api:
         return [line["message"] for line in page["data"]]
 
 
+def assert_422(body: Any) -> list[dict[str, Any]]:
+    """The HTTPValidationError shape: {"detail": [{"loc": [...], "msg": str, "type": str}, ...]}."""
+    assert isinstance(body, dict) and set(body) == {"detail"}, body
+    detail = body["detail"]
+    assert isinstance(detail, list) and detail, body
+    for error in detail:
+        assert isinstance(error["loc"], list) and error["loc"], error
+        assert all(isinstance(part, str | int) for part in error["loc"]), error
+        assert isinstance(error["msg"], str) and error["msg"], error
+        assert isinstance(error["type"], str) and error["type"], error
+    return detail  # type: ignore[no-any-return]
+
+
 def step(name: str, *command: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "executor": {"provider": "subprocess", "command": list(command)}, **extra}
 

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import pytest
 from yarl import URL
 
-from tests.conftest import Api, shell, step
+from tests.conftest import Api, assert_422, shell, step
 
 PAGINATION_FIELDS = {"page", "page_size", "current_page_size", "total_pages", "total_results"}
 JOB_FIELDS = {
@@ -64,17 +64,6 @@ def ts(value: str) -> datetime:
 
 def names(page: dict[str, Any]) -> list[str]:
     return [item["name"] for item in page["data"]]
-
-
-def assert_422(body: Any) -> list[dict[str, Any]]:
-    assert isinstance(body, dict) and set(body) == {"detail"}, body
-    detail = body["detail"]
-    assert isinstance(detail, list) and detail, body
-    for error in detail:
-        assert isinstance(error["loc"], list) and error["loc"], error
-        assert isinstance(error["msg"], str) and error["msg"], error
-        assert isinstance(error["type"], str) and error["type"], error
-    return detail  # type: ignore[no-any-return]
 
 
 async def done(api: Api, name: str, *, ok: bool = True, **extra: Any) -> dict[str, Any]:

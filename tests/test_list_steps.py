@@ -10,23 +10,8 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from tests.conftest import Api, shell, step
+from tests.conftest import Api, assert_422, shell, step
 
-ITEM_FIELDS = {
-    "id",
-    "job",
-    "attempt_id",
-    "fileset",
-    "workspace",
-    "name",
-    "step_spec",
-    "status",
-    "status_details",
-    "error_details",
-    "auth_context",
-    "created_at",
-    "updated_at",
-}
 SEED_ORDER = [
     "id",
     "job",
@@ -42,6 +27,7 @@ SEED_ORDER = [
     "created_at",
     "updated_at",
 ]
+ITEM_FIELDS = set(SEED_ORDER)
 PAGINATION_FIELDS = {"page", "page_size", "current_page_size", "total_pages", "total_results"}
 STATUSES = {
     "created",
@@ -83,18 +69,6 @@ def ts(value: str) -> datetime:
 
 def names(page: dict[str, Any]) -> list[tuple[str, str]]:
     return [(item["job"], item["name"]) for item in page["data"]]
-
-
-def assert_422(body: Any) -> list[dict[str, Any]]:
-    assert isinstance(body, dict) and set(body) == {"detail"}, body
-    detail = body["detail"]
-    assert isinstance(detail, list) and detail, body
-    for error in detail:
-        assert isinstance(error["loc"], list) and error["loc"], error
-        assert all(isinstance(part, str | int) for part in error["loc"]), error
-        assert isinstance(error["msg"], str) and error["msg"], error
-        assert isinstance(error["type"], str) and error["type"], error
-    return detail  # type: ignore[no-any-return]
 
 
 async def cancel(api: Api, name: str) -> None:

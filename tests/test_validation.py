@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from tests.conftest import Api, shell, step
+from tests.conftest import Api, assert_422, shell, step
 
 NAME_PATTERN = re.compile(r"^[a-z](?!.*--)[a-z0-9\-@.+_]{1,62}(?<!-)$")
 
@@ -28,18 +28,6 @@ def body(**overrides: Any) -> dict[str, Any]:
 
 def with_step(**fields: Any) -> dict[str, Any]:
     return body(platform_spec={"steps": [{**step("only", "true"), **fields}]})
-
-
-def assert_422(data: Any) -> list[dict[str, Any]]:
-    assert isinstance(data, dict) and set(data) == {"detail"}, data
-    detail = data["detail"]
-    assert isinstance(detail, list) and detail, data
-    for error in detail:
-        assert isinstance(error["loc"], list) and error["loc"], error
-        assert all(isinstance(part, str | int) for part in error["loc"]), error
-        assert isinstance(error["msg"], str) and error["msg"], error
-        assert isinstance(error["type"], str) and error["type"], error
-    return detail  # type: ignore[no-any-return]
 
 
 def assert_string_detail(data: Any) -> str:
