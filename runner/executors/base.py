@@ -74,11 +74,21 @@ class Launch:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+_SIGNAL_NUMBERS = frozenset(s.value for s in signal.Signals)
+
+
 @dataclass(frozen=True)
 class ExitStatus:
     exit_code: int | None
     signal: int | None = None
     reason: str | None = None  # e.g. "OOMKilled"
+
+    @classmethod
+    def from_exit_code(cls, code: int) -> ExitStatus:
+        """A shell or container runtime reports "killed by signal N" as 128+N."""
+        if code > 128 and (code - 128) in _SIGNAL_NUMBERS:
+            return cls(exit_code=code, signal=code - 128)
+        return cls(exit_code=code)
 
     @property
     def succeeded(self) -> bool:

@@ -161,9 +161,7 @@ async def _wait_container(container: DockerContainer) -> ExitStatus:
     # ending when the container itself failed.
     if state.get("OOMKilled") and code != 0:
         return ExitStatus(exit_code=code, reason="OOMKilled")
-    if code > 128:
-        return ExitStatus(exit_code=code, signal=code - 128 if code - 128 < 65 else None)
-    return ExitStatus(exit_code=code)
+    return ExitStatus.from_exit_code(code)
 
 
 async def _stream_logs(container: DockerContainer, stream: str, paths: TaskPaths) -> None:

@@ -47,11 +47,7 @@ def read_exit_file(path: Path) -> ExitStatus | None:
         return None
     if not text.lstrip("-").isdigit():
         return None
-    code = int(text)
-    # A shell reports "killed by signal N" as 128+N.
-    if code > 128 and (code - 128) in {s.value for s in signal.Signals}:
-        return ExitStatus(exit_code=code, signal=code - 128)
-    return ExitStatus(exit_code=code)
+    return ExitStatus.from_exit_code(int(text))
 
 
 def _start_ticks(pid: int) -> int | None:
