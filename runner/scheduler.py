@@ -237,6 +237,7 @@ class Scheduler:
         self._starting.discard(step.pk)
         try:
             executor = await self._executors.for_provider(executor_spec.provider)
+            secrets = await self._secrets.resolve(step)
             launches = []
             for task in tasks:
                 # Off the event loop: creating folders and files costs about a millisecond on
@@ -248,7 +249,7 @@ class Scheduler:
                     paths=executor.visible_paths(task.paths),
                     base_url=executor.callback_url(self.base_url),
                     inherited=self._inherited if executor_spec.provider == "subprocess" else {},
-                    secrets=await self._secrets.resolve(step),
+                    secrets=secrets,
                 )
                 launches.append(TaskLaunch(task_name=task.name, env=env, paths=task.paths))
             workload = await executor.start(
@@ -262,7 +263,7 @@ class Scheduler:
             return
         run.workload = workload
         await self._mark_active(step, tasks, workload)
-        await self._follow(run, step, tasks, workload, offsets={})
+        await self._follow(run, step, tasks, workload, offsets={}, masked=list(secrets.values()))
 
     def _labels(self, step: StepRecord) -> dict[str, str]:
         return {
@@ -300,12 +301,12 @@ class Scheduler:
         tasks: list[_TaskRef],
         workload: Workload,
         offsets: dict[int, dict[str, int]],
+        masked: list[str],
     ) -> None:
         if run.stop_requested:
             self._control(run, workload.stop(run.stop_grace_s))
         elif run.pause_requested:
             self._control(run, self._pause(run))
-        masked = await self._secrets.values_for(step)
         collectors = [self._collector(step, task, offsets.get(task.pk, {}), masked) for task in tasks]
         for collector in collectors:
             collector.start()
@@ -491,8 +492,8 @@ class Scheduler:
         offsets: dict[int, dict[str, int]],
     ) -> None:
         run = self._runs[step.pk]
+        masked = await self._secrets.values_for(step)
         if isinstance(found, ExitStatus):
-            masked = await self._secrets.values_for(step)
             for task in tasks:
                 await self._collector(step, task, offsets.get(task.pk, {}), masked).finish()
             await self._finish(step, tasks, found, message=None)
@@ -506,7 +507,7 @@ class Scheduler:
             run.pause_requested = True
         elif step.status == JobStatus.RESUMING:
             self._control(run, self._resume(run))
-        await self._follow(run, step, tasks, found, offsets)
+        await self._follow(run, step, tasks, found, offsets, masked)
 
     async def _restart_unstarted(self, step: StepRecord, tasks: list[_TaskRef]) -> None:
         """The daemon died between recording the start and spawning: nothing ran, so start afresh."""
