@@ -90,16 +90,16 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-class _Paging(BaseModel):
+class Paging(BaseModel):
     page: int = Field(default=1, gt=0, le=_MAX_PAGE)
     page_size: int = Field(default=25, gt=0, le=MAX_PAGE_SIZE)
 
 
-class StepsQuery(_Paging):
+class StepsQuery(Paging):
     sort: StepSort = StepSort.CREATED_AT
 
 
-class JobsQuery(_Paging):
+class JobsQuery(Paging):
     page_size: int = Field(default=10, gt=0, le=MAX_PAGE_SIZE)
     sort: JobSort = JobSort.CREATED_AT_DESC
 

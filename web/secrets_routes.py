@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
 from runner.models import SecretRecord, check_name
-from web.query import parse_paging
+from web.query import MAX_PAGE_SIZE, Paging, parse_paging
 from web.routes import SERVICE, body_of, workspace_of
 from web.serialize import page_envelope, timestamp
 
@@ -32,9 +32,8 @@ class _UpdateSecret(BaseModel):
     description: str | None = None
 
 
-class _SecretsQuery(BaseModel):
-    page: int = Field(default=1, gt=0, le=2**31 - 1)
-    page_size: int = Field(default=10, gt=0, le=10_000)
+class _SecretsQuery(Paging):
+    page_size: int = Field(default=10, gt=0, le=MAX_PAGE_SIZE)
 
 
 def _secret(secret: SecretRecord) -> dict[str, Any]:
