@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from runner.clock import Clock
 from runner.executors.base import TaskPaths
 from runner.secrets import mask
-from storage import Gone, Repository
+from storage import Gone, Repository, WriteTx
 
 # Lines are stored in transactions of at most this much output: a flood of output then holds the
 # single writer only briefly, and other writes (submissions, status changes) get their turn.
@@ -155,8 +156,9 @@ class OutputCollector:
         decoded = [(now, prefix + line.rstrip(b"\r").decode("utf-8", "replace")) for line in lines]
         if self._mask_values:
             decoded = [(ts, mask(text, self._mask_values)) for ts, text in decoded]
-        async with self._store.transaction() as tx:
-            await tx.append_log_lines(
+        await self._store.write(
+            functools.partial(
+                WriteTx.append_log_lines,
                 job_pk=target.job_pk,
                 attempt_id=target.attempt_id,
                 step_name=target.step_name,
@@ -167,5 +169,6 @@ class OutputCollector:
                 new_offset=new_offset,
                 max_task_bytes=self._max_task_bytes,
             )
+        )
         if decoded:
             self._on_stored(target.job_pk)

@@ -19,7 +19,7 @@ from runner.clock import Clock
 from runner.environment import job_storage_dir
 from runner.errors import Conflict, NotFound, Unprocessable
 from runner.models import JobRecord, ResultRecord, check_name, new_entity_id
-from storage import AlreadyExists, Repository
+from storage import AlreadyExists, Repository, WriteTx
 
 _CHUNK = 256 * 1024
 
@@ -70,19 +70,23 @@ class ResultService:
         except ValueError as exc:
             raise Unprocessable(str(exc)) from None
         _contained(self.fileset_dir(job), artifact_path(job, artifact_url))
-        async with self._store.transaction() as tx:
+        now = self._clock.now_us()
+
+        def insert(tx: WriteTx) -> ResultRecord | None:
             try:
-                await tx.insert_result(
+                tx.insert_result(
                     id=new_entity_id("platform-job-result"),
                     job_pk=job.pk,
                     name=name,
                     artifact_url=artifact_url,
                     storage_type=storage_type,
-                    now=self._clock.now_us(),
+                    now=now,
                 )
             except AlreadyExists as exc:
                 raise Conflict(str(exc)) from exc
-            created = await tx.get_result(job.pk, name)
+            return tx.get_result(job.pk, name)
+
+        created = await self._store.write(insert)
         assert created is not None
         return created
 

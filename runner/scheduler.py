@@ -25,7 +25,7 @@ from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_ta
 from runner.notify import ChangeSignal
 from runner.settings import Settings
 from runner.transitions import record_task_status, settle_step, transition_step
-from storage import Repository
+from storage import Repository, WriteTx
 
 log = logging.getLogger(__name__)
 
@@ -192,24 +192,23 @@ class Scheduler:
     async def _run_step(self, step_pk: int) -> None:
         run = self._runs[step_pk]
         now = self._clock.now_us()
-        async with self._store.transaction() as tx:
-            fresh = await tx.get_step_by_pk(step_pk)
+
+        def record_start(tx: WriteTx) -> tuple[StepRecord, list[_TaskRef]] | None:
+            fresh = tx.get_step_by_pk(step_pk)
             if fresh is None or fresh.status not in _STARTABLE:
                 # Cancelled or paused between the claim and now: nothing ran, so settle it here.
                 if fresh is not None and fresh.status in _SETTLES_UNSTARTED:
                     final = _SETTLES_UNSTARTED[fresh.status]
-                    await settle_step(tx, fresh, final, now=now, status_details={"message": final.title()})
-                return
-            step = fresh
-            run.job_pk = step.job_pk
-            executor_spec = step.spec.executor
+                    settle_step(tx, fresh, final, now=now, status_details={"message": final.title()})
+                return None
+            executor_spec = fresh.spec.executor
             count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
             names = [new_task_name() for _ in range(count)]
             tasks = [
                 _TaskRef(
-                    await tx.insert_task(
+                    tx.insert_task(
                         id=new_entity_id("platform-job-task"),
-                        step_pk=step.pk,
+                        step_pk=fresh.pk,
                         name=name,
                         status=JobStatus.PENDING,
                         status_details={"message": "Starting"},
@@ -219,13 +218,13 @@ class Scheduler:
                         now=now,
                     ),
                     name,
-                    task_paths(self._settings.work_dir, step, name),
+                    task_paths(self._settings.work_dir, fresh, name),
                 )
                 for name in names
             ]
             # Recorded before the spawn: after a crash the next daemon knows where to look, and
             # never starts the step a second time.
-            outcome = await transition_step(
+            outcome = transition_step(
                 tx,
                 fresh,
                 JobStatus.PENDING,
@@ -233,7 +232,14 @@ class Scheduler:
                 status_details={"message": "Starting"},
                 handle=_handle(None, tasks),
             )
-            step = outcome.step
+            return outcome.step, tasks
+
+        started = await self._store.write(record_start)
+        if started is None:
+            return
+        step, tasks = started
+        run.job_pk = step.job_pk
+        executor_spec = step.spec.executor
         self._starting.discard(step.pk)
         try:
             executor = await self._executors.for_provider(executor_spec.provider)
@@ -279,17 +285,18 @@ class Scheduler:
         now = self._clock.now_us()
         details = {"message": "Running", **workload.details, "work_dir": str(tasks[0].paths.work_dir)}
         handle = _handle(workload, tasks)
-        async with self._store.transaction() as tx:
-            fresh = await tx.get_step_by_pk(step.pk)
+
+        def record_active(tx: WriteTx) -> None:
+            fresh = tx.get_step_by_pk(step.pk)
             assert fresh is not None
             if fresh.status in (JobStatus.PENDING, JobStatus.RESUMING):
-                await transition_step(
-                    tx, fresh, JobStatus.ACTIVE, now=now, status_details=details, handle=handle
-                )
+                transition_step(tx, fresh, JobStatus.ACTIVE, now=now, status_details=details, handle=handle)
             else:  # cancelling or pausing meanwhile: the status waits, the handle must not
-                await tx.set_step_handle(step.pk, handle)
+                tx.set_step_handle(step.pk, handle)
             for task in tasks:
-                await record_task_status(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
+                record_task_status(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
+
+        await self._store.write(record_active)
         limits = [self._settings.ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
         positive = [limit for limit in limits if limit > 0]
         self.on_active(now + min(positive) * 1_000_000 if positive else None)
@@ -357,8 +364,9 @@ class Scheduler:
         """Record how the workload ended, mapped against what the step was asked to do meanwhile."""
         now = self._clock.now_us()
         tail = await self._output_tail(step) if with_output and not status.succeeded else []
-        async with self._store.transaction() as tx:
-            fresh = await tx.get_step_by_pk(step.pk)
+
+        def record_outcome(tx: WriteTx) -> None:
+            fresh = tx.get_step_by_pk(step.pk)
             if fresh is None:
                 return  # the job was deleted meanwhile
             details = {**status.as_details()}
@@ -382,10 +390,12 @@ class Scheduler:
                 if tail:
                     errors["last_lines"] = tail
             if not fresh.status.is_terminal:
-                await settle_step(tx, fresh, final, now=now, status_details=details, error_details=errors)
+                settle_step(tx, fresh, final, now=now, status_details=details, error_details=errors)
             stack = "\n".join(tail) if final == JobStatus.ERROR and tail else None
             for task in tasks:
-                await record_task_status(tx, task.pk, final, details, errors, stack, now)
+                record_task_status(tx, task.pk, final, details, errors, stack, now)
+
+        await self._store.write(record_outcome)
         self.log_signal.notify(step.job_pk)
         self.wake()
 
@@ -399,28 +409,28 @@ class Scheduler:
             return
         await run.workload.pause()
         run.frozen = True
-        async with self._store.transaction() as tx:
-            step = await tx.get_step_by_pk(run.step_pk)
+        now = self._clock.now_us()
+
+        def record_paused(tx: WriteTx) -> None:
+            step = tx.get_step_by_pk(run.step_pk)
             if step is not None and step.status == JobStatus.PAUSING:
-                await transition_step(
-                    tx, step, JobStatus.PAUSED, now=self._clock.now_us(), status_details={"message": "Paused"}
-                )
+                transition_step(tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"})
+
+        await self._store.write(record_paused)
 
     async def _resume(self, run: _Run) -> None:
         if run.workload is None:
             return
         await run.workload.resume()
         run.frozen = False
-        async with self._store.transaction() as tx:
-            step = await tx.get_step_by_pk(run.step_pk)
+        now = self._clock.now_us()
+
+        def record_running(tx: WriteTx) -> None:
+            step = tx.get_step_by_pk(run.step_pk)
             if step is not None and step.status == JobStatus.RESUMING:
-                await transition_step(
-                    tx,
-                    step,
-                    JobStatus.ACTIVE,
-                    now=self._clock.now_us(),
-                    status_details={"message": "Running"},
-                )
+                transition_step(tx, step, JobStatus.ACTIVE, now=now, status_details={"message": "Running"})
+
+        await self._store.write(record_running)
         self.on_active(None)  # its deadlines run again from now
 
     # ------------------------------------------------------------------ start-up and shut-down
@@ -512,12 +522,13 @@ class Scheduler:
     async def _restart_unstarted(self, step: StepRecord, tasks: list[_TaskRef]) -> None:
         """The daemon died between recording the start and spawning: nothing ran, so start afresh."""
         now = self._clock.now_us()
-        async with self._store.transaction() as tx:
+
+        def record_restart(tx: WriteTx) -> None:
             for task in tasks:
                 message = {"message": "Never started: the daemon stopped first"}
-                await record_task_status(tx, task.pk, JobStatus.ERROR, message, None, None, now)
-            await tx.set_step_handle(step.pk, None)
-            await tx.update_step_state(
+                record_task_status(tx, task.pk, JobStatus.ERROR, message, None, None, now)
+            tx.set_step_handle(step.pk, None)
+            tx.update_step_state(
                 step.pk,
                 status=JobStatus.CREATED,
                 status_details={**step.status_details, "message": "Restarting after a daemon restart"},
@@ -526,17 +537,22 @@ class Scheduler:
                 now=now,
             )
 
+        await self._store.write(record_restart)
+
     async def _settle_lost(self, step: StepRecord, tasks: list[_TaskRef], why: str) -> None:
         now = self._clock.now_us()
         final = JobStatus.CANCELLED if step.status == JobStatus.CANCELLING else JobStatus.ERROR
         errors = None if final == JobStatus.CANCELLED else {"message": f"Workload lost: {why}"}
-        async with self._store.transaction() as tx:
-            fresh = await tx.get_step_by_pk(step.pk)
+
+        def record_lost(tx: WriteTx) -> None:
+            fresh = tx.get_step_by_pk(step.pk)
             if fresh is None or fresh.status.is_terminal:
                 return
-            await settle_step(tx, fresh, final, now=now, error_details=errors)
+            settle_step(tx, fresh, final, now=now, error_details=errors)
             for task in tasks:
-                await record_task_status(tx, task.pk, final, {"message": why}, errors, None, now)
+                record_task_status(tx, task.pk, final, {"message": why}, errors, None, now)
+
+        await self._store.write(record_lost)
 
     async def shutdown(self) -> None:
         """Stop starting steps; end the running ones (or leave them for the next start)."""

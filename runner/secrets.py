@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from runner.clock import Clock
 from runner.errors import Conflict, NotFound
 from runner.models import Page, PlatformJobSpec, SecretRecord, StepRecord
-from storage import AlreadyExists, Repository
+from storage import AlreadyExists, Repository, WriteTx
 
 MASK = "********"
 # Shorter values would turn ordinary text into asterisks; they are not masked (documented).
@@ -40,12 +40,16 @@ class SecretService:
         self._clock = clock
 
     async def create(self, workspace: str, name: str, value: str, description: str | None) -> SecretRecord:
-        async with self._store.transaction() as tx:
+        now = self._clock.now_us()
+
+        def insert(tx: WriteTx) -> SecretRecord | None:
             try:
-                await tx.insert_secret(workspace, name, description, value, self._clock.now_us())
+                tx.insert_secret(workspace, name, description, value, now)
             except AlreadyExists as exc:
                 raise Conflict(str(exc)) from exc
-            created = await tx.get_secret(workspace, name)
+            return tx.get_secret(workspace, name)
+
+        created = await self._store.write(insert)
         assert created is not None
         return created
 
@@ -61,26 +65,28 @@ class SecretService:
     async def update(
         self, workspace: str, name: str, value: str | None, description: str | None
     ) -> SecretRecord:
-        async with self._store.transaction() as tx:
-            secret = await tx.get_secret(workspace, name)
-            if secret is None:
-                raise NotFound(f"secret {name!r} not found in workspace {workspace!r}")
-            await tx.update_secret(
+        now = self._clock.now_us()
+
+        def update(tx: WriteTx) -> SecretRecord | None:
+            secret = _existing_secret(tx, workspace, name)
+            tx.update_secret(
                 secret.pk,
                 description if description is not None else secret.description,
                 value if value is not None else secret.value,
-                self._clock.now_us(),
+                now,
             )
-            updated = await tx.get_secret(workspace, name)
+            return tx.get_secret(workspace, name)
+
+        updated = await self._store.write(update)
         assert updated is not None
         return updated
 
     async def delete(self, workspace: str, name: str) -> None:
-        async with self._store.transaction() as tx:
-            secret = await tx.get_secret(workspace, name)
-            if secret is None:
-                raise NotFound(f"secret {name!r} not found in workspace {workspace!r}")
-            await tx.delete_secret(secret.pk)
+
+        def delete(tx: WriteTx) -> None:
+            tx.delete_secret(_existing_secret(tx, workspace, name).pk)
+
+        await self._store.write(delete)
 
     async def check_references(self, workspace: str, spec: PlatformJobSpec) -> None:
         """A job naming a secret that does not exist is refused at submission (409, as the reference)."""
@@ -116,3 +122,10 @@ class SecretService:
             return list((await self.resolve(step)).values())
         except NotFound:
             return []
+
+
+def _existing_secret(tx: WriteTx, workspace: str, name: str) -> SecretRecord:
+    secret = tx.get_secret(workspace, name)
+    if secret is None:
+        raise NotFound(f"secret {name!r} not found in workspace {workspace!r}")
+    return secret

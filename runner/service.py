@@ -119,9 +119,10 @@ class JobService:
         await self.secrets.check_references(workspace, request.platform_spec)
         now = self._clock.now_us()
         name = request.name or generate_job_name(request.source)
-        async with self._store.transaction() as tx:
+
+        def record_job(tx: WriteTx) -> JobRecord:
             try:
-                job = await tx.insert_job(
+                job = tx.insert_job(
                     id=new_entity_id("platform-job"),
                     workspace=workspace,
                     name=name,
@@ -141,7 +142,10 @@ class JobService:
             except AlreadyExists as exc:
                 raise Conflict(str(exc)) from exc
             # Steps are created one at a time, as in the reference: the next when this one completes.
-            await tx.insert_step(job, 0, new_entity_id("platform-job-step"), now)
+            tx.insert_step(job, 0, new_entity_id("platform-job-step"), now)
+            return job
+
+        job = await self._store.write(record_job)
         self._workloads.wake()
         return job
 
@@ -179,15 +183,18 @@ class JobService:
 
     async def delete_job(self, workspace: str, name: str) -> None:
         await self._workloads.ready()
-        async with self._store.transaction() as tx:
-            job = await _existing_job(tx, workspace, name)
-            steps = await tx.steps_of_job(job.pk)
+
+        def delete(tx: WriteTx) -> None:
+            job = _existing_job_in(tx, workspace, name)
+            steps = tx.steps_of_job(job.pk)
             if not job.status.is_terminal or any(not s.status.is_terminal for s in steps):
                 raise Conflict(f"job {name!r} is {job.status.value!r}: only a finished job can be deleted")
             if any(self._workloads.is_running(s.pk) for s in steps):
                 # Recorded as finished, but its workload is still being stopped and drained.
                 raise Conflict(f"job {name!r} is still stopping its workload; try again in a moment")
-            await tx.delete_job(job.pk)
+            tx.delete_job(job.pk)
+
+        await self._store.write(delete)
 
     async def status_tree(self, workspace: str, name: str) -> StatusTree:
         job = await self.get_job(workspace, name)
@@ -196,97 +203,82 @@ class JobService:
         return StatusTree(job=job, steps=steps, tasks=tasks)
 
     async def merge_job_status_details(self, workspace: str, name: str, details: dict[str, Any]) -> None:
-        async with self._store.transaction() as tx:
-            job = await _existing_job(tx, workspace, name)
-            await tx.update_job_state(
+        now = self._clock.now_us()
+
+        def merge(tx: WriteTx) -> None:
+            job = _existing_job_in(tx, workspace, name)
+            tx.update_job_state(
                 job.pk,
                 status=job.status,
                 status_details={**job.status_details, **details},
                 error_details=job.error_details,
-                now=self._clock.now_us(),
+                now=now,
             )
+
+        await self._store.write(merge)
 
     # ------------------------------------------------------------------------------ job control
 
     async def cancel_job(self, workspace: str, name: str) -> JobRecord:
         await self._workloads.ready()
-        async with self._store.transaction() as tx:
-            job, step = await self._current_step(tx, workspace, name)
+        now = self._clock.now_us()
+
+        def cancel(tx: WriteTx) -> tuple[JobRecord, int | None]:
+            job, step = _current_step(tx, workspace, name)
             if step is None or step.status.is_terminal:
-                return job
-            now = self._clock.now_us()
-            live = self._workloads.is_running(step.pk)
+                return job, None
             # settle_step takes the legal path (a pausing or paused step passes through paused
             # and cancelling), so cancel works from every unfinished status.
-            if live:
-                await settle_step(
-                    tx, step, JobStatus.CANCELLING, now=now, status_details={"message": "Cancelling"}
-                )
-            else:
-                message = {"message": "Cancelled before it ran"}
-                await settle_step(tx, step, JobStatus.CANCELLED, now=now, status_details=message)
-            job = await self._reload_job(tx, job)
-        if live:
-            self._workloads.request_stop(step.pk)
+            if self._workloads.is_running(step.pk):
+                settle_step(tx, step, JobStatus.CANCELLING, now=now, status_details={"message": "Cancelling"})
+                return _reload_job(tx, job), step.pk
+            message = {"message": "Cancelled before it ran"}
+            settle_step(tx, step, JobStatus.CANCELLED, now=now, status_details=message)
+            return _reload_job(tx, job), None
+
+        job, live_step = await self._store.write(cancel)
+        if live_step is not None:
+            self._workloads.request_stop(live_step)
         return job
 
     async def pause_job(self, workspace: str, name: str) -> JobRecord:
         await self._workloads.ready()
-        async with self._store.transaction() as tx:
-            job, step = await self._current_step(tx, workspace, name)
+        now = self._clock.now_us()
+
+        def pause(tx: WriteTx) -> tuple[JobRecord, int | None]:
+            job, step = _current_step(tx, workspace, name)
             if step is None or step.status not in (JobStatus.CREATED, JobStatus.PENDING, JobStatus.ACTIVE):
-                return job
-            now = self._clock.now_us()
+                return job, None
             live = self._workloads.is_running(step.pk)
-            await transition_step(tx, step, JobStatus.PAUSING, now=now, status_details={"message": "Pausing"})
+            step = transition_step(
+                tx, step, JobStatus.PAUSING, now=now, status_details={"message": "Pausing"}
+            ).step
             if not live:
-                step = await self._reload(tx, step)
-                await transition_step(
-                    tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"}
-                )
-            job = await self._reload_job(tx, job)
-        if live:
-            self._workloads.request_pause(step.pk)
+                transition_step(tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"})
+            return _reload_job(tx, job), step.pk if live else None
+
+        job, live_step = await self._store.write(pause)
+        if live_step is not None:
+            self._workloads.request_pause(live_step)
         return job
 
     async def resume_job(self, workspace: str, name: str) -> JobRecord:
         await self._workloads.ready()
-        async with self._store.transaction() as tx:
-            job, step = await self._current_step(tx, workspace, name)
+        now = self._clock.now_us()
+
+        def resume(tx: WriteTx) -> tuple[JobRecord, int | None, bool]:
+            job, step = _current_step(tx, workspace, name)
             if step is None or step.status != JobStatus.PAUSED:
-                return job
-            live = self._workloads.is_running(step.pk)
-            await transition_step(
-                tx, step, JobStatus.RESUMING, now=self._clock.now_us(), status_details={"message": "Resuming"}
-            )
-            job = await self._reload_job(tx, job)
-        if live:
-            self._workloads.request_resume(step.pk)
-        else:
+                return job, None, False
+            transition_step(tx, step, JobStatus.RESUMING, now=now, status_details={"message": "Resuming"})
+            return _reload_job(tx, job), step.pk, self._workloads.is_running(step.pk)
+
+        job, step_pk, live = await self._store.write(resume)
+        if step_pk is not None and live:
+            self._workloads.request_resume(step_pk)
+        elif step_pk is not None:
             self._workloads.wake()
         return job
-
-    async def _current_step(
-        self, tx: WriteTx, workspace: str, name: str
-    ) -> tuple[JobRecord, StepRecord | None]:
-        job = await _existing_job(tx, workspace, name)
-        steps = await tx.steps_of_job(job.pk)
-        for step in steps:
-            if not step.status.is_terminal:
-                return job, step
-        return job, None
-
-    @staticmethod
-    async def _reload(tx: WriteTx, step: StepRecord) -> StepRecord:
-        fresh = await tx.get_step_by_pk(step.pk)
-        assert fresh is not None
-        return fresh
-
-    @staticmethod
-    async def _reload_job(tx: WriteTx, job: JobRecord) -> JobRecord:
-        fresh = await tx.get_job_by_pk(job.pk)
-        assert fresh is not None
-        return fresh
 
     # ------------------------------------------------------------------------------ steps
 
@@ -315,16 +307,17 @@ class JobService:
         await self._workloads.ready()
         step = await self.get_step(workspace, job_name, step_name)
         live = self._workloads.is_running(step.pk)
-        async with self._store.transaction() as tx:
-            step = await self._reload(tx, step)
-            outcome = await transition_step(
-                tx,
-                step,
-                status,
-                now=self._clock.now_us(),
-                status_details=status_details,
-                error_details=error_details,
+        now = self._clock.now_us()
+
+        def patch(tx: WriteTx) -> TransitionOutcome:
+            fresh = tx.get_step_by_pk(step.pk)
+            if fresh is None:
+                raise NotFound(f"step {step_name!r} not found in job {job_name!r}")
+            return transition_step(
+                tx, fresh, status, now=now, status_details=status_details, error_details=error_details
             )
+
+        outcome = await self._store.write(patch)
         self._after_transition(outcome, live)
         return outcome.step
 
@@ -364,10 +357,11 @@ class JobService:
             # A workload reporting its own secret must not publish it through the API.
             update = TaskUpdate.model_validate(mask_json(update.model_dump(), secret_values))
         now = self._clock.now_us()
-        async with self._store.transaction() as tx:
-            task = await tx.get_task(step.pk, task_name)
+
+        def upsert(tx: WriteTx) -> TaskRecord | None:
+            task = tx.get_task(step.pk, task_name)
             if task is None:
-                pk = await tx.insert_task(
+                pk = tx.insert_task(
                     id=new_entity_id("platform-job-task"),
                     step_pk=step.pk,
                     name=task_name,
@@ -383,7 +377,7 @@ class JobService:
                 # An invalid task transition is ignored (reference behaviour), but it still counts
                 # as a sign of life.
                 allowed = task.status.can_transition_to(update.status)
-                await tx.update_task(
+                tx.update_task(
                     pk,
                     status=update.status if allowed else task.status,
                     status_details={**task.status_details, **(update.status_details or {})}
@@ -397,16 +391,18 @@ class JobService:
                     now=now,
                 )
             if update.status_details:
-                job = await tx.get_job_by_pk(step.job_pk)
+                job = tx.get_job_by_pk(step.job_pk)
                 assert job is not None
-                await tx.update_job_state(
+                tx.update_job_state(
                     job.pk,
                     status=job.status,
                     status_details={**job.status_details, **update.status_details},
                     error_details=job.error_details,
                     now=job.updated_at,
                 )
-            fresh = await tx.get_task_by_pk(pk)
+            return tx.get_task_by_pk(pk)
+
+        fresh = await self._store.write(upsert)
         assert fresh is not None
         return fresh
 
@@ -512,11 +508,37 @@ class JobService:
         return result, self._results.artifact(job, result)
 
 
-async def _existing_job(reader: Repository | WriteTx, workspace: str, name: str) -> JobRecord:
-    job = await reader.get_job(workspace, name)
+def _no_such_job(workspace: str, name: str) -> NotFound:
+    return NotFound(f"job {name!r} not found in workspace {workspace!r}")
+
+
+async def _existing_job(store: Repository, workspace: str, name: str) -> JobRecord:
+    job = await store.get_job(workspace, name)
     if job is None:
-        raise NotFound(f"job {name!r} not found in workspace {workspace!r}")
+        raise _no_such_job(workspace, name)
     return job
+
+
+def _existing_job_in(tx: WriteTx, workspace: str, name: str) -> JobRecord:
+    job = tx.get_job(workspace, name)
+    if job is None:
+        raise _no_such_job(workspace, name)
+    return job
+
+
+def _current_step(tx: WriteTx, workspace: str, name: str) -> tuple[JobRecord, StepRecord | None]:
+    """The job and its first unfinished step, if any."""
+    job = _existing_job_in(tx, workspace, name)
+    for step in tx.steps_of_job(job.pk):
+        if not step.status.is_terminal:
+            return job, step
+    return job, None
+
+
+def _reload_job(tx: WriteTx, job: JobRecord) -> JobRecord:
+    fresh = tx.get_job_by_pk(job.pk)
+    assert fresh is not None
+    return fresh
 
 
 def mask_json(value: Any, secrets: list[str]) -> Any:

@@ -1,4 +1,5 @@
-"""Step status changes and how they roll up to the job, applied inside one write transaction.
+"""Step status changes and how they roll up to the job, applied inside one write transaction
+(plain functions: a transaction runs whole on the writer's thread, see `Repository.write`).
 
 Every writer (the API's PATCH, the scheduler, the watchdog) goes through `transition_step`, so the
 transition table, the roll-up and the creation of the next step hold for all of them alike.
@@ -37,7 +38,7 @@ class TransitionOutcome:
     changed: bool = False
 
 
-async def transition_step(
+def transition_step(
     tx: WriteTx,
     step: StepRecord,
     new_status: JobStatus,
@@ -61,7 +62,7 @@ async def transition_step(
         active_since = now  # first start, or back from a pause: the clocks run again from here
     elif step.status == JobStatus.ACTIVE and new_status != JobStatus.ACTIVE and active_since is not None:
         active_us += now - active_since
-    job = await tx.get_job_by_pk(step.job_pk)
+    job = tx.get_job_by_pk(step.job_pk)
     assert job is not None, "a step always has its job (foreign key with cascade)"
     if handle is None and (new_status, merged, errors) == (
         step.status,
@@ -70,7 +71,7 @@ async def transition_step(
     ):
         return TransitionOutcome(step=step, job=job)
     status_changed = new_status != step.status
-    await tx.update_step_state(
+    tx.update_step_state(
         step.pk,
         status=new_status,
         status_details=merged,
@@ -93,7 +94,7 @@ async def transition_step(
     )
     outcome = TransitionOutcome(step=step, job=job, changed=True)
     if status_changed:
-        await _roll_up(tx, outcome, now)
+        _roll_up(tx, outcome, now)
     return outcome
 
 
@@ -121,7 +122,7 @@ def legal_path(source: JobStatus, target: JobStatus) -> tuple[JobStatus, ...]:
     return ()
 
 
-async def settle_step(
+def settle_step(
     tx: WriteTx,
     step: StepRecord,
     final: JobStatus,
@@ -134,18 +135,18 @@ async def settle_step(
     `final` (a workload that died while paused goes paused -> active -> error), so every move
     still obeys the table and rolls up to the job."""
     if step.status == final or step.status.is_terminal:
-        return await transition_step(tx, step, step.status, now=now)
+        return transition_step(tx, step, step.status, now=now)
     path = legal_path(step.status, final)
     if not path:
         raise Conflict(f"step {step.name!r} cannot reach {final.value!r} from {step.status.value!r}")
     for status in path[:-1]:
-        step = (await transition_step(tx, step, status, now=now)).step
-    return await transition_step(
+        step = transition_step(tx, step, status, now=now).step
+    return transition_step(
         tx, step, final, now=now, status_details=status_details, error_details=error_details
     )
 
 
-async def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
+def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
     step, job = outcome.step, outcome.job
     target: JobStatus | None = None
     job_errors = job.error_details
@@ -156,7 +157,7 @@ async def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
         target = JobStatus.ACTIVE
     elif step.status == JobStatus.COMPLETED:
         if step.index + 1 < len(job.platform_spec.steps):
-            outcome.next_step_pk = await tx.insert_step(
+            outcome.next_step_pk = tx.insert_step(
                 job, step.index + 1, new_entity_id("platform-job-step"), now
             )
         else:
@@ -168,13 +169,13 @@ async def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
     if target is None or target == job.status or not job.status.can_transition_to(target):
         # The reference skips a forbidden job transition silently: it guards against stale writers.
         return
-    await tx.update_job_state(
+    tx.update_job_state(
         job.pk, status=target, status_details=job.status_details, error_details=job_errors, now=now
     )
     outcome.job = job.model_copy(update={"status": target, "error_details": job_errors, "updated_at": now})
 
 
-async def record_task_status(
+def record_task_status(
     tx: WriteTx,
     task_pk: int,
     status: JobStatus,
@@ -185,7 +186,7 @@ async def record_task_status(
 ) -> None:
     """The daemon's own bookkeeping write: it never counts as a heartbeat. A task whose status
     cannot move to `status` (the table forbids it) keeps its status; details still merge."""
-    await tx.record_task_outcome(
+    tx.record_task_outcome(
         task_pk,
         status=status,
         allowed_from=[s for s in JobStatus if s.can_transition_to(status)],

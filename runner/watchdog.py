@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 from collections.abc import Callable
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 from runner.clock import Clock
 from runner.environment import task_paths
 from runner.errors import Conflict
-from runner.models import JobStatus, WatchedStep
+from runner.models import JobStatus, StepRecord, WatchedStep
 from runner.settings import Settings
 from runner.transitions import record_task_status, transition_step
-from storage import Repository
+from storage import Repository, WriteTx
 
 log = logging.getLogger(__name__)
 
@@ -131,29 +132,36 @@ class Watchdog:
             for task in (step.handle or {}).get("tasks", []):
                 folder = task_paths(self._settings.work_dir, step, task["task_name"]).work_dir
                 await asyncio.to_thread(shutil.rmtree, folder, True)
-            async with self._store.transaction() as tx:
-                await tx.mark_folders_removed(step.pk)
+            await self._store.write(functools.partial(WriteTx.mark_folders_removed, pk=step.pk))
         if len(batch) == _CLEANUP_BATCH:
             return now  # more may wait: come back at once
         return None if next_finished is None else next_finished + keep_us
 
     async def _terminate(self, step: WatchedStep, message: str) -> bool:
         now = self._clock.now_us()
-        async with self._store.transaction() as tx:
-            fresh = await tx.get_step_by_pk(step.pk)
+        errors = {"message": message}
+
+        def record_verdict(tx: WriteTx) -> StepRecord | bool:
+            """The step ended in error, or whether it needs no verdict any more (True: finished
+            meanwhile; False: changed meanwhile, look again)."""
+            fresh = tx.get_step_by_pk(step.pk)
             if fresh is None or fresh.status.is_terminal:
                 return True
             if fresh.status != step.status or fresh.updated_at != step.updated_at:
                 return False
-            errors = {"message": message}
             try:
-                await transition_step(tx, fresh, JobStatus.ERROR, now=now, error_details=errors)
+                transition_step(tx, fresh, JobStatus.ERROR, now=now, error_details=errors)
             except Conflict:
                 return False
-            for task in await tx.tasks_of_step(step.pk):
+            for task in tx.tasks_of_step(step.pk):
                 if not task.status.is_terminal:
-                    await record_task_status(tx, task.pk, JobStatus.ERROR, errors, errors, None, now)
-        log.warning("step %s of job %s: %s", fresh.name, fresh.job_name, message)
+                    record_task_status(tx, task.pk, JobStatus.ERROR, errors, errors, None, now)
+            return fresh
+
+        verdict = await self._store.write(record_verdict)
+        if isinstance(verdict, bool):
+            return verdict
+        log.warning("step %s of job %s: %s", verdict.name, verdict.job_name, message)
         # The verdict is recorded first; the workload (whole process tree or containers) goes next.
         self._stop_workload(step.pk)
         return True

@@ -427,7 +427,7 @@ STATUS_MIX = [("completed", 0.55), ("error", 0.20), ("cancelled", 0.15), ("pause
 def populate_store(data_dir: Path, total_steps: int, seed: int = 7) -> dict[str, Any]:
     """Create the schema through storage.Repository, then bulk-insert rows encoded as it encodes them.
 
-    (Writing 100k steps one by one through Repository.transaction()/insert_step/update_step_state
+    (Writing 100k steps one by one through Repository.write()/insert_step/update_step_state
     takes ~37 s on a 2-vCPU box, ~0.37 ms per step; executemany takes a couple of seconds.)
     """
     rng = random.Random(seed)

@@ -1,17 +1,17 @@
 """The one repository object over SQLite. All SQL of the project lives in this package.
 
-Single-writer discipline: one write connection guarded by an asyncio lock, every write inside
-`BEGIN IMMEDIATE`; reads go through a second connection, which in WAL mode never waits for writers.
+Single-writer discipline: one write connection on a thread of its own (storage/writer.py) runs each
+transaction whole, inside `BEGIN IMMEDIATE`; reads go through a second connection (aiosqlite),
+which in WAL mode never waits for writers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,7 @@ from runner.models import (
 )
 from storage.errors import AlreadyExists, Gone, StorageUnavailable
 from storage.schema import MIGRATIONS
-
-_BUSY_TIMEOUT_MS = 5000
+from storage.writer import BUSY_TIMEOUT_MS, WriterThread
 
 _JOB_SORT_SQL = {
     JobSort.CREATED_AT: "created_at ASC, pk ASC",
@@ -208,82 +207,111 @@ def _string_condition(column: str, cond: StringCondition, where: list[str], args
         args.extend(cond.nin)
 
 
-class _Reads:
-    """Queries shared by the read connection and write transactions (which must see their own writes)."""
+@dataclass(frozen=True, slots=True)
+class _Query[T]:
+    """A read used both inside write transactions (sync) and on the reader connection (async)."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    sql: str
+    args: Sequence[Any]
+    build: Callable[[list[sqlite3.Row]], T]
+
+
+def _first[R](convert: Callable[[sqlite3.Row], R]) -> Callable[[list[sqlite3.Row]], R | None]:
+    return lambda rows: convert(rows[0]) if rows else None
+
+
+def _each[R](convert: Callable[[sqlite3.Row], R]) -> Callable[[list[sqlite3.Row]], list[R]]:
+    return lambda rows: [convert(row) for row in rows]
+
+
+def _job_named(workspace: str, name: str) -> _Query[JobRecord | None]:
+    return _Query("SELECT * FROM jobs WHERE workspace = ? AND name = ?", (workspace, name), _first(_job))
+
+
+def _job_by_pk(pk: int) -> _Query[JobRecord | None]:
+    return _Query("SELECT * FROM jobs WHERE pk = ?", (pk,), _first(_job))
+
+
+def _step_named(workspace: str, job_name: str, step_name: str) -> _Query[StepRecord | None]:
+    return _Query(
+        "SELECT * FROM steps WHERE workspace = ? AND job_name = ? AND name = ?",
+        (workspace, job_name, step_name),
+        _first(_step),
+    )
+
+
+def _step_by_pk(pk: int) -> _Query[StepRecord | None]:
+    return _Query("SELECT * FROM steps WHERE pk = ?", (pk,), _first(_step))
+
+
+def _steps_of_job(job_pk: int) -> _Query[list[StepRecord]]:
+    return _Query("SELECT * FROM steps WHERE job_pk = ? ORDER BY idx", (job_pk,), _each(_step))
+
+
+def _tasks_of_step(step_pk: int) -> _Query[list[TaskRecord]]:
+    return _Query(f"{_TASK_SELECT} WHERE t.step_pk = ? ORDER BY t.pk", (step_pk,), _each(_task))
+
+
+def _task_named(step_pk: int, name: str) -> _Query[TaskRecord | None]:
+    return _Query(f"{_TASK_SELECT} WHERE t.step_pk = ? AND t.name = ?", (step_pk, name), _first(_task))
+
+
+def _task_by_pk(pk: int) -> _Query[TaskRecord | None]:
+    return _Query(f"{_TASK_SELECT} WHERE t.pk = ?", (pk,), _first(_task))
+
+
+def _secret_named(workspace: str, name: str) -> _Query[SecretRecord | None]:
+    return _Query(
+        "SELECT * FROM secrets WHERE workspace = ? AND name = ?", (workspace, name), _first(_secret)
+    )
+
+
+def _result_named(job_pk: int, name: str) -> _Query[ResultRecord | None]:
+    return _Query("SELECT * FROM results WHERE job_pk = ? AND name = ?", (job_pk, name), _first(_result))
+
+
+class WriteTx:
+    """The typed reads and writes available inside one `Repository.write()`: plain (blocking)
+    calls, made on the writer's thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    # execute_fetchall runs the statement and fetches in one trip to aiosqlite's thread: each
-    # trip is a cross-thread hand-off, and they dominate the cost of small queries.
-    async def _one(self, sql: str, args: Sequence[Any]) -> sqlite3.Row | None:
-        rows = await self._conn.execute_fetchall(sql, args)
-        for row in rows:
-            return row
-        return None
+    def _run[T](self, query: _Query[T]) -> T:
+        return query.build(self._conn.execute(query.sql, query.args).fetchall())
 
-    async def _all(self, sql: str, args: Sequence[Any]) -> list[sqlite3.Row]:
-        return list(await self._conn.execute_fetchall(sql, args))
+    def _one(self, sql: str, args: Sequence[Any]) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()
+        return row
 
-    async def get_job(self, workspace: str, name: str) -> JobRecord | None:
-        row = await self._one("SELECT * FROM jobs WHERE workspace = ? AND name = ?", (workspace, name))
-        return None if row is None else _job(row)
+    def get_job(self, workspace: str, name: str) -> JobRecord | None:
+        return self._run(_job_named(workspace, name))
 
-    async def get_job_by_pk(self, pk: int) -> JobRecord | None:
-        row = await self._one("SELECT * FROM jobs WHERE pk = ?", (pk,))
-        return None if row is None else _job(row)
+    def get_job_by_pk(self, pk: int) -> JobRecord | None:
+        return self._run(_job_by_pk(pk))
 
-    async def get_step(self, workspace: str, job_name: str, step_name: str) -> StepRecord | None:
-        row = await self._one(
-            "SELECT * FROM steps WHERE workspace = ? AND job_name = ? AND name = ?",
-            (workspace, job_name, step_name),
-        )
-        return None if row is None else _step(row)
+    def get_step_by_pk(self, pk: int) -> StepRecord | None:
+        return self._run(_step_by_pk(pk))
 
-    async def get_step_by_pk(self, pk: int) -> StepRecord | None:
-        row = await self._one("SELECT * FROM steps WHERE pk = ?", (pk,))
-        return None if row is None else _step(row)
+    def steps_of_job(self, job_pk: int) -> list[StepRecord]:
+        return self._run(_steps_of_job(job_pk))
 
-    async def steps_of_job(self, job_pk: int) -> list[StepRecord]:
-        rows = await self._all("SELECT * FROM steps WHERE job_pk = ? ORDER BY idx", (job_pk,))
-        return [_step(row) for row in rows]
+    def tasks_of_step(self, step_pk: int) -> list[TaskRecord]:
+        return self._run(_tasks_of_step(step_pk))
 
-    async def tasks_of_step(self, step_pk: int) -> list[TaskRecord]:
-        rows = await self._all(f"{_TASK_SELECT} WHERE t.step_pk = ? ORDER BY t.pk", (step_pk,))
-        return [_task(row) for row in rows]
+    def get_task(self, step_pk: int, name: str) -> TaskRecord | None:
+        return self._run(_task_named(step_pk, name))
 
-    async def tasks_of_steps(self, step_pks: Iterable[int]) -> dict[int, list[TaskRecord]]:
-        keys = list(step_pks)
-        result: dict[int, list[TaskRecord]] = {pk: [] for pk in keys}
-        if keys:
-            rows = await self._all(
-                f"{_TASK_SELECT} WHERE t.step_pk IN ({','.join('?' * len(keys))}) ORDER BY t.pk", keys
-            )
-            for row in rows:
-                result[row["step_pk"]].append(_task(row))
-        return result
+    def get_task_by_pk(self, pk: int) -> TaskRecord | None:
+        return self._run(_task_by_pk(pk))
 
-    async def get_task(self, step_pk: int, name: str) -> TaskRecord | None:
-        row = await self._one(f"{_TASK_SELECT} WHERE t.step_pk = ? AND t.name = ?", (step_pk, name))
-        return None if row is None else _task(row)
+    def get_secret(self, workspace: str, name: str) -> SecretRecord | None:
+        return self._run(_secret_named(workspace, name))
 
-    async def get_task_by_pk(self, pk: int) -> TaskRecord | None:
-        row = await self._one(f"{_TASK_SELECT} WHERE t.pk = ?", (pk,))
-        return None if row is None else _task(row)
+    def get_result(self, job_pk: int, name: str) -> ResultRecord | None:
+        return self._run(_result_named(job_pk, name))
 
-    async def get_secret(self, workspace: str, name: str) -> SecretRecord | None:
-        row = await self._one("SELECT * FROM secrets WHERE workspace = ? AND name = ?", (workspace, name))
-        return None if row is None else _secret(row)
-
-    async def get_result(self, job_pk: int, name: str) -> ResultRecord | None:
-        row = await self._one("SELECT * FROM results WHERE job_pk = ? AND name = ?", (job_pk, name))
-        return None if row is None else _result(row)
-
-
-class WriteTx(_Reads):
-    """The typed writes available inside one `Repository.transaction()`."""
-
-    async def insert_job(
+    def insert_job(
         self,
         *,
         id: str,
@@ -303,7 +331,7 @@ class WriteTx(_Reads):
         now: int,
     ) -> JobRecord:
         try:
-            cursor = await self._conn.execute(
+            cursor = self._conn.execute(
                 "INSERT INTO jobs (id, workspace, name, project, description, source, spec, platform_spec,"
                 " fileset, output_location, ownership, custom_fields, auth_context, attempt_id, status,"
                 " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -354,9 +382,9 @@ class WriteTx(_Reads):
             error_details=None,
         )
 
-    async def insert_step(self, job: JobRecord, index: int, step_id: str, now: int) -> int:
+    def insert_step(self, job: JobRecord, index: int, step_id: str, now: int) -> int:
         spec = job.platform_spec.steps[index]
-        cursor = await self._conn.execute(
+        cursor = self._conn.execute(
             "INSERT INTO steps (id, workspace, job_pk, job_name, job_source, attempt_id, fileset,"
             " output_location, auth_context, idx, name, spec, status, created_at, updated_at)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -381,7 +409,7 @@ class WriteTx(_Reads):
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    async def update_job_state(
+    def update_job_state(
         self,
         pk: int,
         *,
@@ -390,12 +418,12 @@ class WriteTx(_Reads):
         error_details: dict[str, Any] | None,
         now: int,
     ) -> None:
-        await self._conn.execute(
+        self._conn.execute(
             "UPDATE jobs SET status = ?, status_details = ?, error_details = ?, updated_at = ? WHERE pk = ?",
             (status.value, _dump(status_details), _dump(error_details), now, pk),
         )
 
-    async def update_step_state(
+    def update_step_state(
         self,
         pk: int,
         *,
@@ -408,7 +436,7 @@ class WriteTx(_Reads):
         handle: dict[str, Any] | None = None,
     ) -> None:
         """`handle`, when given, is recorded in the same statement (None leaves it as it is)."""
-        await self._conn.execute(
+        self._conn.execute(
             "UPDATE steps SET status = ?, status_details = ?, error_details = ?, active_since = ?,"
             " active_us = ?, updated_at = ?, handle = COALESCE(?, handle) WHERE pk = ?",
             (
@@ -423,13 +451,13 @@ class WriteTx(_Reads):
             ),
         )
 
-    async def mark_folders_removed(self, pk: int) -> None:
-        await self._conn.execute("UPDATE steps SET folders_removed = 1 WHERE pk = ?", (pk,))
+    def mark_folders_removed(self, pk: int) -> None:
+        self._conn.execute("UPDATE steps SET folders_removed = 1 WHERE pk = ?", (pk,))
 
-    async def set_step_handle(self, pk: int, handle: dict[str, Any] | None) -> None:
-        await self._conn.execute("UPDATE steps SET handle = ? WHERE pk = ?", (_dump(handle), pk))
+    def set_step_handle(self, pk: int, handle: dict[str, Any] | None) -> None:
+        self._conn.execute("UPDATE steps SET handle = ? WHERE pk = ?", (_dump(handle), pk))
 
-    async def insert_task(
+    def insert_task(
         self,
         *,
         id: str,
@@ -442,7 +470,7 @@ class WriteTx(_Reads):
         heartbeat_at: int | None,
         now: int,
     ) -> int:
-        cursor = await self._conn.execute(
+        cursor = self._conn.execute(
             "INSERT INTO tasks (id, step_pk, name, status, status_details, error_details, error_stack,"
             " created_at, updated_at, heartbeat_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
@@ -461,7 +489,7 @@ class WriteTx(_Reads):
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    async def record_task_outcome(
+    def record_task_outcome(
         self,
         pk: int,
         *,
@@ -475,7 +503,7 @@ class WriteTx(_Reads):
         """One statement: the status changes only from `allowed_from`, details merge shallowly
         (json_patch on flat objects), errors and stack replace only when given. Never a heartbeat."""
         sources = [s.value for s in allowed_from]
-        await self._conn.execute(
+        self._conn.execute(
             f"UPDATE tasks SET status = CASE WHEN status IN ({','.join('?' * len(sources))}) THEN ?"
             " ELSE status END, status_details = json_patch(status_details, ?),"
             " error_details = COALESCE(?, error_details), error_stack = COALESCE(?, error_stack),"
@@ -483,7 +511,7 @@ class WriteTx(_Reads):
             (*sources, status.value, _dump(details), _dump(errors), stack, now, pk),
         )
 
-    async def update_task(
+    def update_task(
         self,
         pk: int,
         *,
@@ -494,7 +522,7 @@ class WriteTx(_Reads):
         heartbeat_at: int | None,
         now: int,
     ) -> None:
-        await self._conn.execute(
+        self._conn.execute(
             "UPDATE tasks SET status = ?, status_details = ?, error_details = ?, error_stack = ?,"
             " heartbeat_at = ?, updated_at = ? WHERE pk = ?",
             (
@@ -508,10 +536,10 @@ class WriteTx(_Reads):
             ),
         )
 
-    async def delete_job(self, pk: int) -> None:
-        await self._conn.execute("DELETE FROM jobs WHERE pk = ?", (pk,))
+    def delete_job(self, pk: int) -> None:
+        self._conn.execute("DELETE FROM jobs WHERE pk = ?", (pk,))
 
-    async def append_log_lines(
+    def append_log_lines(
         self,
         *,
         job_pk: int,
@@ -530,13 +558,13 @@ class WriteTx(_Reads):
         number of lines dropped is returned (and counted in log_stats)."""
         dropped = 0
         if lines:
-            await self._conn.executemany(
+            self._conn.executemany(
                 "INSERT INTO log_lines (job_pk, attempt_id, step_name, task_name, stream, ts, message)"
                 " VALUES (?,?,?,?,?,?,?)",
                 [(job_pk, attempt_id, step_name, task_name, stream, ts, msg) for ts, msg in lines],
             )
             added = sum(len(msg.encode("utf-8", "replace")) for _, msg in lines)
-            await self._conn.execute(
+            self._conn.execute(
                 "INSERT INTO log_stats (task_pk, job_pk, attempt_id, step_name, task_name, stored_lines,"
                 " stored_bytes) VALUES (?,?,?,?,?,?,?) ON CONFLICT (task_pk) DO UPDATE SET"
                 " stored_lines = stored_lines + excluded.stored_lines,"
@@ -544,25 +572,25 @@ class WriteTx(_Reads):
                 (task_pk, job_pk, attempt_id, step_name, task_name, len(lines), added),
             )
             if max_task_bytes > 0:
-                dropped = await self._trim_task_log(job_pk, step_name, task_pk, task_name, max_task_bytes)
-        await self._conn.execute(
+                dropped = self._trim_task_log(job_pk, step_name, task_pk, task_name, max_task_bytes)
+        self._conn.execute(
             "INSERT INTO log_offsets (task_pk, stream, offset) VALUES (?,?,?)"
             " ON CONFLICT (task_pk, stream) DO UPDATE SET offset = excluded.offset",
             (task_pk, stream, new_offset),
         )
         return dropped
 
-    async def _trim_task_log(
+    def _trim_task_log(
         self, job_pk: int, step_name: str, task_pk: int, task_name: str, max_bytes: int
     ) -> int:
-        row = await self._one("SELECT stored_bytes FROM log_stats WHERE task_pk = ?", (task_pk,))
+        row = self._one("SELECT stored_bytes FROM log_stats WHERE task_pk = ?", (task_pk,))
         excess = (row[0] if row else 0) - max_bytes
         if excess <= 0:
             return 0
         # Drop a little more than needed so trimming happens once per chunk, not once per line.
         # The cut-off is found by SQLite itself (a running sum), not by shipping rows to Python.
         target = excess + max_bytes // 10
-        cut = await self._one(
+        cut = self._one(
             "SELECT id, freed, n FROM (SELECT id, SUM(length(CAST(message AS BLOB))) OVER w AS freed,"
             " ROW_NUMBER() OVER w AS n FROM log_lines WHERE job_pk = ? AND step_name = ? AND task_name = ?"
             " WINDOW w AS (ORDER BY id)) WHERE freed >= ? ORDER BY id LIMIT 1",
@@ -571,11 +599,11 @@ class WriteTx(_Reads):
         if cut is None:
             return 0
         cutoff, freed, count = cut["id"], cut["freed"], cut["n"]
-        await self._conn.execute(
+        self._conn.execute(
             "DELETE FROM log_lines WHERE job_pk = ? AND step_name = ? AND task_name = ? AND id <= ?",
             (job_pk, step_name, task_name, cutoff),
         )
-        await self._conn.execute(
+        self._conn.execute(
             "UPDATE log_stats SET stored_lines = stored_lines - ?, stored_bytes = stored_bytes - ?,"
             " dropped_lines = dropped_lines + ? WHERE task_pk = ?",
             (count, freed, count, task_pk),
@@ -584,11 +612,9 @@ class WriteTx(_Reads):
 
     # ------------------------------------------------------------------------- secrets
 
-    async def insert_secret(
-        self, workspace: str, name: str, description: str | None, value: str, now: int
-    ) -> None:
+    def insert_secret(self, workspace: str, name: str, description: str | None, value: str, now: int) -> None:
         try:
-            await self._conn.execute(
+            self._conn.execute(
                 "INSERT INTO secrets (workspace, name, description, value, created_at, updated_at)"
                 " VALUES (?,?,?,?,?,?)",
                 (workspace, name, description, value, now, now),
@@ -596,22 +622,22 @@ class WriteTx(_Reads):
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"a secret named {name!r} already exists in workspace {workspace!r}") from exc
 
-    async def update_secret(self, pk: int, description: str | None, value: str, now: int) -> None:
-        await self._conn.execute(
+    def update_secret(self, pk: int, description: str | None, value: str, now: int) -> None:
+        self._conn.execute(
             "UPDATE secrets SET description = ?, value = ?, updated_at = ? WHERE pk = ?",
             (description, value, now, pk),
         )
 
-    async def delete_secret(self, pk: int) -> None:
-        await self._conn.execute("DELETE FROM secrets WHERE pk = ?", (pk,))
+    def delete_secret(self, pk: int) -> None:
+        self._conn.execute("DELETE FROM secrets WHERE pk = ?", (pk,))
 
     # ------------------------------------------------------------------------- results
 
-    async def insert_result(
+    def insert_result(
         self, *, id: str, job_pk: int, name: str, artifact_url: str, storage_type: str, now: int
     ) -> None:
         try:
-            await self._conn.execute(
+            self._conn.execute(
                 "INSERT INTO results (id, job_pk, name, artifact_url, artifact_storage_type, created_at,"
                 " updated_at) VALUES (?,?,?,?,?,?,?)",
                 (id, job_pk, name, artifact_url, storage_type, now, now),
@@ -620,51 +646,94 @@ class WriteTx(_Reads):
             raise AlreadyExists(f"a result named {name!r} already exists for this job") from exc
 
 
-class Repository(_Reads):
-    """Typed access to the store: reads on a reader connection, writes through `transaction()`."""
+class Repository:
+    """Typed access to the store: reads on a reader connection (aiosqlite), writes through
+    `write()` on the writer's own thread."""
 
-    def __init__(self, reader: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
-        super().__init__(reader)
+    def __init__(self, reader: aiosqlite.Connection, writer: WriterThread) -> None:
+        self._conn = reader
         self._writer = writer
-        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Repository:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = await _connect(path)
-            await _migrate(writer)
-            reader = await _connect(path)
+            writer = await WriterThread.open(path)
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open the database at {path}: {exc}") from exc
+        try:
+            await writer.call(_migrate)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            await _configure_reader(reader)
+        except (OSError, sqlite3.Error) as exc:
+            await writer.close()
+            raise StorageUnavailable(f"cannot open the database at {path}: {exc}") from exc
+        except BaseException:
+            await writer.close()
+            raise
         return cls(reader, writer)
 
     async def close(self) -> None:
         await self._conn.close()
         await self._writer.close()
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[WriteTx]:
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield WriteTx(self._writer)
-            except sqlite3.IntegrityError as exc:
-                await self._writer.rollback()
-                # e.g. a row whose job was deleted meanwhile (foreign key)
-                raise Gone(f"the record changed under this write: {exc}") from exc
-            except sqlite3.Error as exc:
-                await self._writer.rollback()
-                raise StorageUnavailable(f"write failed: {exc}") from exc
-            except BaseException:
-                await self._writer.rollback()
-                raise
-            else:
-                try:
-                    await self._writer.commit()
-                except sqlite3.Error as exc:
-                    await self._writer.rollback()
-                    raise StorageUnavailable(f"commit failed: {exc}") from exc
+    async def write[T](self, work: Callable[[WriteTx], T]) -> T:
+        """Run `work` in one `BEGIN IMMEDIATE` transaction on the writer's thread: committed when
+        it returns, rolled back when it raises. Whatever it reads is current and stays so until
+        the commit. It runs off the event loop, so it must only touch the store and its own data."""
+        return await self._writer.call(functools.partial(_transaction, work))
+
+    async def _run[T](self, query: _Query[T]) -> T:
+        return query.build(list(await self._conn.execute_fetchall(query.sql, query.args)))
+
+    # execute_fetchall runs the statement and fetches in one trip to aiosqlite's thread: each
+    # trip is a cross-thread hand-off, and they dominate the cost of small queries.
+    async def _one(self, sql: str, args: Sequence[Any]) -> sqlite3.Row | None:
+        rows = await self._conn.execute_fetchall(sql, args)
+        for row in rows:
+            return row
+        return None
+
+    async def _all(self, sql: str, args: Sequence[Any]) -> list[sqlite3.Row]:
+        return list(await self._conn.execute_fetchall(sql, args))
+
+    async def get_job(self, workspace: str, name: str) -> JobRecord | None:
+        return await self._run(_job_named(workspace, name))
+
+    async def get_job_by_pk(self, pk: int) -> JobRecord | None:
+        return await self._run(_job_by_pk(pk))
+
+    async def get_step(self, workspace: str, job_name: str, step_name: str) -> StepRecord | None:
+        return await self._run(_step_named(workspace, job_name, step_name))
+
+    async def get_step_by_pk(self, pk: int) -> StepRecord | None:
+        return await self._run(_step_by_pk(pk))
+
+    async def steps_of_job(self, job_pk: int) -> list[StepRecord]:
+        return await self._run(_steps_of_job(job_pk))
+
+    async def tasks_of_step(self, step_pk: int) -> list[TaskRecord]:
+        return await self._run(_tasks_of_step(step_pk))
+
+    async def tasks_of_steps(self, step_pks: Iterable[int]) -> dict[int, list[TaskRecord]]:
+        keys = list(step_pks)
+        result: dict[int, list[TaskRecord]] = {pk: [] for pk in keys}
+        if keys:
+            rows = await self._all(
+                f"{_TASK_SELECT} WHERE t.step_pk IN ({','.join('?' * len(keys))}) ORDER BY t.pk", keys
+            )
+            for row in rows:
+                result[row["step_pk"]].append(_task(row))
+        return result
+
+    async def get_task(self, step_pk: int, name: str) -> TaskRecord | None:
+        return await self._run(_task_named(step_pk, name))
+
+    async def get_secret(self, workspace: str, name: str) -> SecretRecord | None:
+        return await self._run(_secret_named(workspace, name))
+
+    async def get_result(self, job_pk: int, name: str) -> ResultRecord | None:
+        return await self._run(_result_named(job_pk, name))
 
     # ----------------------------------------------------------------------------- lists
 
@@ -866,20 +935,31 @@ class Repository(_Reads):
         return [_log(r) for r in reversed(rows)]
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)
+def _transaction[T](work: Callable[[WriteTx], T], conn: sqlite3.Connection) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(WriteTx(conn))
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.IntegrityError):
+            # e.g. a row whose job was deleted meanwhile (foreign key)
+            raise Gone(f"the record changed under this write: {exc}") from exc
+        if isinstance(exc, sqlite3.Error):
+            raise StorageUnavailable(f"write failed: {exc}") from exc
+        raise
+    return result
+
+
+async def _configure_reader(conn: aiosqlite.Connection) -> None:
     conn.row_factory = sqlite3.Row
-    await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-    await conn.execute("PRAGMA journal_mode = WAL")
-    # NORMAL in WAL mode is durable across process crashes; only an OS crash can drop the last commits.
-    await conn.execute("PRAGMA synchronous = NORMAL")
+    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     await conn.execute("PRAGMA foreign_keys = ON")
-    return conn
 
 
-async def _migrate(conn: aiosqlite.Connection) -> None:
-    async with conn.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
+def _migrate(conn: sqlite3.Connection) -> None:
+    row = conn.execute("PRAGMA user_version").fetchone()
     version = row[0] if row else 0
     if version > len(MIGRATIONS):
         raise StorageUnavailable(
@@ -887,4 +967,4 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
         )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         # executescript commits on its own; the version bump is part of the same script.
-        await conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner.models import CreateJobRequest, JobStatus, StepFilter, StepSort, new_entity_id
-from storage import AlreadyExists, Repository
+from storage import AlreadyExists, Repository, WriteTx
 from storage.schema import MIGRATIONS
 
 
@@ -29,28 +29,31 @@ def _request(name: str, source: str, steps: int) -> CreateJobRequest:
     )
 
 
-async def _add_job(store: Repository, workspace: str, name: str, source: str, steps: int, now: int) -> None:
+def _insert_job(tx: WriteTx, workspace: str, name: str, source: str, steps: int, now: int) -> None:
     request = _request(name, source, steps)
-    async with store.transaction() as tx:
-        job = await tx.insert_job(
-            id=new_entity_id("platform-job"),
-            workspace=workspace,
-            name=name,
-            project=None,
-            description=None,
-            source=source,
-            spec={},
-            platform_spec=request.platform_spec,
-            fileset=f"job-fileset-{name}",
-            output_location=None,
-            ownership=None,
-            custom_fields=None,
-            auth_context=None,
-            attempt_id=new_entity_id("platform-job-attempt"),
-            now=now,
-        )
-        for index in range(steps):
-            await tx.insert_step(job, index, new_entity_id("platform-job-step"), now + index)
+    job = tx.insert_job(
+        id=new_entity_id("platform-job"),
+        workspace=workspace,
+        name=name,
+        project=None,
+        description=None,
+        source=source,
+        spec={},
+        platform_spec=request.platform_spec,
+        fileset=f"job-fileset-{name}",
+        output_location=None,
+        ownership=None,
+        custom_fields=None,
+        auth_context=None,
+        attempt_id=new_entity_id("platform-job-attempt"),
+        now=now,
+    )
+    for index in range(steps):
+        tx.insert_step(job, index, new_entity_id("platform-job-step"), now + index)
+
+
+async def _add_job(store: Repository, workspace: str, name: str, source: str, steps: int, now: int) -> None:
+    await store.write(lambda tx: _insert_job(tx, workspace, name, source, steps, now))
 
 
 async def test_migrations_are_recorded_and_reopening_is_a_no_op(tmp_path: Path) -> None:
@@ -70,8 +73,20 @@ async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> Non
         await _add_job(store, "ws", "first", "src", 1, 1_000)
         with pytest.raises(AlreadyExists):
             await _add_job(store, "ws", "first", "src", 1, 2_000)
+
+        def two_jobs_then_a_failure(tx: WriteTx) -> None:
+            _insert_job(tx, "ws", "second", "src", 2, 3_000)
+            _insert_job(tx, "ws", "third", "src", 1, 4_000)
+            raise RuntimeError("the work fails after its writes")
+
+        with pytest.raises(RuntimeError):
+            await store.write(two_jobs_then_a_failure)
         page = await store.list_steps(StepFilter(workspace="ws"), StepSort.CREATED_AT, 1, 10)
         assert page.total == 1 and len(page.items) == 1
+        assert await store.get_job("ws", "second") is None
+        # The writer is still usable after a rollback.
+        await _add_job(store, "ws", "fourth", "src", 1, 5_000)
+        assert await store.get_job("ws", "fourth") is not None
     finally:
         await store.close()
 
@@ -87,9 +102,10 @@ async def test_step_counters_match_the_rows_under_every_filter(tmp_path: Path) -
             [JobStatus.ACTIVE, JobStatus.ERROR, JobStatus.COMPLETED, JobStatus.CANCELLED]
         )
         everything = await store.list_steps(StepFilter(), StepSort.CREATED_AT, 1, 1000)
-        async with store.transaction() as tx:
+
+        def move_and_delete(tx: WriteTx) -> None:
             for step in everything.items[::2]:
-                await tx.update_step_state(
+                tx.update_step_state(
                     step.pk,
                     status=next(statuses),
                     status_details={},
@@ -97,9 +113,11 @@ async def test_step_counters_match_the_rows_under_every_filter(tmp_path: Path) -
                     active_since=None,
                     now=now + 999,
                 )
-            doomed = await tx.get_job("ws0", "job-4")
+            doomed = tx.get_job("ws0", "job-4")
             assert doomed is not None
-            await tx.delete_job(doomed.pk)
+            tx.delete_job(doomed.pk)
+
+        await store.write(move_and_delete)
         with sqlite3.connect(tmp_path / "localjobs.db") as conn:
             rows = conn.execute("SELECT workspace, job_name, job_source, status FROM steps").fetchall()
         filters = [
