@@ -662,7 +662,7 @@ class Repository:
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open the database at {path}: {exc}") from exc
         try:
-            await writer.call(_migrate)
+            await writer.call(_migrate, in_transaction=False)
             reader = await aiosqlite.connect(path, isolation_level=None)
             await _configure_reader(reader)
         except (OSError, sqlite3.Error) as exc:
@@ -678,10 +678,14 @@ class Repository:
         await self._writer.close()
 
     async def write[T](self, work: Callable[[WriteTx], T]) -> T:
-        """Run `work` in one `BEGIN IMMEDIATE` transaction on the writer's thread: committed when
-        it returns, rolled back when it raises. Whatever it reads is current and stays so until
-        the commit. It runs off the event loop, so it must only touch the store and its own data."""
-        return await self._writer.call(functools.partial(_transaction, work))
+        """Run `work` in a `BEGIN IMMEDIATE` transaction on the writer's thread (possibly along
+        with other callers' work, each in a savepoint of its own): its writes are committed when
+        it returns, undone when it raises. Whatever it reads is current and stays so until the
+        commit. It runs off the event loop, so it must only touch the store and its own data."""
+        try:
+            return await self._writer.call(functools.partial(_unit_of_work, work))
+        except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT
+            raise StorageUnavailable(f"write failed: {exc}") from exc
 
     async def _run[T](self, query: _Query[T]) -> T:
         return query.build(list(await self._conn.execute_fetchall(query.sql, query.args)))
@@ -935,21 +939,14 @@ class Repository:
         return [_log(r) for r in reversed(rows)]
 
 
-def _transaction[T](work: Callable[[WriteTx], T], conn: sqlite3.Connection) -> T:
-    conn.execute("BEGIN IMMEDIATE")
+def _unit_of_work[T](work: Callable[[WriteTx], T], conn: sqlite3.Connection) -> T:
     try:
-        result = work(WriteTx(conn))
-        conn.execute("COMMIT")
-    except BaseException as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.IntegrityError):
-            # e.g. a row whose job was deleted meanwhile (foreign key)
-            raise Gone(f"the record changed under this write: {exc}") from exc
-        if isinstance(exc, sqlite3.Error):
-            raise StorageUnavailable(f"write failed: {exc}") from exc
-        raise
-    return result
+        return work(WriteTx(conn))
+    except sqlite3.IntegrityError as exc:
+        # e.g. a row whose job was deleted meanwhile (foreign key)
+        raise Gone(f"the record changed under this write: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"write failed: {exc}") from exc
 
 
 async def _configure_reader(conn: aiosqlite.Connection) -> None:

@@ -1,4 +1,5 @@
-"""The one write connection: a thread of its own that runs each transaction whole.
+"""The one write connection: a thread of its own that runs each transaction whole, and commits
+the transactions that queued up meanwhile together.
 
 Reads go through aiosqlite, which sends every statement to its connection's thread separately.
 For writes that cost too much: a status change is a read-modify-write of ~7 statements, i.e. ~7
@@ -6,22 +7,34 @@ hand-offs between threads, each waiting for the event loop and the GIL, and writ
 (one writer). Measured under load (1,000 jobs submitted 16 at a time): the write lock was held
 ~100% of the time, ~1.9 ms per transaction, which capped throughput. aiosqlite has no public way
 to run a function on its thread (omnilib/aiosqlite#19), so the writer is this small owner of a
-`sqlite3.Connection`: a transaction is a plain function, run on this thread in one hand-off.
+`sqlite3.Connection`: a unit of work is a plain function, run on this thread in one hand-off.
+
+Group commit: the units that queued while the previous commit ran share one transaction, each in
+a savepoint of its own, so a failing unit undoes only its own writes. A caller hears back only
+after the commit that holds its writes; when that commit fails, every unit in it fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+# Units per commit at most: a bound on how long the first caller of a batch waits for the last.
+_MAX_BATCH = 64
 
 
 def configure(conn: sqlite3.Connection) -> None:
-    """Settings shared by every connection of the daemon."""
+    """Settings of the write connection (the reader is configured alike)."""
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
@@ -30,40 +43,176 @@ def configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: transactions are begun and ended explicitly, never implicitly.
-    # check_same_thread stays on: a use from any other thread than the writer's is a bug.
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        configure(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+@dataclass
+class _Unit:
+    work: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    in_transaction: bool
+    outcome: tuple[bool, Any] | None = None  # (succeeded, result or exception); None: not run
+
+
+class _TransactionLost(Exception):
+    """A failed unit could not be undone alone: the whole batch was rolled back."""
+
+
+_STOP = object()
 
 
 class WriterThread:
-    """Runs functions of the write connection on one dedicated thread, first come first served."""
+    """Runs units of work on the write connection, on one dedicated thread, in arrival order."""
 
-    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
-        self._executor = executor
-        self._conn = conn
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue[_Unit | object] = queue.SimpleQueue()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        # A daemon thread: if the event loop dies without close(), it must not hold the process.
+        self._thread = threading.Thread(target=self._serve, name="localjobs-writer", daemon=True)
 
     @classmethod
     async def open(cls, path: Path) -> WriterThread:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localjobs-writer")
+        writer = cls(path)
+        writer._thread.start()
         try:
-            conn = await asyncio.get_running_loop().run_in_executor(executor, connect, path)
+            await writer.call(lambda conn: None, in_transaction=False)  # opens the connection
         except BaseException:
-            executor.shutdown(wait=False)
+            await writer.close()
             raise
-        return cls(executor, conn)
+        return writer
 
-    async def call[T](self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work(connection)` on the writer's thread. Bounded: every statement waits at most
+    async def call[T](self, work: Callable[[sqlite3.Connection], T], *, in_transaction: bool = True) -> T:
+        """Run `work(connection)` on the writer's thread, inside the current batch's transaction
+        (or alone and outside any, for migrations). Bounded: every statement waits at most
         busy_timeout for a lock. A cancelled caller does not undo work that already started."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work, self._conn)
+        if self._closed:
+            raise sqlite3.OperationalError("the database writer is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Unit(work, future, in_transaction))
+        return await future
 
     async def close(self) -> None:
-        await self.call(sqlite3.Connection.close)
-        self._executor.shutdown(wait=False)  # its queue is empty: the thread ends on its own
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        # The thread finishes what is queued, closes the connection and ends: a short wait.
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30.0)
+
+    # ----------------------------------------------------------------- the writer's thread
+
+    def _serve(self) -> None:
+        try:
+            stop = False
+            while not stop:
+                batch: list[_Unit] = []
+                item = self._queue.get()
+                while item is not _STOP:
+                    assert isinstance(item, _Unit)
+                    batch.append(item)
+                    if len(batch) >= _MAX_BATCH:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                stop = item is _STOP
+                if batch:
+                    self._run_batch(batch)
+                    _deliver(batch)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            # isolation_level=None: transactions are begun and ended explicitly, never implicitly.
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                configure(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _run_batch(self, units: list[_Unit]) -> None:
+        try:
+            conn = self._connection()
+        except BaseException as exc:
+            for unit in units:
+                unit.outcome = (False, exc)
+            return
+        together: list[_Unit] = []
+        for unit in units:
+            if unit.in_transaction:
+                together.append(unit)
+                continue
+            _commit(conn, together)
+            together = []
+            try:
+                unit.outcome = (True, unit.work(conn))
+            except BaseException as exc:
+                unit.outcome = (False, exc)
+        _commit(conn, together)
+
+
+def _commit(conn: sqlite3.Connection, units: list[_Unit]) -> None:
+    """Run the units in one transaction, each in a savepoint; commit what succeeded."""
+    if not units:
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for unit in units:
+            _run_in_savepoint(conn, unit)
+        conn.execute("COMMIT")
+    except (sqlite3.Error, _TransactionLost) as exc:
+        failure = exc.__cause__ if isinstance(exc, _TransactionLost) else exc
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed")
+        for unit in units:
+            if unit.outcome is None or unit.outcome[0]:
+                unit.outcome = (False, failure)  # its writes were not kept
+
+
+def _run_in_savepoint(conn: sqlite3.Connection, unit: _Unit) -> None:
+    conn.execute("SAVEPOINT unit")
+    try:
+        result = unit.work(conn)
+    except BaseException as exc:
+        unit.outcome = (False, exc)
+        try:
+            conn.execute("ROLLBACK TO unit")
+            conn.execute("RELEASE unit")
+        except sqlite3.Error as undo_failure:
+            raise _TransactionLost() from undo_failure
+        return
+    conn.execute("RELEASE unit")
+    unit.outcome = (True, result)
+
+
+def _deliver(units: list[_Unit]) -> None:
+    """Hand the outcomes to their event loops: one wake-up per loop per batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Unit]] = {}
+    for unit in units:
+        by_loop.setdefault(unit.future.get_loop(), []).append(unit)
+    for loop, mine in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, mine)
+        except RuntimeError:
+            pass  # that loop is closed: nobody is waiting any more
+
+
+def _settle(units: list[_Unit]) -> None:
+    for unit in units:
+        if unit.future.done():
+            continue  # its caller was cancelled
+        assert unit.outcome is not None
+        succeeded, value = unit.outcome
+        if succeeded:
+            unit.future.set_result(value)
+        else:
+            unit.future.set_exception(value)

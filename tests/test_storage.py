@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
-from runner.models import CreateJobRequest, JobStatus, StepFilter, StepSort, new_entity_id
-from storage import AlreadyExists, Repository, WriteTx
+from runner.models import (
+    CreateJobRequest,
+    JobFilter,
+    JobSort,
+    JobStatus,
+    StepFilter,
+    StepSort,
+    new_entity_id,
+)
+from storage import AlreadyExists, Repository, StorageUnavailable, WriteTx
 from storage.schema import MIGRATIONS
 
 
@@ -89,6 +99,49 @@ async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> Non
         assert await store.get_job("ws", "fourth") is not None
     finally:
         await store.close()
+
+
+async def test_writes_committed_together_still_fail_alone(tmp_path: Path) -> None:
+    """Writes queued while the writer is busy share one commit; a failing one undoes only itself."""
+    store = await Repository.open(tmp_path / "localjobs.db")
+    try:
+        gate = threading.Event()
+        busy = asyncio.ensure_future(store.write(lambda tx: gate.wait(10)))
+        await asyncio.sleep(0.05)  # the writer is now inside `busy`: what follows queues up
+
+        def half_then_a_failure(tx: WriteTx) -> None:
+            _insert_job(tx, "ws", "doomed", "src", 2, 3_000)
+            raise RuntimeError("fails after its writes")
+
+        queued = [
+            asyncio.ensure_future(_add_job(store, "ws", "job-a", "src", 1, 1_000)),
+            asyncio.ensure_future(store.write(half_then_a_failure)),
+            asyncio.ensure_future(_add_job(store, "ws", "job-a", "src", 1, 1_500)),  # duplicate name
+            asyncio.ensure_future(_add_job(store, "ws", "job-b", "src", 2, 2_000)),
+        ]
+        await asyncio.sleep(0.05)
+        gate.set()
+        outcomes = await asyncio.gather(busy, *queued, return_exceptions=True)
+        assert outcomes[0] is True
+        assert outcomes[1] is None and outcomes[4] is None
+        assert isinstance(outcomes[2], RuntimeError)
+        assert isinstance(outcomes[3], AlreadyExists)
+        names = {
+            job.name
+            for job in (await store.list_jobs(JobFilter(workspace="ws"), JobSort.CREATED_AT, 1, 10)).items
+        }
+        assert names == {"job-a", "job-b"}
+        steps = await store.list_steps(StepFilter(workspace="ws"), StepSort.CREATED_AT, 1, 10)
+        assert steps.total == 3 and len(steps.items) == 3
+    finally:
+        await store.close()
+
+
+async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
+    store = await Repository.open(tmp_path / "localjobs.db")
+    await store.close()
+    with pytest.raises(StorageUnavailable):
+        await _add_job(store, "ws", "late", "src", 1, 1_000)
 
 
 async def test_step_counters_match_the_rows_under_every_filter(tmp_path: Path) -> None:
