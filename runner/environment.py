@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,23 +12,26 @@ from runner.models import StepRecord
 from runner.secrets import split_reference
 
 
+def _attempt_dir(work_root: Path, workspace: str, job_name: str, attempt_id: str) -> str:
+    return f"{work_root}/{workspace}/{job_name}/{attempt_id}"
+
+
 def job_storage_dir(work_root: Path, workspace: str, job_name: str, attempt_id: str) -> Path:
     """The job's fileset folder: persistent storage shared by its steps, where results live."""
-    return work_root / workspace / job_name / attempt_id / "job-storage"
+    return Path(_attempt_dir(work_root, workspace, job_name, attempt_id), "job-storage")
 
 
 def task_paths(work_root: Path, step: StepRecord, task_name: str) -> TaskPaths:
-    return TaskPaths(
-        work_dir=work_root / step.workspace / step.job_name / step.attempt_id / step.name / task_name,
-        persistent_dir=job_storage_dir(work_root, step.workspace, step.job_name, step.attempt_id),
-    )
+    attempt_dir = _attempt_dir(work_root, step.workspace, step.job_name, step.attempt_id)
+    return TaskPaths.under(f"{attempt_dir}/{step.name}/{task_name}", f"{attempt_dir}/job-storage")
 
 
 def prepare_task_folders(paths: TaskPaths, config: dict[str, object]) -> None:
-    paths.scratch_dir.mkdir(parents=True, exist_ok=True)
-    paths.config_dir.mkdir(parents=True, exist_ok=True)
-    paths.persistent_dir.mkdir(parents=True, exist_ok=True)
-    paths.config_file.write_text(json.dumps(config))
+    os.makedirs(paths.scratch_dir, exist_ok=True)
+    os.makedirs(paths.config_dir, exist_ok=True)
+    os.makedirs(paths.persistent_dir, exist_ok=True)
+    with open(paths.config_file, "w") as f:
+        f.write(json.dumps(config))
 
 
 def task_environment(

@@ -13,7 +13,6 @@ import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from runner.clock import Clock
 from runner.executors.base import TaskPaths
@@ -38,7 +37,7 @@ class OutputTarget:
 
 
 class _Stream:
-    def __init__(self, name: str, path: Path, offset: int) -> None:
+    def __init__(self, name: str, path: str, offset: int) -> None:
         self.name = name
         self.path = path
         self.offset = offset  # bytes consumed up to the end of the last stored line

@@ -283,7 +283,7 @@ class Scheduler:
 
     async def _mark_active(self, step: StepRecord, tasks: list[_TaskRef], workload: Workload) -> None:
         now = self._clock.now_us()
-        details = {"message": "Running", **workload.details, "work_dir": str(tasks[0].paths.work_dir)}
+        details = {"message": "Running", **workload.details, "work_dir": tasks[0].paths.work_dir}
         handle = _handle(workload, tasks)
 
         def record_active(tx: WriteTx) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from runner.models import StepRecord
@@ -14,37 +13,36 @@ class ExecutorError(Exception):
     """A workload could not be started or controlled; the message is shown to the user."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskPaths:
     """Where one task's files live on the host. Output goes to files, not pipes, so it survives
-    a daemon crash and a restarted daemon can read on from where it stopped."""
+    a daemon crash and a restarted daemon can read on from where it stopped.
 
-    work_dir: Path
-    persistent_dir: Path
+    Plain strings, joined once: on the start path of every step, pathlib's joins and str()
+    conversions cost as much as the rest of its bookkeeping (measured with py-spy)."""
 
-    @property
-    def scratch_dir(self) -> Path:
-        return self.work_dir / "scratch"
+    work_dir: str
+    persistent_dir: str
+    scratch_dir: str
+    config_dir: str
+    config_file: str
+    stdout_file: str
+    stderr_file: str
+    exit_file: str
 
-    @property
-    def config_dir(self) -> Path:
-        return self.work_dir / "config"
-
-    @property
-    def config_file(self) -> Path:
-        return self.config_dir / "job_step_config.json"
-
-    @property
-    def stdout_file(self) -> Path:
-        return self.work_dir / "stdout.log"
-
-    @property
-    def stderr_file(self) -> Path:
-        return self.work_dir / "stderr.log"
-
-    @property
-    def exit_file(self) -> Path:
-        return self.work_dir / "exit_code"
+    @classmethod
+    def under(cls, work_dir: str, persistent_dir: str) -> TaskPaths:
+        config_dir = f"{work_dir}/config"
+        return cls(
+            work_dir=work_dir,
+            persistent_dir=persistent_dir,
+            scratch_dir=f"{work_dir}/scratch",
+            config_dir=config_dir,
+            config_file=f"{config_dir}/job_step_config.json",
+            stdout_file=f"{work_dir}/stdout.log",
+            stderr_file=f"{work_dir}/stderr.log",
+            exit_file=f"{work_dir}/exit_code",
+        )
 
 
 @dataclass(frozen=True)

@@ -291,7 +291,7 @@ class DockerExecutor:
             "Init": True,  # SIGTERM reaches the workload; zombies are reaped
             # Mounts, not Binds: a host path may contain ':' (workspace names allow it).
             "Mounts": [
-                {"Type": "bind", "Source": str(source), "Target": f"{MOUNT_ROOT}/{target}"}
+                {"Type": "bind", "Source": source, "Target": f"{MOUNT_ROOT}/{target}"}
                 for source, target in (
                     (paths.scratch_dir, "task"),
                     (paths.config_dir, "config"),

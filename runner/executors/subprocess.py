@@ -40,9 +40,10 @@ def _boot_id() -> str:
 BOOT_ID = _boot_id()
 
 
-def read_exit_file(path: Path) -> ExitStatus | None:
+def read_exit_file(path: str) -> ExitStatus | None:
     try:
-        text = path.read_text().strip()
+        with open(path) as f:
+            text = f.read().strip()
     except OSError:
         return None
     if not text.lstrip("-").isdigit():
@@ -64,7 +65,7 @@ def _start_ticks(pid: int) -> int | None:
 
 
 class SubprocessWorkload:
-    def __init__(self, pid: int, start_ticks: int | None, exit_file: Path, is_child: bool):
+    def __init__(self, pid: int, start_ticks: int | None, exit_file: str, is_child: bool):
         self._pid = pid
         self._start_ticks = start_ticks
         self._exit_file = exit_file
@@ -185,10 +186,10 @@ class SubprocessExecutor:
 
     def visible_paths(self, paths: TaskPaths) -> VisiblePaths:
         return VisiblePaths(
-            scratch_dir=str(paths.scratch_dir),
-            config_dir=str(paths.config_dir),
-            config_file=str(paths.config_file),
-            persistent_dir=str(paths.persistent_dir),
+            scratch_dir=paths.scratch_dir,
+            config_dir=paths.config_dir,
+            config_file=paths.config_file,
+            persistent_dir=paths.persistent_dir,
         )
 
     def callback_url(self, base_url: str) -> str:
@@ -203,8 +204,8 @@ class SubprocessExecutor:
             "-c",
             _WRAPPER,
             self._marker + task.task_name,
-            str(paths.exit_file),
-            str(paths.work_dir),
+            paths.exit_file,
+            paths.work_dir,
             *argv,
         ]
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
@@ -217,8 +218,8 @@ class SubprocessExecutor:
                 task.env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, str(paths.stdout_file), flags, 0o644),
-                    (os.POSIX_SPAWN_OPEN, 2, str(paths.stderr_file), flags, 0o644),
+                    (os.POSIX_SPAWN_OPEN, 1, paths.stdout_file, flags, 0o644),
+                    (os.POSIX_SPAWN_OPEN, 2, paths.stderr_file, flags, 0o644),
                 ],
                 setsid=True,
                 # Python ignores SIGPIPE; a workload must get the default action back (as
@@ -241,7 +242,7 @@ class SubprocessExecutor:
             if started is not None and started == handle.get("start_ticks"):
                 return SubprocessWorkload(pid, started, paths.exit_file, is_child=False)
         else:
-            found = self.task_processes().get(paths.work_dir.name)
+            found = self.task_processes().get(os.path.basename(paths.work_dir))
             if found is not None:
                 return SubprocessWorkload(found.pid, _start_ticks(found.pid), paths.exit_file, is_child=False)
         return read_exit_file(paths.exit_file)
