@@ -41,6 +41,9 @@ def configure(conn: sqlite3.Connection) -> None:
     # NORMAL in WAL mode is durable across process crashes; only an OS crash can drop the last commits.
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Savepoints keep the pages they change in a sub-journal: in memory, not in a temp file
+    # (measured: ~150 pwrite calls per job to that file otherwise).
+    conn.execute("PRAGMA temp_store = MEMORY")
 
 
 @dataclass
