@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 
 from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskPaths, VisiblePaths
+from runner.executors.spawn import spawn_in_new_session
 from runner.models import StepRecord
 
 # $0 is a marker naming the task (visible in `ps`, used to find orphans); $1 the exit-status file;
@@ -208,24 +209,19 @@ class SubprocessExecutor:
             paths.work_dir,
             *argv,
         ]
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         # posix_spawn, not asyncio's subprocess: nothing ties the child's life to this event
         # loop, so a step can outlive the daemon (to be adopted by the next start) when asked to.
+        # Python ignores SIGPIPE; a workload gets the default action back (as subprocess's
+        # restore_signals does), or `yes | head` would end in an EPIPE error.
         try:
-            pid = os.posix_spawn(  # noqa: ASYNC221 - returns once the child exists (vfork semantics)
+            pid = spawn_in_new_session(
                 "/bin/sh",
                 wrapped,
                 task.env,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, paths.stdout_file, flags, 0o644),
-                    (os.POSIX_SPAWN_OPEN, 2, paths.stderr_file, flags, 0o644),
-                ],
-                setsid=True,
-                # Python ignores SIGPIPE; a workload must get the default action back (as
-                # subprocess's restore_signals does), or `yes | head` ends in an EPIPE error.
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                setsigmask=(),
+                stdin=os.devnull,
+                stdout=paths.stdout_file,
+                stderr=paths.stderr_file,
+                output_flags=os.O_WRONLY | os.O_CREAT | os.O_APPEND,
             )
         except OSError as exc:
             raise ExecutorError(f"Failed to start subprocess: {exc}") from exc
