@@ -27,11 +27,26 @@ def task_paths(work_root: Path, step: StepRecord, task_name: str) -> TaskPaths:
 
 
 def prepare_task_folders(paths: TaskPaths, config: dict[str, object]) -> None:
-    os.makedirs(paths.scratch_dir, exist_ok=True)
-    os.makedirs(paths.config_dir, exist_ok=True)
-    os.makedirs(paths.persistent_dir, exist_ok=True)
-    with open(paths.config_file, "w") as f:
-        f.write(json.dumps(config))
+    """The task's folders and config file, in few system calls: the task folder is new on every
+    start (its parents usually are too), so mkdir is tried first and makedirs only when needed."""
+    try:
+        os.mkdir(paths.work_dir)
+    except FileNotFoundError:
+        os.makedirs(paths.work_dir)
+    except FileExistsError:
+        pass
+    for folder in (paths.scratch_dir, paths.config_dir, paths.persistent_dir):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
+    fd = os.open(paths.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        data = memoryview(json.dumps(config).encode())
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
 
 
 def task_environment(

@@ -7,6 +7,7 @@ and `web` may all depend on it.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,7 +137,7 @@ def new_task_name() -> str:
 
 def now_us() -> int:
     """Wall-clock time in integer microseconds since the epoch: how every timestamp is stored."""
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
+    return time.time_ns() // 1000
 
 
 def datetime_to_us(value: datetime) -> int:

@@ -41,12 +41,23 @@ def _boot_id() -> str:
 BOOT_ID = _boot_id()
 
 
-def read_exit_file(path: str) -> ExitStatus | None:
+def _read_small_file(path: str) -> bytes | None:
+    # os-level calls: this runs for every task, and Python's file objects cost more than the read.
     try:
-        with open(path) as f:
-            text = f.read().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_exit_file(path: str) -> ExitStatus | None:
+    data = _read_small_file(path)
+    text = data.decode("ascii", "replace").strip() if data is not None else ""
     if not text.lstrip("-").isdigit():
         return None
     return ExitStatus.from_exit_code(int(text))
@@ -55,10 +66,8 @@ def read_exit_file(path: str) -> ExitStatus | None:
 def _start_ticks(pid: int) -> int | None:
     """When the process started, in clock ticks since boot (/proc/PID/stat field 22): with the
     pid and the boot id, an identity that a reused pid cannot fake."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+    stat = _read_small_file(f"/proc/{pid}/stat")
+    if not stat:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its closing one.
     fields = stat[stat.rindex(b")") + 2 :].split()
@@ -66,13 +75,22 @@ def _start_ticks(pid: int) -> int | None:
 
 
 class SubprocessWorkload:
+    """A task's wrapper process, watched through a pidfd (no polling, works for non-children)."""
+
     def __init__(self, pid: int, start_ticks: int | None, exit_file: str, is_child: bool):
         self._pid = pid
         self._start_ticks = start_ticks
         self._exit_file = exit_file
         self._is_child = is_child
-        self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
-        self._watcher = asyncio.create_task(self._watch(), name=f"subprocess-watch-{pid}")
+        self._loop = asyncio.get_running_loop()
+        self._exit: asyncio.Future[ExitStatus] = self._loop.create_future()
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:  # already gone (and reaped by someone else)
+            self._pidfd = None
+            self._loop.call_soon(self._on_exit)
+        else:
+            self._loop.add_reader(self._pidfd, self._on_exit)
 
     @property
     def handle(self) -> dict[str, Any]:
@@ -82,31 +100,36 @@ class SubprocessWorkload:
     def details(self) -> dict[str, Any]:
         return {"pid": self._pid, "pgid": self._pid}
 
-    async def _watch(self) -> None:
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _on_exit(self) -> None:
+        self._close_pidfd()
+        if self._exit.done():
+            return
         try:
-            await _wait_for_exit(self._pid)
-            returncode = None
-            if self._is_child:
-                # Already dead (the pidfd said so): this reaps it without blocking.
-                with contextlib.suppress(ChildProcessError):
-                    returncode = os.waitstatus_to_exitcode(os.waitpid(self._pid, 0)[1])  # noqa: ASYNC222
-            status = read_exit_file(self._exit_file)
-            if status is None:
-                # The wrapper itself was killed (SIGKILL to the group): the workload went with it.
-                if returncode is not None and returncode < 0:
-                    status = ExitStatus(exit_code=None, signal=-returncode)
-                elif returncode is not None:
-                    status = ExitStatus(exit_code=returncode)
-                else:
-                    status = ExitStatus(exit_code=None, reason="exit status lost (the process was killed)")
-            self._exit.set_result(status)
-        except asyncio.CancelledError:
-            self._exit.cancel()  # the daemon is stopping and leaves the workload running
-            raise
+            self._exit.set_result(self._exit_status())
         except Exception as exc:
-            if not self._exit.done():
-                self._exit.set_exception(exc)
-            raise
+            self._exit.set_exception(exc)
+
+    def _exit_status(self) -> ExitStatus:
+        returncode = None
+        if self._is_child:
+            # Already dead (the pidfd said so): this reaps it without blocking.
+            with contextlib.suppress(ChildProcessError):
+                returncode = os.waitstatus_to_exitcode(os.waitpid(self._pid, 0)[1])
+        status = read_exit_file(self._exit_file)
+        if status is not None:
+            return status
+        # The wrapper itself was killed (SIGKILL to the group): the workload went with it.
+        if returncode is not None and returncode < 0:
+            return ExitStatus(exit_code=None, signal=-returncode)
+        if returncode is not None:
+            return ExitStatus(exit_code=returncode)
+        return ExitStatus(exit_code=None, reason="exit status lost (the process was killed)")
 
     async def wait(self) -> ExitStatus:
         return await asyncio.shield(self._exit)
@@ -144,28 +167,7 @@ class SubprocessWorkload:
         self._signal_group(signal.SIGCONT)
 
     async def release(self) -> None:
-        return None
-
-
-async def _wait_for_exit(pid: int) -> None:
-    """Wait for a process that is not our child (adopted after a restart), without polling."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def on_exit() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    loop.add_reader(fd, on_exit)
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+        self._close_pidfd()
 
 
 class SubprocessExecutor:
