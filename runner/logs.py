@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,12 +46,16 @@ class _Stream:
 
     def read_lines(self, final: bool) -> tuple[list[bytes], int]:
         """Complete lines available after `offset`, and the offset just past them."""
+        # os-level calls: this runs at least twice per task, and Python's file objects cost more
+        # than the read itself for the usual few bytes.
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset + len(self.pending))
-                data = f.read(_CHUNK)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return [], self.offset
+        try:
+            data = os.pread(fd, _CHUNK, self.offset + len(self.pending))
+        finally:
+            os.close(fd)
         buffer = self.pending + data
         lines: list[bytes] = []
         start = 0
@@ -105,23 +110,31 @@ class OutputCollector:
         self._stopped = asyncio.Event()
         self._gone = False
         self._task: asyncio.Task[None] | None = None
+        self._first_poll: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"logs-{self._target.task_name}")
+        # The polling task begins with the first poll: most short tasks end before it is due,
+        # and then finish() alone stores their output.
+        self._first_poll = asyncio.get_running_loop().call_later(_POLL_MIN_S, self._begin_polling)
+
+    def _begin_polling(self) -> None:
+        self._first_poll = None
+        if not self._stopped.is_set():
+            self._task = asyncio.create_task(self._run(), name=f"logs-{self._target.task_name}")
 
     async def _run(self) -> None:
         interval = _POLL_MIN_S
         while not self._stopped.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), interval)
-            if self._stopped.is_set():
-                break
             got = await self.drain(final=False)
             interval = _POLL_MIN_S if got else min(self._poll_max_s, interval * 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), interval)
 
     async def finish(self) -> None:
         """Stop following and store everything the task wrote, including an unterminated last line."""
         self._stopped.set()
+        if self._first_poll is not None:
+            self._first_poll.cancel()
         if self._task is not None:
             await self._task
         while await self.drain(final=True):

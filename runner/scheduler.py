@@ -89,6 +89,9 @@ class Scheduler:
         self._settings = settings
         self._executors = executors
         self._wake = asyncio.Event()
+        # Whether the store may hold runnable steps that the last query did not return.
+        self._new_work = True
+        self._backlog = False
         self._runs: dict[int, _Run] = {}
         self._starting: set[int] = set()  # claimed, not yet recorded as pending
         self._closing = False
@@ -104,6 +107,12 @@ class Scheduler:
     # ------------------------------------------------------------------ WorkloadControl
 
     def wake(self) -> None:
+        """New runnable steps may exist (a submission, a completed step, a resume)."""
+        self._new_work = True
+        self._wake.set()
+
+    def _slot_freed(self) -> None:
+        # Worth a look at the store only if the last look left runnable steps behind.
         self._wake.set()
 
     def is_running(self, step_pk: int) -> bool:
@@ -159,10 +168,13 @@ class Scheduler:
             await self._wake.wait()
             self._wake.clear()
             free = self._settings.max_running_steps - len(self._runs)
-            if free <= 0:
+            if free <= 0 or not (self._new_work or self._backlog):
                 continue
+            self._new_work = False
             # Claimed steps still in `created` come back from the query too: ask for that many more.
-            candidates = await self._store.runnable_steps(free + len(self._starting))
+            wanted = free + len(self._starting)
+            candidates = await self._store.runnable_steps(wanted)
+            self._backlog = len(candidates) >= wanted
             for step_pk in candidates:
                 if free <= 0:
                     break
@@ -184,7 +196,7 @@ class Scheduler:
             if run.job_pk is not None:
                 self.log_signal.notify(run.job_pk)  # followers wait for this before they end
             _log_failure(task)
-            self.wake()
+            self._slot_freed()
 
         run.task.add_done_callback(release)
         return run
