@@ -31,8 +31,8 @@ def test_a_child_gets_its_own_session_files_and_default_signals(
         monkeypatch.setattr(spawn, "_LIBC", None)
     out, err = tmp_path / "out", tmp_path / "err"
     script = (
-        'echo "sid=$(ps -o sid= -p $$ | tr -d " ") pid=$$ var=$MY_VAR"; '
-        "grep -E '^(SigIgn|SigBlk):' /proc/$$/status; echo oops >&2; read line || echo eof; exit 7"
+        'echo "pid=$$ var=$MY_VAR"; cat /proc/$$/stat; echo; cat /proc/$$/status; '
+        "echo oops >&2; read line || echo eof; exit 7"
     )
     pid = spawn_in_new_session(
         "/bin/sh",
@@ -43,13 +43,16 @@ def test_a_child_gets_its_own_session_files_and_default_signals(
         stderr=str(err),
         output_flags=_FLAGS,
     )
-    assert _wait(pid) == 7
+    assert _wait(pid) == 7, out.read_text() + err.read_text()
     lines = out.read_text().splitlines()
-    assert lines[0] == f"sid={pid} pid={pid} var=value with spaces"
-    masks = dict(line.split(":") for line in lines[1:3])
-    assert not int(masks["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1)), "SIGPIPE must be default"
-    assert int(masks["SigBlk"], 16) == 0, "no signal may be blocked"
-    assert lines[3] == "eof"
+    assert lines[0] == f"pid={pid} var=value with spaces"
+    # /proc/PID/stat after the command name: state, ppid, pgrp, session
+    state_ppid_pgrp_session = lines[1][lines[1].rindex(")") + 2 :].split()[:4]
+    assert state_ppid_pgrp_session[2:] == [str(pid), str(pid)], "its own process group and session"
+    status = dict(line.split(":", 1) for line in lines[2:] if ":" in line)
+    assert not int(status["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1)), "SIGPIPE must be default"
+    assert int(status["SigBlk"], 16) == 0, "no signal may be blocked"
+    assert lines[-1] == "eof"
     assert err.read_text() == "oops\n"
 
 
