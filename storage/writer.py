@@ -29,7 +29,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
-# Units per commit at most: a bound on how long the first caller of a batch waits for the last.
+# Units per commit, about (one turn's hand-over is never split): bounds how long the first caller
+# of a batch waits for the last.
 _MAX_BATCH = 64
 
 
@@ -66,7 +67,10 @@ class WriterThread:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._queue: queue.SimpleQueue[_Unit | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Unit] | object] = queue.SimpleQueue()
+        # Units asked for during the current turn of the event loop, handed over together at
+        # its end: one hand-off (and usually one commit) for all of them.
+        self._outbox: list[_Unit] = []
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         # A daemon thread: if the event loop dies without close(), it must not hold the process.
@@ -89,14 +93,23 @@ class WriterThread:
         busy_timeout for a lock. A cancelled caller does not undo work that already started."""
         if self._closed:
             raise sqlite3.OperationalError("the database writer is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Unit(work, future, in_transaction))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if not self._outbox:
+            loop.call_soon(self._hand_over)
+        self._outbox.append(_Unit(work, future, in_transaction))
         return await future
+
+    def _hand_over(self) -> None:
+        if self._outbox:
+            units, self._outbox = self._outbox, []
+            self._queue.put(units)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._hand_over()
         self._queue.put(_STOP)
         # The thread finishes what is queued, closes the connection and ends: a short wait.
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30.0)
@@ -110,8 +123,8 @@ class WriterThread:
                 batch: list[_Unit] = []
                 item = self._queue.get()
                 while item is not _STOP:
-                    assert isinstance(item, _Unit)
-                    batch.append(item)
+                    assert isinstance(item, list)
+                    batch.extend(item)
                     if len(batch) >= _MAX_BATCH:
                         break
                     try:
