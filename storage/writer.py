@@ -17,6 +17,7 @@ after the commit that holds its writes; when that commit fails, every unit in it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -35,7 +36,7 @@ _MAX_BATCH = 64
 
 
 def configure(conn: sqlite3.Connection) -> None:
-    """Settings of the write connection (the reader is configured alike)."""
+    """Settings of the write connection (WAL mode, once set, holds for every connection)."""
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
@@ -133,7 +134,16 @@ class WriterThread:
                         break
                 stop = item is _STOP
                 if batch:
-                    self._run_batch(batch)
+                    try:
+                        self._run_batch(batch)
+                    except BaseException as exc:  # a bug here: fail the batch, never leave it waiting
+                        log.exception("the database writer failed")
+                        if self._conn is not None and self._conn.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                self._conn.execute("ROLLBACK")
+                        for unit in batch:
+                            if unit.outcome is None or unit.outcome[0]:
+                                unit.outcome = (False, sqlite3.OperationalError(f"writer failure: {exc}"))
                     _deliver(batch)
         finally:
             if self._conn is not None:
