@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,29 +22,6 @@ def job_storage_dir(work_root: Path, workspace: str, job_name: str, attempt_id: 
 def task_paths(work_root: Path, step: StepRecord, task_name: str) -> TaskPaths:
     attempt_dir = _attempt_dir(work_root, step.workspace, step.job_name, step.attempt_id)
     return TaskPaths.under(f"{attempt_dir}/{step.name}/{task_name}", f"{attempt_dir}/job-storage")
-
-
-def prepare_task_folders(paths: TaskPaths, config: dict[str, object]) -> None:
-    """The task's folders and config file, in few system calls: the task folder is new on every
-    start (its parents usually are too), so mkdir is tried first and makedirs only when needed."""
-    try:
-        os.mkdir(paths.work_dir)
-    except FileNotFoundError:
-        os.makedirs(paths.work_dir)
-    except FileExistsError:
-        pass
-    for folder in (paths.scratch_dir, paths.config_dir, paths.persistent_dir):
-        try:
-            os.mkdir(folder)
-        except FileExistsError:
-            pass
-    fd = os.open(paths.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        data = memoryview(json.dumps(config).encode())
-        while data:
-            data = data[os.write(fd, data) :]
-    finally:
-        os.close(fd)
 
 
 def task_environment(

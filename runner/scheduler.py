@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from runner.clock import Clock
-from runner.environment import prepare_task_folders, task_environment, task_paths
+from runner.environment import task_environment, task_paths
 from runner.errors import NotFound
 from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskLaunch, TaskPaths, Workload
 from runner.executors.registry import ExecutorRegistry
@@ -258,9 +258,6 @@ class Scheduler:
             secrets = await self._secrets.resolve(step)
             launches = []
             for task in tasks:
-                # Off the event loop: creating folders and files costs about a millisecond on
-                # some file systems, which the loop would otherwise take from every other job.
-                await asyncio.to_thread(prepare_task_folders, task.paths, step.spec.config)
                 env = task_environment(
                     step=step,
                     task_name=task.name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -43,6 +45,29 @@ class TaskPaths:
             stderr_file=f"{work_dir}/stderr.log",
             exit_file=f"{work_dir}/exit_code",
         )
+
+
+def prepare_task_folders(paths: TaskPaths, config: dict[str, object]) -> None:
+    """The task's folders and config file, in few system calls: the task folder is new on every
+    start (its parents usually are too), so mkdir is tried first and makedirs only when needed."""
+    try:
+        os.mkdir(paths.work_dir)
+    except FileNotFoundError:
+        os.makedirs(paths.work_dir)
+    except FileExistsError:
+        pass
+    for folder in (paths.scratch_dir, paths.config_dir, paths.persistent_dir):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
+    fd = os.open(paths.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        data = memoryview(json.dumps(config).encode())
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
 
-from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskPaths, VisiblePaths
+from runner.executors.base import (
+    ExecutorError,
+    ExitStatus,
+    Launch,
+    TaskPaths,
+    VisiblePaths,
+    prepare_task_folders,
+)
 from runner.models import ComputeResources, StepRecord, parse_quantity
 from runner.settings import Settings
 
@@ -238,6 +245,9 @@ class DockerExecutor:
         if not image:
             raise ExecutorError("container.image is required: localjobs has no default task image")
         await self._ensure_image(image)
+        for task in launch.tasks:
+            # Off the event loop: file-system calls can be slow (network home folders).
+            await asyncio.to_thread(prepare_task_folders, task.paths, launch.step.spec.config)
         distributed = executor.provider == "gpu_distributed"
         network = f"lj-{launch.step.id.lower()}"[:60] if distributed else None
         if network:

@@ -105,7 +105,7 @@ def spawn_in_new_session(
         )
     libc = _LIBC
     c_argv = (ctypes.c_char_p * (len(argv) + 1))(*(os.fsencode(a) for a in argv), None)
-    entries = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    entries = [os.fsencode(f"{k}={v}") for k, v in env.items()]
     c_env = (ctypes.c_char_p * (len(entries) + 1))(*entries, None)
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
     attr = ctypes.create_string_buffer(_OPAQUE_BYTES)
