@@ -455,6 +455,16 @@ class LogLine(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class JobState:
+    """The few fields of a job that rolling a step's status up to it depends on."""
+
+    pk: int
+    status: JobStatus
+    error_details: dict[str, Any] | None
+    step_count: int
+
+
+@dataclass(frozen=True, slots=True)
 class WatchedStep:
     """The few fields of an unfinished step that its deadlines depend on."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.errors import Conflict
-from runner.models import JobRecord, JobStatus, StepRecord, new_entity_id
+from runner.models import JobState, JobStatus, StepRecord, new_entity_id
 from storage import WriteTx
 
 # A step reaching one of these drags the job along to the same status.
@@ -32,7 +32,7 @@ _MIRRORED = frozenset(
 @dataclass
 class TransitionOutcome:
     step: StepRecord
-    job: JobRecord
+    job: JobState
     # The step created because this one completed, if any: the scheduler must hear of it.
     next_step_pk: int | None = None
     changed: bool = False
@@ -62,7 +62,7 @@ def transition_step(
         active_since = now  # first start, or back from a pause: the clocks run again from here
     elif step.status == JobStatus.ACTIVE and new_status != JobStatus.ACTIVE and active_since is not None:
         active_us += now - active_since
-    job = tx.get_job_by_pk(step.job_pk)
+    job = tx.job_state(step.job_pk)
     assert job is not None, "a step always has its job (foreign key with cascade)"
     if handle is None and (new_status, merged, errors) == (
         step.status,
@@ -156,9 +156,11 @@ def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
     elif step.status == JobStatus.ACTIVE:
         target = JobStatus.ACTIVE
     elif step.status == JobStatus.COMPLETED:
-        if step.index + 1 < len(job.platform_spec.steps):
+        if step.index + 1 < job.step_count:
+            full = tx.get_job_by_pk(job.pk)
+            assert full is not None
             outcome.next_step_pk = tx.insert_step(
-                job, step.index + 1, new_entity_id("platform-job-step"), now
+                full, step.index + 1, new_entity_id("platform-job-step"), now
             )
         else:
             target = JobStatus.COMPLETED
@@ -169,10 +171,8 @@ def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
     if target is None or target == job.status or not job.status.can_transition_to(target):
         # The reference skips a forbidden job transition silently: it guards against stale writers.
         return
-    tx.update_job_state(
-        job.pk, status=target, status_details=job.status_details, error_details=job_errors, now=now
-    )
-    outcome.job = job.model_copy(update={"status": target, "error_details": job_errors, "updated_at": now})
+    tx.set_job_status(job.pk, status=target, error_details=job_errors, now=now)
+    outcome.job = JobState(pk=job.pk, status=target, error_details=job_errors, step_count=job.step_count)
 
 
 def record_task_status(

@@ -21,6 +21,7 @@ from runner.models import (
     JobFilter,
     JobRecord,
     JobSort,
+    JobState,
     JobStatus,
     LogLine,
     LogQuery,
@@ -290,6 +291,17 @@ class WriteTx:
     def get_job_by_pk(self, pk: int) -> JobRecord | None:
         return self._run(_job_by_pk(pk))
 
+    def job_state(self, pk: int) -> JobState | None:
+        """What a status roll-up needs of the job, without parsing the whole row."""
+        row = self._one(
+            "SELECT status, error_details, json_array_length(platform_spec, '$.steps') FROM jobs"
+            " WHERE pk = ?",
+            (pk,),
+        )
+        if row is None:
+            return None
+        return JobState(pk=pk, status=JobStatus(row[0]), error_details=_load(row[1]), step_count=row[2])
+
     def get_step_by_pk(self, pk: int) -> StepRecord | None:
         return self._run(_step_by_pk(pk))
 
@@ -449,6 +461,14 @@ class WriteTx:
                 _dump(handle),
                 pk,
             ),
+        )
+
+    def set_job_status(
+        self, pk: int, *, status: JobStatus, error_details: dict[str, Any] | None, now: int
+    ) -> None:
+        self._conn.execute(
+            "UPDATE jobs SET status = ?, error_details = ?, updated_at = ? WHERE pk = ?",
+            (status.value, _dump(error_details), now, pk),
         )
 
     def mark_folders_removed(self, pk: int) -> None:
