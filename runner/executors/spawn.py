@@ -13,7 +13,6 @@ missing the standard `os.posix_spawn` is used instead.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -62,7 +61,8 @@ class _Libc:
 
 def _load() -> _Libc | None:
     try:
-        return _Libc(ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True))
+        # The interpreter's own symbols include libc's (no find_library: it runs ldconfig).
+        return _Libc(ctypes.CDLL(None, use_errno=True))
     except (OSError, AttributeError):
         return None
 
