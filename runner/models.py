@@ -201,6 +201,18 @@ class EnvironmentVariable(_Spec):
     value: str | None = None
     from_secret: SecretRef | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _valid_variable_name(cls, value: str) -> str:
+        if "=" in value or "\x00" in value:
+            raise ValueError(f"environment variable name {value!r} may not contain '=' or a NUL character")
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _no_nul_in_value(cls, value: str | None) -> str | None:
+        return _without_nul(value, "environment variable value") if value is not None else None
+
     @model_validator(mode="after")
     def _exactly_one_source(self) -> EnvironmentVariable:
         if (self.value is None) == (self.from_secret is None):
@@ -214,6 +226,18 @@ class ContainerSpec(_Spec):
     image: str | None = Field(default=None, min_length=1)
     entrypoint: list[str] = Field(default_factory=list)
     command: list[str] = Field(default_factory=list)
+
+    @field_validator("entrypoint", "command")
+    @classmethod
+    def _no_nul(cls, value: list[str]) -> list[str]:
+        return [_without_nul(item, "an argument") for item in value]
+
+
+def _without_nul(value: str, what: str) -> str:
+    # A process argument or environment entry is a C string: a NUL would silently cut it.
+    if "\x00" in value:
+        raise ValueError(f"{what} may not contain a NUL character")
+    return value
 
 
 class ComputeResourceSpec(_Spec):
@@ -274,7 +298,7 @@ class SubprocessExecutor(_Spec):
     def _non_empty(cls, value: list[str]) -> list[str]:
         if not value or not value[0]:
             raise ValueError("subprocess execution requires command to be set")
-        return value
+        return [_without_nul(item, "an argument") for item in value]
 
 
 Executor = Annotated[

@@ -89,9 +89,6 @@ class Scheduler:
         self._settings = settings
         self._executors = executors
         self._wake = asyncio.Event()
-        # Whether the store may hold runnable steps that the last query did not return.
-        self._new_work = True
-        self._backlog = False
         self._runs: dict[int, _Run] = {}
         self._starting: set[int] = set()  # claimed, not yet recorded as pending
         self._closing = False
@@ -107,12 +104,7 @@ class Scheduler:
     # ------------------------------------------------------------------ WorkloadControl
 
     def wake(self) -> None:
-        """New runnable steps may exist (a submission, a completed step, a resume)."""
-        self._new_work = True
-        self._wake.set()
-
-    def _slot_freed(self) -> None:
-        # Worth a look at the store only if the last look left runnable steps behind.
+        """New runnable steps may exist, or a slot was freed."""
         self._wake.set()
 
     def is_running(self, step_pk: int) -> bool:
@@ -168,13 +160,10 @@ class Scheduler:
             await self._wake.wait()
             self._wake.clear()
             free = self._settings.max_running_steps - len(self._runs)
-            if free <= 0 or not (self._new_work or self._backlog):
+            if free <= 0:
                 continue
-            self._new_work = False
             # Claimed steps still in `created` come back from the query too: ask for that many more.
-            wanted = free + len(self._starting)
-            candidates = await self._store.runnable_steps(wanted)
-            self._backlog = len(candidates) >= wanted
+            candidates = await self._store.runnable_steps(free + len(self._starting))
             for step_pk in candidates:
                 if free <= 0:
                     break
@@ -196,7 +185,7 @@ class Scheduler:
             if run.job_pk is not None:
                 self.log_signal.notify(run.job_pk)  # followers wait for this before they end
             _log_failure(task)
-            self._slot_freed()
+            self.wake()
 
         run.task.add_done_callback(release)
         return run
@@ -333,8 +322,7 @@ class Scheduler:
                 log.exception("lost track of step %s of job %s", step.name, step.job_name)
                 status = ExitStatus(exit_code=None, reason=f"lost track of the workload: {exc}")
             finally:
-                for collector in collectors:
-                    await collector.finish()
+                await _finish_collecting(collectors, step)
             if run.control:
                 await asyncio.gather(*run.control, return_exceptions=True)
             await self._finish(step, tasks, status, message=None, shutdown=run.shutdown)
@@ -594,6 +582,16 @@ def _argv(step: StepRecord) -> list[str]:
     if executor.provider == "subprocess":
         return list(executor.command)
     return [*executor.container.entrypoint, *executor.container.command]
+
+
+async def _finish_collecting(collectors: list[OutputCollector], step: StepRecord) -> None:
+    """Store the rest of each task's output. A failure to store (e.g. the disk is full) is
+    logged and must not keep the step from getting its final status."""
+    for collector in collectors:
+        try:
+            await collector.finish()
+        except Exception:
+            log.exception("could not store the output of step %s of job %s", step.name, step.job_name)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

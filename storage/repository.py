@@ -701,7 +701,9 @@ class Repository:
         """Run `work` in a `BEGIN IMMEDIATE` transaction on the writer's thread (possibly along
         with other callers' work, each in a savepoint of its own): its writes are committed when
         it returns, undone when it raises. Whatever it reads is current and stays so until the
-        commit. It runs off the event loop, so it must only touch the store and its own data."""
+        commit. It runs off the event loop: it may use the store and its own data, and at most
+        read single values of the daemon's state (a dict lookup, atomic under the GIL); it must not
+        change that state or touch asyncio objects."""
         try:
             return await self._writer.call(functools.partial(_unit_of_work, work))
         except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT

@@ -30,8 +30,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
-# Units per commit, about (one turn's hand-over is never split): bounds how long the first caller
-# of a batch waits for the last.
+# Hand-overs are added to a batch until it holds this many units (one hand-over is never split):
+# a batch cannot grow without end while the queue keeps filling.
 _MAX_BATCH = 64
 
 
@@ -236,9 +236,11 @@ def _settle(units: list[_Unit]) -> None:
     for unit in units:
         if unit.future.done():
             continue  # its caller was cancelled
-        assert unit.outcome is not None
-        succeeded, value = unit.outcome
+        succeeded, value = unit.outcome or (False, RuntimeError("the write was never run"))
         if succeeded:
             unit.future.set_result(value)
-        else:
+            continue
+        try:
             unit.future.set_exception(value)
+        except TypeError:  # e.g. StopIteration, which a future refuses to carry
+            unit.future.set_exception(RuntimeError(f"the write failed: {value!r}"))

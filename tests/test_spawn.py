@@ -73,3 +73,23 @@ def test_a_missing_program_is_an_os_error(tmp_path: Path) -> None:
             stderr=str(tmp_path / "err"),
             output_flags=_FLAGS,
         )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [(["/bin/echo", "cut\x00here"], {}), (["/bin/true"], {"V": "x\x00y"}), (["/bin/true"], {"A=B": "1"})],
+)
+def test_what_a_c_string_cannot_carry_is_refused(
+    tmp_path: Path, argv: list[str], env: dict[str, str]
+) -> None:
+    # ctypes would cut a C string at the NUL and run something else than asked for.
+    with pytest.raises(ValueError):
+        spawn_in_new_session(
+            argv[0],
+            argv,
+            env,
+            stdin=os.devnull,
+            stdout=str(tmp_path / "o"),
+            stderr=str(tmp_path / "e"),
+            output_flags=_FLAGS,
+        )

@@ -137,6 +137,25 @@ async def test_writes_committed_together_still_fail_alone(tmp_path: Path) -> Non
         await store.close()
 
 
+async def test_a_unit_raising_stopiteration_fails_alone_and_wakes_everyone(tmp_path: Path) -> None:
+    """A future refuses StopIteration: the writer must still settle that unit and the rest."""
+    store = await Repository.open(tmp_path / "localjobs.db")
+    try:
+        gate = threading.Event()
+        busy = asyncio.ensure_future(store.write(lambda tx: gate.wait(10)))
+        await asyncio.sleep(0.05)
+        bad = asyncio.ensure_future(store.write(lambda tx: next(iter([]))))
+        good = asyncio.ensure_future(_add_job(store, "ws", "after-bad", "src", 1, 1_000))
+        await asyncio.sleep(0.05)
+        gate.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(busy, bad, good, return_exceptions=True), 10)
+        assert outcomes[0] is True and outcomes[2] is None
+        assert isinstance(outcomes[1], RuntimeError)
+        assert await store.get_job("ws", "after-bad") is not None
+    finally:
+        await store.close()
+
+
 async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
     store = await Repository.open(tmp_path / "localjobs.db")
     await store.close()

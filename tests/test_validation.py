@@ -114,6 +114,42 @@ async def test_subprocess_without_command(api: Api) -> None:
     assert [*STEP0, "executor", "subprocess", "command"] in locs(detail)
 
 
+@pytest.mark.parametrize(
+    ("executor", "field"),
+    [
+        ({"provider": "subprocess", "command": ["echo", "cut\u0000here"]}, ["subprocess", "command"]),
+        (
+            {"provider": "cpu", "container": {"image": "x", "command": ["a\u0000"]}},
+            ["cpu", "container", "command"],
+        ),
+        (
+            {"provider": "cpu", "container": {"image": "x", "entrypoint": ["\u0000"]}},
+            ["cpu", "container", "entrypoint"],
+        ),
+    ],
+)
+async def test_a_nul_in_an_argument_is_refused(api: Api, executor: dict[str, Any], field: list[str]) -> None:
+    # A process argument is a C string: a NUL would silently run a different command.
+    detail = await post_422(api, with_step(executor=executor))
+    assert [*STEP0, "executor", *field] in locs(detail)
+    assert any("NUL" in e["msg"] for e in detail)
+
+
+@pytest.mark.parametrize(
+    ("variable", "field"),
+    [
+        ({"name": "A=B", "value": "1"}, "name"),
+        ({"name": "N\u0000", "value": "1"}, "name"),
+        ({"name": "V", "value": "x\u0000y"}, "value"),
+    ],
+)
+async def test_env_var_names_and_values_must_be_c_strings(
+    api: Api, variable: dict[str, Any], field: str
+) -> None:
+    detail = await post_422(api, with_step(environment=[variable]))
+    assert [*STEP0, "environment", 0, field] in locs(detail)
+
+
 async def test_missing_executor(api: Api) -> None:
     detail = await post_422(api, body(platform_spec={"steps": [{"name": "only"}]}))
     assert [*STEP0, "executor"] in locs(detail)

@@ -103,6 +103,11 @@ def spawn_in_new_session(
             setsigdef=tuple(default_signals),
             setsigmask=(),
         )
+    for text in (program, *argv, *env.values()):
+        if "\x00" in text:
+            raise ValueError("embedded null byte")  # as os.posix_spawn says: C strings end there
+    if any("=" in key or "\x00" in key for key in env):
+        raise ValueError("illegal environment variable name")
     libc = _LIBC
     c_argv = (ctypes.c_char_p * (len(argv) + 1))(*(os.fsencode(a) for a in argv), None)
     entries = [os.fsencode(f"{k}={v}") for k, v in env.items()]

@@ -245,7 +245,7 @@ class SubprocessExecutor:
         # other jobs meanwhile. The spawn releases the GIL while it waits (runner/executors/spawn.py).
         try:
             pid, ticks = await asyncio.to_thread(_prepare_and_spawn, task, launch.step.spec.config, wrapped)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise ExecutorError(f"Failed to start subprocess: {exc}") from exc
         return SubprocessWorkload(pid, ticks, paths.exit_file, is_child=True)
 
