@@ -156,6 +156,17 @@ async def test_a_unit_raising_stopiteration_fails_alone_and_wakes_everyone(tmp_p
         await store.close()
 
 
+async def test_close_finishes_the_writes_already_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "localjobs.db"
+    store = await Repository.open(path)
+    pending = [asyncio.ensure_future(_add_job(store, "ws", f"job-{i}", "src", 1, i)) for i in range(5)]
+    await asyncio.sleep(0)  # asked for (perhaps still in the outbox), not yet committed
+    await store.close()
+    await asyncio.wait_for(asyncio.gather(*pending), 10)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 5
+
+
 async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
     store = await Repository.open(tmp_path / "localjobs.db")
     await store.close()
