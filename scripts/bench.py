@@ -400,18 +400,16 @@ async def spawn_floor(n: int, argv_for: Callable[[int, Path], list[str]], tmp: P
 _WRAPPER = 'f=$1; shift; trap : HUP INT TERM; "$@"; rc=$?; printf "%s\\n" "$rc" >"$f"; exit "$rc"'
 
 
-async def phase_floor(n: int, tmp: Path, result: RunResult) -> None:
+async def phase_floor(n: int, tmp: Path, run_no: int, result: RunResult) -> None:
+    # Fresh folders, nothing deleted until the whole bench is over: see quiesce_disk.
     true = shutil.which("true") or "/bin/true"
-    floor_dir = tmp / "floor"
-    shutil.rmtree(floor_dir, ignore_errors=True)
-    floor_dir.mkdir(parents=True)
-    result.values["floor_s"] = await spawn_floor(n, lambda i, d: [true], floor_dir)
-    shutil.rmtree(floor_dir, ignore_errors=True)
-    floor_dir.mkdir(parents=True)
+    bare, wrapped = tmp / f"floor-{run_no}-bare", tmp / f"floor-{run_no}-wrapped"
+    bare.mkdir(parents=True)
+    wrapped.mkdir(parents=True)
+    result.values["floor_s"] = await spawn_floor(n, lambda i, d: [true], bare)
     result.values["floor_wrapped_s"] = await spawn_floor(
-        n, lambda i, d: ["/bin/sh", "-c", _WRAPPER, "localjobs-bench", str(d / f"{i}.exit"), true], floor_dir
+        n, lambda i, d: ["/bin/sh", "-c", _WRAPPER, "localjobs-bench", str(d / f"{i}.exit"), true], wrapped
     )
-    shutil.rmtree(floor_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1083,9 +1081,12 @@ def profiler(pid: int, out: Path | None) -> Any:
 
 
 def quiesce_disk() -> None:
-    """Let the previous run's file creation and deletion reach the disk before the next run
-    starts: otherwise the journal write-back of thousands of task folders lands in the next
-    run (seen: runs 2 and 3 of a set, and their floor, 20-50% slower than run 1)."""
+    """Let the previous run's file creation reach the disk before the next run starts.
+
+    The `jobs` runs also delete nothing until the bench is over: on ext4, creating files and
+    folders right after deleting thousands costs much more kernel time (the inode allocator
+    skips inodes freed in the last ~30 s, `recently_deleted` in perf), which made runs 2 and 3
+    of a set, and their floors, 20-50% slower than run 1."""
     os.sync()
     time.sleep(1.0)
 
@@ -1117,9 +1118,10 @@ async def one_run(args: argparse.Namespace, run_no: int, tmp: Path, result: RunR
                 f"run {run_no}: e2e {result.values['e2e_s']:.2f}s (daemon CPU {result.values['daemon_cpu_s']:.2f}s);"
                 f" floor ({args.jobs} direct spawns)"
             )
-            await phase_floor(args.jobs, tmp, result)
+            await asyncio.to_thread(quiesce_disk)  # the floor too starts from a synced disk
+            await phase_floor(args.jobs, tmp, run_no, result)
             log(f"run {run_no}: floor {result.values['floor_s']:.2f}s")
-    shutil.rmtree(data_dir, ignore_errors=True)
+    # data_dir stays until the bench is over (removed with tmp): see quiesce_disk.
 
 
 @dataclass
@@ -1259,6 +1261,10 @@ def report(
             f"| {each('floor_s', 2)} | | | |",
             f"| **Daemon / floor** | **{fmt(ratio, 2)}** | {', '.join(fmt(x, 2) for x in ratios)} | <= 3 | "
             f"| {verdict(ratio <= 3)} |",
+            # The floor is bimodal on a shared VM (0.5 s or ~1.4 s for the same spawns, whatever
+            # the daemon does): the fastest floor of the set is the conservative yardstick.
+            f"| Daemon / fastest floor of the set ({fmt(min(vals('floor_s')), 2)} s) "
+            f"| {fmt(e2e / min(vals('floor_s')), 2)} | | <= 3 | | {verdict(e2e / min(vals('floor_s')) <= 3)} |",
             f"| Floor with the daemon's `sh` exit-code wrapper around `true` (s); daemon / that "
             f"| {fmt(m('floor_wrapped_s'), 2)} | {each('floor_wrapped_s', 2)} | | | {fmt(median(wratios), 2)} |",
             f"| Idle RSS, empty store, right after start (MB) | {fmt(rss)} | {each('rss_idle_mb')} | < 60 "
