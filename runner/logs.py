@@ -180,7 +180,8 @@ class OutputCollector:
                 lines=decoded,
                 new_offset=new_offset,
                 max_task_bytes=self._max_task_bytes,
-            )
+            ),
+            patient=True,  # losing lines is no better than losing a status
         )
         if decoded:
             self._on_stored(target.job_pk)

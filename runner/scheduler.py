@@ -294,7 +294,7 @@ class Scheduler:
             for task in tasks:
                 record_task_status(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
 
-        await self._store.write(record_active)
+        await self._store.write(record_active, patient=True)
         limits = [self._settings.ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
         positive = [limit for limit in limits if limit > 0]
         self.on_active(now + min(positive) * 1_000_000 if positive else None)
@@ -392,7 +392,7 @@ class Scheduler:
             for task in tasks:
                 record_task_status(tx, task.pk, final, details, errors, stack, now)
 
-        await self._store.write(record_outcome)
+        await self._store.write(record_outcome, patient=True)
         self.log_signal.notify(step.job_pk)
         self.wake()
 
@@ -413,7 +413,7 @@ class Scheduler:
             if step is not None and step.status == JobStatus.PAUSING:
                 transition_step(tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"})
 
-        await self._store.write(record_paused)
+        await self._store.write(record_paused, patient=True)
 
     async def _resume(self, run: _Run) -> None:
         if run.workload is None:
@@ -427,7 +427,7 @@ class Scheduler:
             if step is not None and step.status == JobStatus.RESUMING:
                 transition_step(tx, step, JobStatus.ACTIVE, now=now, status_details={"message": "Running"})
 
-        await self._store.write(record_running)
+        await self._store.write(record_running, patient=True)
         self.on_active(None)  # its deadlines run again from now
 
     # ------------------------------------------------------------------ start-up and shut-down
@@ -534,7 +534,7 @@ class Scheduler:
                 now=now,
             )
 
-        await self._store.write(record_restart)
+        await self._store.write(record_restart, patient=True)
 
     async def _settle_lost(self, step: StepRecord, tasks: list[_TaskRef], why: str) -> None:
         now = self._clock.now_us()
@@ -549,7 +549,7 @@ class Scheduler:
             for task in tasks:
                 record_task_status(tx, task.pk, final, {"message": why}, errors, None, now)
 
-        await self._store.write(record_lost)
+        await self._store.write(record_lost, patient=True)
 
     async def shutdown(self) -> None:
         """Stop starting steps; end the running ones (or leave them for the next start)."""

@@ -7,9 +7,12 @@ which in WAL mode never waits for writers.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,12 @@ from runner.models import (
 from storage.errors import AlreadyExists, Gone, StorageUnavailable
 from storage.schema import MIGRATIONS
 from storage.writer import BUSY_TIMEOUT_MS, WriterThread
+
+log = logging.getLogger(__name__)
+
+# How long a patient write is retried: a status must not be lost to a passing hitch (another
+# program holding the database a few seconds), and must not be retried forever either.
+PATIENT_WRITE_S = 60.0
 
 _JOB_SORT_SQL = {
     JobSort.CREATED_AT: "created_at ASC, pk ASC",
@@ -697,17 +706,34 @@ class Repository:
         await self._conn.close()
         await self._writer.close()
 
-    async def write[T](self, work: Callable[[WriteTx], T]) -> T:
+    async def write[T](self, work: Callable[[WriteTx], T], *, patient: bool = False) -> T:
         """Run `work` in a `BEGIN IMMEDIATE` transaction on the writer's thread (possibly along
         with other callers' work, each in a savepoint of its own): its writes are committed when
         it returns, undone when it raises. Whatever it reads is current and stays so until the
         commit. It runs off the event loop: it may use the store and its own data, and at most
         read single values of the daemon's state (a dict lookup, atomic under the GIL); it must not
-        change that state or touch asyncio objects."""
-        try:
-            return await self._writer.call(functools.partial(_unit_of_work, work))
-        except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT
-            raise StorageUnavailable(f"write failed: {exc}") from exc
+        change that state or touch asyncio objects.
+
+        `patient` writes (what a workload did: its status, its output) are tried again, with
+        growing pauses, for about PATIENT_WRITE_S when the store could not take them
+        (StorageUnavailable: e.g. locked by another program beyond busy_timeout, or a failed
+        commit, which keeps nothing). `work` must then be safe to run again: it re-reads what it
+        decides on."""
+        deadline = time.monotonic() + (PATIENT_WRITE_S if patient else 0.0)
+        pause = 0.1
+        while True:
+            try:
+                return await self._writer.call(functools.partial(_unit_of_work, work))
+            except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT, or a closed writer
+                failure = StorageUnavailable(f"write failed: {exc}")
+                failure.__cause__ = exc
+            except StorageUnavailable as exc:
+                failure = exc
+            if self._writer.closed or time.monotonic() + pause > deadline:
+                raise failure
+            log.warning("write failed (%s); trying again in %.1f s", failure, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     async def _run[T](self, query: _Query[T]) -> T:
         return query.build(list(await self._conn.execute_fetchall(query.sql, query.args)))

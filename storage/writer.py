@@ -88,6 +88,10 @@ class WriterThread:
             raise
         return writer
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def call[T](self, work: Callable[[sqlite3.Connection], T], *, in_transaction: bool = True) -> T:
         """Run `work(connection)` on the writer's thread, inside the current batch's transaction
         (or alone and outside any, for migrations). Bounded: every statement waits at most

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+import time
 from pathlib import Path
 
-from tests.conftest import Api, shell, step
+from tests.conftest import Api, api_for, running_server, shell, step
 
 
 async def test_steps_run_in_order_and_job_completes(api: Api) -> None:
@@ -148,3 +151,29 @@ async def test_workload_gets_default_signal_handling(api: Api) -> None:
     job = await api.wait_job("sigpipe")
     assert job["status"] == "completed"
     assert await api.logs("sigpipe") == ["y", "y", "y"]
+
+
+async def test_a_database_locked_by_another_program_delays_the_record_but_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Another program holds the write lock longer than busy_timeout while a step prints and ends:
+    its output and final status are written once the lock is gone, not lost to the hitch."""
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        await api.create_job([shell("only", "sleep 0.5; echo printed while locked")], name="locked")
+        await api.wait_job("locked", {"active"})
+        db = srv.daemon.settings.db_path
+
+        def hold_the_lock(seconds: float) -> None:
+            conn = sqlite3.connect(db, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                time.sleep(seconds)
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+
+        holder = asyncio.create_task(asyncio.to_thread(hold_the_lock, 6.5))  # busy_timeout is 5 s
+        job = await api.wait_job("locked", timeout_s=30)
+        await holder
+        assert job["status"] == "completed"
+        assert await api.logs("locked") == ["printed while locked"]
