@@ -56,7 +56,7 @@ class SecretService:
     async def get(self, workspace: str, name: str) -> SecretRecord:
         secret = await self._store.get_secret(workspace, name)
         if secret is None:
-            raise NotFound(f"secret {name!r} not found in workspace {workspace!r}")
+            raise _no_such_secret(workspace, name)
         return secret
 
     async def list_page(self, workspace: str, page: int, page_size: int) -> Page[SecretRecord]:
@@ -124,8 +124,12 @@ class SecretService:
             return []
 
 
+def _no_such_secret(workspace: str, name: str) -> NotFound:
+    return NotFound(f"secret {name!r} not found in workspace {workspace!r}")
+
+
 def _existing_secret(tx: WriteTx, workspace: str, name: str) -> SecretRecord:
     secret = tx.get_secret(workspace, name)
     if secret is None:
-        raise NotFound(f"secret {name!r} not found in workspace {workspace!r}")
+        raise _no_such_secret(workspace, name)
     return secret

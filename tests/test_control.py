@@ -19,6 +19,13 @@ def _processes_with(marker: str) -> list[psutil.Process]:
     return found
 
 
+async def _queue_behind_a_hog(api: Api, job: str, step_name: str) -> None:
+    """With one slot, a running `hog` job keeps the one-step job `job` waiting (`created`)."""
+    await api.create_job([shell("hog", "sleep 60")], name="hog")
+    await api.wait_job("hog", {"active"})
+    await api.create_job([step(step_name, "true")], name=job)
+
+
 async def _eventually(predicate: object, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():  # type: ignore[operator]
@@ -53,9 +60,7 @@ async def test_cancel_ends_the_whole_tree_including_escaped_grandchildren(api: A
 
 async def test_cancel_before_start_and_on_terminal_job(tmp_path: Path) -> None:
     async with running_server(tmp_path, max_running_steps=1) as srv, api_for(srv) as api:
-        await api.create_job([shell("hog", "sleep 60")], name="hog")
-        await api.wait_job("hog", {"active"})
-        await api.create_job([step("waits", "true")], name="waiting")
+        await _queue_behind_a_hog(api, "waiting", "waits")
         status, job = await api.request("POST", "/jobs/waiting/cancel")
         assert (status, job["status"]) == (200, "cancelled")  # never started: cancelled at once
         await api.request("POST", "/jobs/hog/cancel")
@@ -150,9 +155,7 @@ async def test_cancel_right_after_submit_never_leaves_a_step_stuck(api: Api) -> 
 
 async def test_cancel_a_queued_step_that_was_paused(tmp_path: Path) -> None:
     async with running_server(tmp_path, max_running_steps=1) as srv, api_for(srv) as api:
-        await api.create_job([shell("hog", "sleep 60")], name="hog")
-        await api.wait_job("hog", {"active"})
-        await api.create_job([step("queued", "true")], name="queued")
+        await _queue_behind_a_hog(api, "queued", "queued")
         status, job = await api.request("POST", "/jobs/queued/pause")
         assert (status, job["status"]) == (200, "paused")
         status, job = await api.request("POST", "/jobs/queued/cancel")

@@ -6,7 +6,9 @@ import asyncio
 import itertools
 import sqlite3
 import threading
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,31 +103,39 @@ async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> Non
         await store.close()
 
 
+async def _behind_a_busy_writer(store: Repository, *writes: Awaitable[Any]) -> list[Any]:
+    """Run `writes` queued up while the writer is held busy, so that they share one batch; their
+    outcomes (results or exceptions), in order."""
+    gate = threading.Event()
+    busy = asyncio.ensure_future(store.write(lambda tx: gate.wait(10)))
+    await asyncio.sleep(0.05)  # the writer is now inside `busy`: what follows queues up
+    queued = [asyncio.ensure_future(write) for write in writes]
+    await asyncio.sleep(0.05)
+    gate.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(busy, *queued, return_exceptions=True), 10)
+    assert outcomes[0] is True
+    return outcomes[1:]
+
+
 async def test_writes_committed_together_still_fail_alone(tmp_path: Path) -> None:
     """Writes queued while the writer is busy share one commit; a failing one undoes only itself."""
     store = await Repository.open(tmp_path / "localjobs.db")
     try:
-        gate = threading.Event()
-        busy = asyncio.ensure_future(store.write(lambda tx: gate.wait(10)))
-        await asyncio.sleep(0.05)  # the writer is now inside `busy`: what follows queues up
 
         def half_then_a_failure(tx: WriteTx) -> None:
             _insert_job(tx, "ws", "doomed", "src", 2, 3_000)
             raise RuntimeError("fails after its writes")
 
-        queued = [
-            asyncio.ensure_future(_add_job(store, "ws", "job-a", "src", 1, 1_000)),
-            asyncio.ensure_future(store.write(half_then_a_failure)),
-            asyncio.ensure_future(_add_job(store, "ws", "job-a", "src", 1, 1_500)),  # duplicate name
-            asyncio.ensure_future(_add_job(store, "ws", "job-b", "src", 2, 2_000)),
-        ]
-        await asyncio.sleep(0.05)
-        gate.set()
-        outcomes = await asyncio.gather(busy, *queued, return_exceptions=True)
-        assert outcomes[0] is True
-        assert outcomes[1] is None and outcomes[4] is None
-        assert isinstance(outcomes[2], RuntimeError)
-        assert isinstance(outcomes[3], AlreadyExists)
+        outcomes = await _behind_a_busy_writer(
+            store,
+            _add_job(store, "ws", "job-a", "src", 1, 1_000),
+            store.write(half_then_a_failure),
+            _add_job(store, "ws", "job-a", "src", 1, 1_500),  # duplicate name
+            _add_job(store, "ws", "job-b", "src", 2, 2_000),
+        )
+        assert outcomes[0] is None and outcomes[3] is None
+        assert isinstance(outcomes[1], RuntimeError)
+        assert isinstance(outcomes[2], AlreadyExists)
         names = {
             job.name
             for job in (await store.list_jobs(JobFilter(workspace="ws"), JobSort.CREATED_AT, 1, 10)).items
@@ -141,16 +151,12 @@ async def test_a_unit_raising_stopiteration_fails_alone_and_wakes_everyone(tmp_p
     """A future refuses StopIteration: the writer must still settle that unit and the rest."""
     store = await Repository.open(tmp_path / "localjobs.db")
     try:
-        gate = threading.Event()
-        busy = asyncio.ensure_future(store.write(lambda tx: gate.wait(10)))
-        await asyncio.sleep(0.05)
-        bad = asyncio.ensure_future(store.write(lambda tx: next(iter([]))))
-        good = asyncio.ensure_future(_add_job(store, "ws", "after-bad", "src", 1, 1_000))
-        await asyncio.sleep(0.05)
-        gate.set()
-        outcomes = await asyncio.wait_for(asyncio.gather(busy, bad, good, return_exceptions=True), 10)
-        assert outcomes[0] is True and outcomes[2] is None
-        assert isinstance(outcomes[1], RuntimeError)
+        outcomes = await _behind_a_busy_writer(
+            store,
+            store.write(lambda tx: next(iter([]))),
+            _add_job(store, "ws", "after-bad", "src", 1, 1_000),
+        )
+        assert isinstance(outcomes[0], RuntimeError) and outcomes[1] is None
         assert await store.get_job("ws", "after-bad") is not None
     finally:
         await store.close()
