@@ -184,7 +184,7 @@ class DaemonProcess:
                 proc.kill()
 
     def task_processes(self) -> list[psutil.Process]:
-        """Live task wrappers started by daemons of this data dir (their command line names it)."""
+        """Live task processes started by daemons of this data dir (their command line names it)."""
         if self.data_dir is None:
             return []
         return task_processes_under(self.data_dir)
@@ -227,15 +227,18 @@ def _read(path: Path) -> str:
 
 
 def task_processes_under(data_dir: Path) -> list[psutil.Process]:
-    """Processes whose command line carries the task marker and a path inside `data_dir`."""
+    """Task processes of the daemon of `data_dir`: the task marker and a path inside `data_dir`
+    in their environment (started by the launcher) or their command line (`sh` wrapper)."""
     root = str(data_dir)
     found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info.get("cmdline") or []
+    for proc in psutil.process_iter(["cmdline", "environ", "status"]):
         if proc.info.get("status") == psutil.STATUS_ZOMBIE:
             continue
-        if any(TASK_MARKER in part for part in cmdline) and any(root in part for part in cmdline):
-            found.append(proc)
+        environ = proc.info.get("environ") or {}
+        for parts in (proc.info.get("cmdline") or [], [f"{k}={v}" for k, v in environ.items()]):
+            if any(TASK_MARKER in part for part in parts) and any(root in part for part in parts):
+                found.append(proc)
+                break
     return found
 
 

@@ -166,7 +166,7 @@ def test_signal_stops_running_steps_and_records_why(
     assert step["status"] == "active"
     pid = step["status_details"]["pid"]
     assert pid_alive(pid)
-    # The recorded pid is the task's wrapper; `sleep 300` runs under it in the same process group.
+    # The recorded pid is the task process (its process group leader); children run in its group.
     tree = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
     assert any("sleep" in psutil.Process(p).name() for p in tree)
     assert task_processes_under(data_dir)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from runner.executors.folders import make_task_folders
 from runner.models import StepRecord
 
 
@@ -48,26 +48,13 @@ class TaskPaths:
 
 
 def prepare_task_folders(paths: TaskPaths, config: dict[str, object]) -> None:
-    """The task's folders and config file, in few system calls: the task folder is new on every
-    start (its parents usually are too), so mkdir is tried first and makedirs only when needed."""
-    try:
-        os.mkdir(paths.work_dir)
-    except FileNotFoundError:
-        os.makedirs(paths.work_dir)
-    except FileExistsError:
-        pass
-    for folder in (paths.scratch_dir, paths.config_dir, paths.persistent_dir):
-        try:
-            os.mkdir(folder)
-        except FileExistsError:
-            pass
-    fd = os.open(paths.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        data = memoryview(json.dumps(config).encode())
-        while data:
-            data = data[os.write(fd, data) :]
-    finally:
-        os.close(fd)
+    """The task's folders and config file (see runner/executors/folders.py)."""
+    make_task_folders(
+        paths.work_dir,
+        [paths.scratch_dir, paths.config_dir, paths.persistent_dir],
+        paths.config_file,
+        json.dumps(config),
+    )
 
 
 @dataclass(frozen=True)

@@ -108,5 +108,6 @@ class ExecutorRegistry:
         return profiles
 
     async def close(self) -> None:
+        await self.subprocess.close()
         if self._docker is not None:
             await self._docker.close()

@@ -1,14 +1,18 @@
 """Host-subprocess executor: each task runs in its own session/process group, output to files.
 
-The command runs under a tiny POSIX-shell wrapper that survives SIGTERM long enough to write the
-command's exit status to a file. So the exit code is known even when the daemon was down when the
-task ended, and the daemon never depends on being the parent to learn it.
+Tasks are started by the launcher, a small process beside the daemon (runner/executors/launcher.py):
+it is their parent, reaps them and writes each one's exit status to a file in its task folder,
+and it stays until its last task has ended even when the daemon is gone. So the exit code is
+known even when the daemon was down when the task ended. A start too large for one message to
+the launcher is made by the daemon itself, under a tiny POSIX-shell wrapper that survives
+SIGTERM long enough to write the command's exit status to the same file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,6 +30,9 @@ from runner.executors.base import (
     VisiblePaths,
     prepare_task_folders,
 )
+from runner.executors.exits import ExitWatcher, ProcessWatch
+from runner.executors.launch_client import LauncherClient, RequestTooLarge, Started
+from runner.executors.procfs import read_small_file, start_ticks
 from runner.executors.spawn import spawn_in_new_session
 from runner.models import StepRecord
 
@@ -36,7 +43,10 @@ _WRAPPER = (
     '"$@"; rc=$?; printf "%s\\n" "$rc" >"$f"; exit "$rc"'
 )
 MARKER_PREFIX = "localjobs-task:"
+# Set in the environment of every task the launcher starts: `<MARKER_PREFIX><owner>:<task name>`.
+TASK_MARKER_VARIABLE = "LOCALJOBS_TASK"
 _KILL_WAIT_S = 5.0
+_EXIT_FILE_WAIT_S = 2.0
 
 
 def _boot_id() -> str:
@@ -49,56 +59,47 @@ def _boot_id() -> str:
 BOOT_ID = _boot_id()
 
 
-def _read_small_file(path: str) -> bytes | None:
-    # os-level calls: this runs for every task, and Python's file objects cost more than the read.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def read_exit_file(path: str) -> ExitStatus | None:
-    data = _read_small_file(path)
+    data = read_small_file(path)
     text = data.decode("ascii", "replace").strip() if data is not None else ""
     if not text.lstrip("-").isdigit():
         return None
     return ExitStatus.from_exit_code(int(text))
 
 
-def _start_ticks(pid: int) -> int | None:
-    """When the process started, in clock ticks since boot (/proc/PID/stat field 22): with the
-    pid and the boot id, an identity that a reused pid cannot fake."""
-    stat = _read_small_file(f"/proc/{pid}/stat")
-    if not stat:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])
-
-
 class SubprocessWorkload:
-    """A task's wrapper process, watched through a pidfd (no polling, works for non-children)."""
+    """A task process, and how its end is learnt:
 
-    def __init__(self, pid: int, start_ticks: int | None, exit_file: str, is_child: bool):
+    - started by the launcher (runner/executors/launcher.py), its parent: the launcher says when it
+      ended and with what status; should the launcher go away first, the process's pidfd (held
+      meanwhile) and the exit-status file tell instead;
+    - started by this daemon under the `sh` wrapper (a start too large for the launcher), or
+      adopted after a restart: the exit watcher (runner/executors/exits.py) watches its pidfd
+      and the exit-status file gives the status.
+    The constructor does not touch the event loop: any thread may build one."""
+
+    def __init__(
+        self,
+        pid: int,
+        start_ticks: int | None,
+        exit_file: str,
+        *,
+        watcher: ExitWatcher,
+        loop: asyncio.AbstractEventLoop,
+        is_child: bool = False,
+        launched: Started | None = None,
+    ):
         self._pid = pid
         self._start_ticks = start_ticks
         self._exit_file = exit_file
         self._is_child = is_child
-        self._loop = asyncio.get_running_loop()
-        self._exit: asyncio.Future[ExitStatus] = self._loop.create_future()
-        try:
-            self._pidfd: int | None = os.pidfd_open(pid)
-        except ProcessLookupError:  # already gone (and reaped by someone else)
-            self._pidfd = None
-            self._loop.call_soon(self._on_exit)
-        else:
-            self._loop.add_reader(self._pidfd, self._on_exit)
+        self._watcher = watcher
+        self._loop = loop
+        self._launched = launched
+        self._watch: ProcessWatch | None = None
+        if launched is None:
+            self._watch = watcher.watch(loop, pid, self._exit_status)
+        self._final: asyncio.Future[ExitStatus] | None = None
 
     @property
     def handle(self) -> dict[str, Any]:
@@ -108,22 +109,14 @@ class SubprocessWorkload:
     def details(self) -> dict[str, Any]:
         return {"pid": self._pid, "pgid": self._pid}
 
-    def _close_pidfd(self) -> None:
-        if self._pidfd is not None:
-            self._loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+    def _ended(self) -> bool:
+        """True from the moment the process may have been reaped: its pid is then not ours."""
+        if self._watch is not None:
+            return self._watch.ended
+        return self._launched is not None and self._launched.exited.done()
 
-    def _on_exit(self) -> None:
-        self._close_pidfd()
-        if self._exit.done():
-            return
-        try:
-            self._exit.set_result(self._exit_status())
-        except Exception as exc:
-            self._exit.set_exception(exc)
-
-    def _exit_status(self) -> ExitStatus:
+    def _exit_status(self) -> ExitStatus | None:
+        """Runs in the watcher thread once the process has ended; None: not known yet."""
         returncode = None
         if self._is_child:
             # Already dead (the pidfd said so): this reaps it without blocking.
@@ -137,12 +130,46 @@ class SubprocessWorkload:
             return ExitStatus(exit_code=None, signal=-returncode)
         if returncode is not None:
             return ExitStatus(exit_code=returncode)
-        return ExitStatus(exit_code=None, reason="exit status lost (the process was killed)")
+        return None
+
+    def _settled(self) -> asyncio.Future[ExitStatus]:
+        if self._final is None:
+            self._final = asyncio.ensure_future(self._settle())
+        return self._final
 
     async def wait(self) -> ExitStatus:
-        return await asyncio.shield(self._exit)
+        return await asyncio.shield(self._settled())
+
+    async def _settle(self) -> ExitStatus:
+        launched = self._launched
+        if launched is not None:
+            code = await launched.exited
+            if code is not None:
+                self._close_pidfd()
+                return ExitStatus.from_exit_code(code)
+            # The launcher went away first: watch the process through the pidfd held for this.
+            pidfd, launched.pidfd = launched.pidfd, -1
+            self._watch = self._watcher.watch(self._loop, self._pid, self._exit_status, pidfd=pidfd)
+        assert self._watch is not None
+        status = await self._watch.future
+        # The parent of an adopted process (a launcher of an earlier daemon) writes its status
+        # right after reaping it, i.e. just after the pidfd said it ended: wait a little for that.
+        delay, waited = 0.005, 0.0
+        while status is None and waited < _EXIT_FILE_WAIT_S:
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.25)
+            status = read_exit_file(self._exit_file)
+        return status or ExitStatus(exit_code=None, reason="exit status lost (the process was killed)")
+
+    def _close_pidfd(self) -> None:
+        if self._launched is not None and self._launched.pidfd >= 0:
+            os.close(self._launched.pidfd)
+            self._launched.pidfd = -1
 
     def _signal_group(self, sig: int) -> None:
+        if self._ended():  # reaped, or about to be: the pid may be someone else's by now
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._pid, sig)
 
@@ -153,20 +180,20 @@ class SubprocessWorkload:
             return []
 
     async def stop(self, grace_s: float) -> None:
-        if self._exit.done():
+        if self._ended():
             return
         # Grandchildren may have left the group (setsid): remember them before the group dies.
         strays = self._descendants()
         self._signal_group(signal.SIGTERM)
         self._signal_group(signal.SIGCONT)  # a frozen (paused) group must wake to handle SIGTERM
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._exit), grace_s)
+            await asyncio.wait_for(asyncio.shield(self._settled()), grace_s)
         self._signal_group(signal.SIGKILL)
         for proc in strays + self._descendants():
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._exit), _KILL_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(self._settled()), _KILL_WAIT_S)
 
     async def pause(self) -> None:
         self._signal_group(signal.SIGSTOP)
@@ -175,12 +202,18 @@ class SubprocessWorkload:
         self._signal_group(signal.SIGCONT)
 
     async def release(self) -> None:
+        if self._watch is not None:
+            self._watcher.forget(self._watch)
         self._close_pidfd()
 
 
 def _prepare_and_spawn(
-    task: TaskLaunch, config: dict[str, Any], wrapped: list[str]
-) -> tuple[int, int | None]:
+    task: TaskLaunch,
+    config: dict[str, Any],
+    wrapped: list[str],
+    watcher: ExitWatcher,
+    loop: asyncio.AbstractEventLoop,
+) -> SubprocessWorkload:
     paths = task.paths
     prepare_task_folders(paths, config)
     # posix_spawn, not asyncio's subprocess: nothing ties the child's life to this event loop,
@@ -196,7 +229,15 @@ def _prepare_and_spawn(
         stderr=paths.stderr_file,
         output_flags=os.O_WRONLY | os.O_CREAT | os.O_APPEND,
     )
-    return pid, _start_ticks(pid)
+    try:
+        return SubprocessWorkload(
+            pid, start_ticks(pid), paths.exit_file, watcher=watcher, loop=loop, is_child=True
+        )
+    except BaseException:  # unwatched, it would run on unseen: end it
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
 
 
 class SubprocessExecutor:
@@ -204,6 +245,8 @@ class SubprocessExecutor:
         self._python = python_executable
         # In every wrapper's argv: which daemon (data dir) and task it belongs to.
         self._marker = f"{MARKER_PREFIX}{owner}:"
+        self._exits = ExitWatcher()
+        self._launcher = LauncherClient(self._exits)
 
     def _resolve(self, argv: list[str], env: dict[str, str]) -> list[str]:
         program = argv[0]
@@ -230,24 +273,49 @@ class SubprocessExecutor:
     async def start(self, launch: Launch) -> SubprocessWorkload:
         (task,) = launch.tasks  # a host subprocess step is always one task
         argv = self._resolve(launch.argv, task.env)
-        paths = task.paths
-        wrapped = [
-            "/bin/sh",
-            "-c",
-            _WRAPPER,
-            self._marker + task.task_name,
-            paths.exit_file,
-            paths.work_dir,
-            *argv,
-        ]
-        # One trip to a worker thread for the file-system calls and the spawn, which blocks until
-        # the child has exec'd (vfork semantics; ~0.3-1.5 ms under load): the event loop serves
-        # other jobs meanwhile. The spawn releases the GIL while it waits (runner/executors/spawn.py).
+        marker = self._marker + task.task_name
         try:
-            pid, ticks = await asyncio.to_thread(_prepare_and_spawn, task, launch.step.spec.config, wrapped)
-        except (OSError, ValueError) as exc:
+            return await self._start_by_launcher(task, launch.step.spec.config, argv, marker)
+        except RequestTooLarge:
+            pass
+        # Too large for one message to the launcher: the folders and the spawn in a worker thread
+        # of the daemon (the spawn blocks until the child has exec'd, and releases the GIL), under
+        # the `sh` wrapper that records the exit status.
+        paths = task.paths
+        wrapped = ["/bin/sh", "-c", _WRAPPER, marker, paths.exit_file, paths.work_dir, *argv]
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.to_thread(
+                _prepare_and_spawn, task, launch.step.spec.config, wrapped, self._exits, loop
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
             raise ExecutorError(f"Failed to start subprocess: {exc}") from exc
-        return SubprocessWorkload(pid, ticks, paths.exit_file, is_child=True)
+
+    async def _start_by_launcher(
+        self, task: TaskLaunch, config: dict[str, Any], argv: list[str], marker: str
+    ) -> SubprocessWorkload:
+        paths = task.paths
+        started = await self._launcher.start(
+            {
+                "argv": argv,
+                "env": {**task.env, TASK_MARKER_VARIABLE: marker},
+                "work_dir": paths.work_dir,
+                "folders": [paths.scratch_dir, paths.config_dir, paths.persistent_dir],
+                "config_file": paths.config_file,
+                "config": json.dumps(config),
+                "stdout": paths.stdout_file,
+                "stderr": paths.stderr_file,
+                "exit_file": paths.exit_file,
+            }
+        )
+        return SubprocessWorkload(
+            started.pid,
+            started.start_ticks,
+            paths.exit_file,
+            watcher=self._exits,
+            loop=asyncio.get_running_loop(),
+            launched=started,
+        )
 
     async def recover(
         self, step: StepRecord, handle: dict[str, Any], task_paths: list[TaskPaths]
@@ -255,24 +323,43 @@ class SubprocessExecutor:
         (paths,) = task_paths
         pid = handle.get("pid")
         if isinstance(pid, int) and handle.get("boot_id") == BOOT_ID:
-            started = _start_ticks(pid)
+            started = start_ticks(pid)
             # A bare pid is no identity: it must also be the same process start on the same boot.
             if started is not None and started == handle.get("start_ticks"):
-                return SubprocessWorkload(pid, started, paths.exit_file, is_child=False)
+                return self._adopt(pid, started, paths.exit_file)
         else:
             found = self.task_processes().get(os.path.basename(paths.work_dir))
             if found is not None:
-                return SubprocessWorkload(found.pid, _start_ticks(found.pid), paths.exit_file, is_child=False)
+                return self._adopt(found.pid, start_ticks(found.pid), paths.exit_file)
         return read_exit_file(paths.exit_file)
 
+    def _adopt(self, pid: int, start_ticks: int | None, exit_file: str) -> SubprocessWorkload:
+        return SubprocessWorkload(
+            pid, start_ticks, exit_file, watcher=self._exits, loop=asyncio.get_running_loop()
+        )
+
+    async def close(self) -> None:
+        """Let the launcher go and stop watching (at shut-down): processes left running are for
+        the next daemon to adopt."""
+        await self._launcher.close()
+        self._exits.close()
+
     def task_processes(self) -> dict[str, psutil.Process]:
-        """This daemon's live task wrappers, by task name (found by the marker in their argv)."""
+        """This daemon's live task processes, by task name: found by the marker in their
+        environment (started by the launcher) or in the argv of their `sh` wrapper."""
         found: dict[str, psutil.Process] = {}
-        for proc in psutil.process_iter(["cmdline"]):
+        for proc in psutil.process_iter(["cmdline", "environ"]):
             with contextlib.suppress(psutil.Error):
                 cmdline = proc.info.get("cmdline") or []
-                if len(cmdline) > 3 and cmdline[3].startswith(self._marker):
-                    found[cmdline[3].removeprefix(self._marker)] = proc
+                tag = cmdline[3] if len(cmdline) > 3 else ""
+                if not tag.startswith(self._marker):
+                    tag = (proc.info.get("environ") or {}).get(TASK_MARKER_VARIABLE, "")
+                    if not tag.startswith(self._marker):
+                        continue
+                    # A task's descendants inherit its environment: the task is the session leader.
+                    if os.getsid(proc.pid) != proc.pid:
+                        continue
+                found[tag.removeprefix(self._marker)] = proc
         return found
 
     def sweep_orphans(self, known_tasks: set[str]) -> int:

@@ -1,0 +1,232 @@
+"""The daemon's side of the launcher process (runner/executors/launcher.py): starts it when first
+needed, sends it start requests and matches its answers to them.
+
+The launcher is replaceable at any moment: if it dies, the starts it had not answered fail (their
+steps end in error, with the reason), running tasks go on (the daemon holds their pidfds and their
+wrappers write their own exit status), and the next start brings up a new launcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import runner
+from runner.executors.base import ExecutorError
+from runner.executors.exits import ExitWatcher
+from runner.executors.launcher import MAX_MESSAGE
+
+log = logging.getLogger(__name__)
+
+_ANSWER_TIMEOUT_S = 30.0
+# The folder holding the `runner` package, so that `python -S` finds it wherever it is installed.
+_IMPORT_ROOT = str(Path(runner.__file__).resolve().parent.parent)
+
+
+class RequestTooLarge(Exception):
+    """The request does not fit in one message (a huge environment or config): start in-process."""
+
+
+def _send_error(exc: OSError) -> Exception:
+    if exc.errno == errno.EMSGSIZE:
+        return RequestTooLarge()
+    return ExecutorError(f"Failed to start subprocess: the task launcher cannot be reached: {exc}")
+
+
+class Started:
+    """A task the launcher started. `exited` gets its exit status (as a shell reports it), or
+    None if the launcher went away first: the pidfd (owned by the receiver) then tells the end."""
+
+    __slots__ = ("exited", "pid", "pidfd", "start_ticks")
+
+    def __init__(self, pid: int, start_ticks: int | None, pidfd: int, exited: asyncio.Future[int | None]):
+        self.pid = pid
+        self.start_ticks = start_ticks
+        self.pidfd = pidfd
+        self.exited = exited
+
+
+class LauncherClient:
+    def __init__(self, exits: ExitWatcher) -> None:
+        self._exits = exits
+        self._sock: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._starting: asyncio.Lock | None = None
+        self._answers: dict[int, asyncio.Future[Started]] = {}
+        self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._running: dict[int, asyncio.Future[int | None]] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    async def start(self, request: dict[str, Any]) -> Started:
+        """Ask the launcher to start a task wrapper; the caller owns the returned pidfd."""
+        if self._closed:
+            raise ExecutorError("the daemon is shutting down")
+        request_id = next(self._ids)
+        data = json.dumps({**request, "id": request_id}).encode()
+        if len(data) > MAX_MESSAGE:
+            raise RequestTooLarge()
+        sock = await self._connected()
+        answer: asyncio.Future[Started] = asyncio.get_running_loop().create_future()
+        self._answers[request_id] = answer
+        try:
+            self._send(sock, request_id, data)
+            return await asyncio.wait_for(asyncio.shield(answer), _ANSWER_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise ExecutorError(f"the task launcher did not answer within {_ANSWER_TIMEOUT_S:.0f} s") from exc
+        finally:
+            # An answer that comes after this is given up is handled in _on_answer.
+            self._answers.pop(request_id, None)
+
+    def _send(self, sock: socket.socket, request_id: int, data: bytes) -> None:
+        """In order, never blocking: the launcher's queue holds only ~10 messages
+        (net.unix.max_dgram_qlen), the rest waits here. One writer callback for all of them:
+        concurrent loop.sock_sendall calls on one socket would replace each other's."""
+        if not self._outbox:
+            try:
+                sock.send(data)
+                return
+            except BlockingIOError:
+                asyncio.get_running_loop().add_writer(sock.fileno(), self._flush, sock)
+            except OSError as exc:
+                raise _send_error(exc) from exc
+        self._outbox.append((request_id, data))
+
+    def _flush(self, sock: socket.socket) -> None:
+        while self._outbox:
+            request_id, data = self._outbox[0]
+            try:
+                sock.send(data)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                waiting = self._answers.get(request_id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_exception(_send_error(exc))
+            self._outbox.popleft()
+        asyncio.get_running_loop().remove_writer(sock.fileno())
+
+    async def _connected(self) -> socket.socket:
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._sock is None:
+                self._sock = await self._launch()
+            return self._sock
+
+    async def _launch(self) -> socket.socket:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [_IMPORT_ROOT, os.environ.get("PYTHONPATH")])),
+        }
+        argv = [sys.executable, "-S", "-m", "runner.executors.launcher", str(theirs.fileno())]
+        try:
+            # Own session: a Ctrl-C meant for the daemon's terminal is the daemon's to handle.
+            process = await asyncio.to_thread(
+                subprocess.Popen,
+                argv,
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            mine.close()
+            raise ExecutorError(f"cannot start the task launcher: {exc}") from exc
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(mine.fileno(), self._on_readable, mine)
+        self._process = process
+        # Reaped by the exit watcher; its end while the daemon runs is worth a line in the log.
+        ended = self._exits.watch(loop, process.pid, process.wait).future
+        ended.add_done_callback(lambda f: self._on_launcher_exit(mine, f))
+        return mine
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                self._lost(sock, "the task launcher stopped")
+                return
+            message = json.loads(data)
+            if "exited" in message:
+                ended = self._running.pop(message["exited"], None)
+                if ended is not None and not ended.done():
+                    ended.set_result(message["code"])
+            else:
+                self._on_answer(message, fds)
+
+    def _on_answer(self, answer: dict[str, Any], fds: list[int]) -> None:
+        waiting = self._answers.pop(answer["id"], None)
+        if waiting is None or waiting.done():
+            # Its requester gave up waiting: a task nobody watches must not run on unseen.
+            if "pid" in answer:
+                with contextlib.suppress(OSError):
+                    os.killpg(answer["pid"], signal.SIGKILL)
+            for fd in fds:
+                os.close(fd)
+            return
+        if "error" in answer or not fds:
+            for fd in fds:
+                os.close(fd)
+            waiting.set_exception(
+                ExecutorError(f"Failed to start subprocess: {answer.get('error', 'no pidfd')}")
+            )
+            return
+        exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._running[answer["pid"]] = exited
+        waiting.set_result(Started(answer["pid"], answer["start_ticks"], fds[0], exited))
+
+    def _lost(self, sock: socket.socket, why: str) -> None:
+        if self._sock is not sock:
+            return
+        self._sock = None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.remove_writer(sock.fileno())
+        self._outbox.clear()
+        sock.close()
+        answers, self._answers = self._answers, {}
+        for waiting in answers.values():
+            if not waiting.done():
+                waiting.set_exception(ExecutorError(f"Failed to start subprocess: {why}"))
+        running, self._running = self._running, {}
+        for ended in running.values():
+            if not ended.done():
+                ended.set_result(None)
+        if not self._closed:
+            log.warning("%s; a new one starts with the next step", why)
+
+    def _on_launcher_exit(self, sock: socket.socket, ended: asyncio.Future[Any]) -> None:
+        if not ended.cancelled():
+            code = ended.result() if ended.exception() is None else ended.exception()
+            self._lost(sock, f"the task launcher ended ({code})")
+
+    async def close(self) -> None:
+        """Let the launcher go: it exits once the tasks it still runs have ended (those a
+        shut-down leaves running, for the next daemon), so this does not wait for it."""
+        self._closed = True
+        sock = self._sock
+        if sock is not None:
+            self._lost(sock, "the daemon is shutting down")

@@ -1,0 +1,160 @@
+"""The launcher: a small process of its own that creates task folders, starts task processes and
+reaps them, recording each one's exit status in its task folder.
+
+Why a process: in the daemon, each start cost ~12 system calls on worker threads (7 mkdirs, the
+config file, the spawn, /proc), each of which gave the GIL away and had to win it back from the
+event loop and the database writer; and each task needed a `sh` wrapper (one more fork and exec)
+to record its exit status should the daemon be down when it ends. Here the work runs beside the
+daemon, on another core, the task is spawned directly, and the daemon's part of a start is one
+message out and one back, of an end one message in.
+
+Run as `python -S -m runner.executors.launcher FD`, FD being its end of a SOCK_SEQPACKET pair;
+standard library only (no site, no pydantic), so it starts in tens of milliseconds.
+
+  daemon -> launcher: {"id", "argv", "env", "work_dir", "folders", "config_file", "config",
+                       "stdout", "stderr", "exit_file"}
+  launcher -> daemon: {"id", "pid", "start_ticks"} with a pidfd of the process attached
+                      (SCM_RIGHTS: no pid-reuse race), or {"id", "error"};
+                      later {"exited": pid, "code": N}, once N is in the exit-status file.
+
+Exit statuses are written as a shell reports them (`128+S` for signal S), the format the
+daemon has always read. When the daemon goes away (closes its end, or dies) the launcher stops
+taking requests but stays until its last task has ended and its status is written, so a
+restarted daemon finds it; then it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+
+from runner.executors.folders import make_task_folders
+from runner.executors.procfs import start_ticks
+from runner.executors.spawn import spawn_in_new_session
+
+MAX_MESSAGE = 192 * 1024  # below the default socket buffer (net.core.wmem_default: 208 KiB)
+_OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+_REAP_EVERY_S = 1.0  # a missed SIGCHLD wake-up costs at most this much
+
+
+def _start(request: dict[str, object]) -> int:
+    """Folders, config file and the task process: its pid. OSError or ValueError on failure."""
+    folders, argv, env = request["folders"], request["argv"], request["env"]
+    assert isinstance(folders, list) and isinstance(argv, list) and isinstance(env, dict)
+    work_dir = str(request["work_dir"])
+    make_task_folders(work_dir, folders, str(request["config_file"]), str(request["config"]))
+    os.chdir(work_dir)  # inherited by the spawn; the launcher itself uses absolute paths only
+    return spawn_in_new_session(
+        argv[0],
+        argv,
+        env,
+        stdin=os.devnull,
+        stdout=str(request["stdout"]),
+        stderr=str(request["stderr"]),
+        output_flags=_OUTPUT_FLAGS,
+    )
+
+
+class Launcher:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock: socket.socket | None = sock
+        self.exit_files: dict[int, str] = {}
+
+    def answer(self, data: bytes) -> None:
+        request_id: object = None
+        try:
+            request = json.loads(data)
+            request_id = request["id"]
+            pid = _start(request)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+            self._tell({"id": request_id, "error": str(exc) or type(exc).__name__})
+            return
+        self.exit_files[pid] = str(request["exit_file"])
+        # Before any reaping: the pid and the pidfd are surely this process's.
+        reply = json.dumps({"id": request_id, "pid": pid, "start_ticks": start_ticks(pid)}).encode()
+        pidfd = os.pidfd_open(pid)
+        try:
+            if self.sock is not None:
+                socket.send_fds(self.sock, [reply], [pidfd])
+        except OSError:
+            self.sock = None  # the daemon is gone: the task runs on, its status will be written
+        finally:
+            os.close(pidfd)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            path = self.exit_files.pop(pid, None)
+            if path is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            code = 128 - code if code < 0 else code
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                try:
+                    os.write(fd, f"{code}\n".encode())
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # its folder was removed: the daemon hears the status below, or not at all
+            self._tell({"exited": pid, "code": code})
+
+    def _tell(self, message: dict[str, object]) -> None:
+        if self.sock is None:
+            return
+        try:
+            self.sock.send(json.dumps(message).encode())
+        except OSError:
+            self.sock = None
+
+
+def serve(sock: socket.socket) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    launcher = Launcher(sock)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    while launcher.sock is not None or launcher.exit_files:
+        for key, _ in selector.select(timeout=_REAP_EVERY_S):
+            if key.fd == wake_r:
+                _drain(wake_r)
+                continue
+            try:
+                data = sock.recv(MAX_MESSAGE)
+            except OSError:
+                data = b""
+            if data and launcher.sock is not None:
+                launcher.answer(data)
+            else:  # the daemon closed its end, or died
+                launcher.sock = None
+                selector.unregister(sock)
+        launcher.reap()
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when the launcher ends
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    sock.setblocking(True)
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()
