@@ -257,6 +257,30 @@ def test_a_step_that_ends_while_the_daemon_is_down_gets_its_true_exit_code(
     assert daemon.stop() == 0
 
 
+def test_a_step_that_ends_after_the_daemon_was_killed_gets_its_true_exit_code(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    """SIGKILL leaves no time to clean up: the launcher, the task's parent, outlives the daemon,
+    records the exit status when the task ends, and only then exits."""
+    daemon = make_daemon(tmp_path / "data")
+    url = daemon.start()
+    _create_job(url, "orphaned", "sh", "-c", "sleep 1; exit 5")
+    _wait_job(daemon, "orphaned", {"active"})
+    pid = _get(url, f"{WS}/jobs/orphaned/steps/main").json()["status_details"]["pid"]
+    launchers = [
+        p for p in psutil.Process(daemon.pid).children() if "runner.executors.launcher" in p.cmdline()
+    ]
+    assert len(launchers) == 1
+    daemon.stop(signal.SIGKILL)
+    assert pid_alive(pid) and launchers[0].is_running()
+    launchers[0].wait(timeout=10)  # it leaves once its last task has ended and is recorded
+    assert not pid_alive(pid)
+    daemon.start()
+    job = _wait_job(daemon, "orphaned", TERMINAL)
+    assert (job["status"], job["error_details"]["exit_code"]) == ("error", 5)
+    assert daemon.stop() == 0
+
+
 def test_orphaned_task_processes_are_killed_at_start(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     import subprocess
 

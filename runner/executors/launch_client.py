@@ -12,13 +12,13 @@ import asyncio
 import collections
 import contextlib
 import errno
+import functools
 import itertools
 import json
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,14 @@ from runner.executors.launcher import MAX_MESSAGE
 log = logging.getLogger(__name__)
 
 _ANSWER_TIMEOUT_S = 30.0
+_EXIT_WAIT_S = 5.0
+_LAUNCHER_FD = 3
 # The folder holding the `runner` package, so that `python -S` finds it wherever it is installed.
 _IMPORT_ROOT = str(Path(runner.__file__).resolve().parent.parent)
+
+
+def _reap(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 class RequestTooLarge(Exception):
@@ -62,7 +68,7 @@ class LauncherClient:
     def __init__(self, exits: ExitWatcher) -> None:
         self._exits = exits
         self._sock: socket.socket | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._launcher_ended: asyncio.Future[Any] | None = None
         self._starting: asyncio.Lock | None = None
         self._answers: dict[int, asyncio.Future[Started]] = {}
         self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
@@ -128,22 +134,30 @@ class LauncherClient:
 
     async def _launch(self) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [_IMPORT_ROOT, os.environ.get("PYTHONPATH")])),
-        }
-        argv = [sys.executable, "-S", "-m", "runner.executors.launcher", str(theirs.fileno())]
+        search_path = os.pathsep.join(filter(None, [_IMPORT_ROOT, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": search_path}
+        argv = [sys.executable, "-S", "-m", "runner.executors.launcher", str(_LAUNCHER_FD)]
         try:
-            # Own session: a Ctrl-C meant for the daemon's terminal is the daemon's to handle.
-            process = await asyncio.to_thread(
-                subprocess.Popen,
-                argv,
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
+            # Only its end of the pair, as fd 3 (dup2 clears close-on-exec; every other fd of the
+            # daemon is close-on-exec). Own session: a Ctrl-C for the daemon's terminal is the
+            # daemon's to handle. posix_spawn, not subprocess: this is no Popen to be waited for.
+            theirs_fd = theirs.fileno() if theirs.fileno() != _LAUNCHER_FD else os.dup(theirs.fileno())
+            try:
+                pid = await asyncio.to_thread(
+                    os.posix_spawn,
+                    sys.executable,
+                    argv,
+                    env,
+                    file_actions=[
+                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                        (os.POSIX_SPAWN_DUP2, theirs_fd, _LAUNCHER_FD),
+                    ],
+                    setsid=True,
+                )
+            finally:
+                if theirs_fd != theirs.fileno():
+                    os.close(theirs_fd)
         except OSError as exc:
             mine.close()
             raise ExecutorError(f"cannot start the task launcher: {exc}") from exc
@@ -152,10 +166,9 @@ class LauncherClient:
         mine.setblocking(False)
         loop = asyncio.get_running_loop()
         loop.add_reader(mine.fileno(), self._on_readable, mine)
-        self._process = process
         # Reaped by the exit watcher; its end while the daemon runs is worth a line in the log.
-        ended = self._exits.watch(loop, process.pid, process.wait).future
-        ended.add_done_callback(lambda f: self._on_launcher_exit(mine, f))
+        self._launcher_ended = self._exits.watch(loop, pid, functools.partial(_reap, pid)).future
+        self._launcher_ended.add_done_callback(lambda f: self._on_launcher_exit(mine, f))
         return mine
 
     def _on_readable(self, sock: socket.socket) -> None:
@@ -224,9 +237,12 @@ class LauncherClient:
             self._lost(sock, f"the task launcher ended ({code})")
 
     async def close(self) -> None:
-        """Let the launcher go: it exits once the tasks it still runs have ended (those a
-        shut-down leaves running, for the next daemon), so this does not wait for it."""
+        """Let the launcher go. With no task left it exits at once (a short, bounded wait for
+        it); otherwise it stays until those (left running for the next daemon) have ended."""
         self._closed = True
-        sock = self._sock
+        sock, idle = self._sock, not self._running
         if sock is not None:
             self._lost(sock, "the daemon is shutting down")
+        if idle and self._launcher_ended is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._launcher_ended), _EXIT_WAIT_S)

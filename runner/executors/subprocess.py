@@ -141,6 +141,7 @@ class SubprocessWorkload:
         return await asyncio.shield(self._settled())
 
     async def _settle(self) -> ExitStatus:
+        lost = "exit status lost (the process was killed)"
         launched = self._launched
         if launched is not None:
             code = await launched.exited
@@ -148,6 +149,8 @@ class SubprocessWorkload:
                 self._close_pidfd()
                 return ExitStatus.from_exit_code(code)
             # The launcher went away first: watch the process through the pidfd held for this.
+            # Its parent is gone, so nobody will record its exit status.
+            lost = "exit status lost: the task launcher stopped before the task ended"
             pidfd, launched.pidfd = launched.pidfd, -1
             self._watch = self._watcher.watch(self._loop, self._pid, self._exit_status, pidfd=pidfd)
         assert self._watch is not None
@@ -160,7 +163,7 @@ class SubprocessWorkload:
             waited += delay
             delay = min(delay * 2, 0.25)
             status = read_exit_file(self._exit_file)
-        return status or ExitStatus(exit_code=None, reason="exit status lost (the process was killed)")
+        return status or ExitStatus(exit_code=None, reason=lost)
 
     def _close_pidfd(self) -> None:
         if self._launched is not None and self._launched.pidfd >= 0:
