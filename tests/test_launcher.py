@@ -24,6 +24,27 @@ def _launchers() -> list[psutil.Process]:
     return found
 
 
+def _request(folder: Path, argv: list[str]) -> dict[str, object]:
+    return {
+        "argv": argv,
+        "env": {"PATH": os.defpath},
+        "work_dir": str(folder),
+        "folders": [f"{folder}/scratch"],
+        "config_file": f"{folder}/config.json",
+        "config": "{}",
+        "stdout": f"{folder}/stdout.log",
+        "stderr": f"{folder}/stderr.log",
+        "exit_file": f"{folder}/exit_code",
+    }
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def test_many_starts_at_once_all_get_their_answer(tmp_path: Path) -> None:
     """More requests than the launcher's socket queue holds (~10): they wait their turn."""
     exits = ExitWatcher()
@@ -31,26 +52,33 @@ async def test_many_starts_at_once_all_get_their_answer(tmp_path: Path) -> None:
     try:
 
         async def start(i: int) -> tuple[int, int | None]:
-            folder = str(tmp_path / f"task-{i}")
-            started = await client.start(
-                {
-                    "argv": ["/bin/sh", "-c", f"exit {i % 7}"],
-                    "env": {"PATH": os.defpath},
-                    "work_dir": folder,
-                    "folders": [f"{folder}/scratch"],
-                    "config_file": f"{folder}/config.json",
-                    "config": "{}",
-                    "stdout": f"{folder}/stdout.log",
-                    "stderr": f"{folder}/stderr.log",
-                    "exit_file": f"{folder}/exit_code",
-                }
-            )
+            started = await client.start(_request(tmp_path / f"task-{i}", ["/bin/sh", "-c", f"exit {i % 7}"]))
             os.close(started.pidfd)
             return i, await asyncio.wait_for(started.exited, 30)
 
         results = await asyncio.gather(*(start(i) for i in range(150)))
         assert all(code == i % 7 for i, code in results)
         assert all((tmp_path / f"task-{i}" / "exit_code").read_text() == f"{i % 7}\n" for i in range(150))
+    finally:
+        await client.close()
+        exits.close()
+
+
+async def test_an_idle_launcher_leaves_and_the_next_start_brings_a_new_one(tmp_path: Path) -> None:
+    exits = ExitWatcher()
+    client = LauncherClient(exits, idle_s=0.2)
+    try:
+        first = await client.start(_request(tmp_path / "first", ["/bin/true"]))
+        os.close(first.pidfd)
+        assert await asyncio.wait_for(first.exited, 10) == 0
+        (launcher,) = _launchers()
+        deadline = asyncio.get_running_loop().time() + 10
+        while _alive(launcher):
+            assert asyncio.get_running_loop().time() < deadline, "the idle launcher stayed"
+            await asyncio.sleep(0.05)
+        second = await client.start(_request(tmp_path / "second", ["/bin/sh", "-c", "exit 3"]))
+        os.close(second.pidfd)
+        assert await asyncio.wait_for(second.exited, 10) == 3
     finally:
         await client.close()
         exits.close()

@@ -65,8 +65,9 @@ class Started:
 
 
 class LauncherClient:
-    def __init__(self, exits: ExitWatcher) -> None:
+    def __init__(self, exits: ExitWatcher, idle_s: float = 30.0) -> None:
         self._exits = exits
+        self._idle_s = idle_s
         self._sock: socket.socket | None = None
         self._launcher_ended: asyncio.Future[Any] | None = None
         self._starting: asyncio.Lock | None = None
@@ -136,7 +137,7 @@ class LauncherClient:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         search_path = os.pathsep.join(filter(None, [_IMPORT_ROOT, os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": search_path}
-        argv = [sys.executable, "-S", "-m", "runner.executors.launcher", str(_LAUNCHER_FD)]
+        argv = [sys.executable, "-S", "-m", "runner.executors.launcher", str(_LAUNCHER_FD), str(self._idle_s)]
         try:
             # Only its end of the pair, as fd 3 (dup2 clears close-on-exec; every other fd of the
             # daemon is close-on-exec). Own session: a Ctrl-C for the daemon's terminal is the
@@ -183,7 +184,13 @@ class LauncherClient:
                 self._lost(sock, "the task launcher stopped")
                 return
             message = json.loads(data)
-            if "exited" in message:
+            if message.get("idle"):
+                # Nothing in flight (checked here, on the loop that sends): let it go. A start
+                # asked for later brings up a new one.
+                if not self._answers and not self._running and not self._outbox:
+                    self._lost(sock, "idle", quietly=True)
+                    return
+            elif "exited" in message:
                 ended = self._running.pop(message["exited"], None)
                 if ended is not None and not ended.done():
                     ended.set_result(message["code"])
@@ -211,7 +218,7 @@ class LauncherClient:
         self._running[answer["pid"]] = exited
         waiting.set_result(Started(answer["pid"], answer["start_ticks"], fds[0], exited))
 
-    def _lost(self, sock: socket.socket, why: str) -> None:
+    def _lost(self, sock: socket.socket, why: str, *, quietly: bool = False) -> None:
         if self._sock is not sock:
             return
         self._sock = None
@@ -228,7 +235,7 @@ class LauncherClient:
         for ended in running.values():
             if not ended.done():
                 ended.set_result(None)
-        if not self._closed:
+        if not self._closed and not quietly:
             log.warning("%s; a new one starts with the next step", why)
 
     def _on_launcher_exit(self, sock: socket.socket, ended: asyncio.Future[Any]) -> None:
@@ -242,7 +249,7 @@ class LauncherClient:
         self._closed = True
         sock, idle = self._sock, not self._running
         if sock is not None:
-            self._lost(sock, "the daemon is shutting down")
+            self._lost(sock, "the daemon is shutting down", quietly=True)
         if idle and self._launcher_ended is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._launcher_ended), _EXIT_WAIT_S)

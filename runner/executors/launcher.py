@@ -8,14 +8,17 @@ to record its exit status should the daemon be down when it ends. Here the work 
 daemon, on another core, the task is spawned directly, and the daemon's part of a start is one
 message out and one back, of an end one message in.
 
-Run as `python -S -m runner.executors.launcher FD`, FD being its end of a SOCK_SEQPACKET pair;
+Run as `python -S -m runner.executors.launcher FD IDLE`, FD being its end of a SOCK_SEQPACKET pair;
 standard library only (no site, no pydantic), so it starts in tens of milliseconds.
 
   daemon -> launcher: {"id", "argv", "env", "work_dir", "folders", "config_file", "config",
                        "stdout", "stderr", "exit_file"}
   launcher -> daemon: {"id", "pid", "start_ticks"} with a pidfd of the process attached
                       (SCM_RIGHTS: no pid-reuse race), or {"id", "error"};
-                      later {"exited": pid, "code": N}, once N is in the exit-status file.
+                      later {"exited": pid, "code": N}, once N is in the exit-status file;
+                      {"idle": true} after IDLE seconds with no task and no request: the
+                      daemon then closes its end if it has nothing in flight, and the launcher
+                      exits (an idle daemon holds no launcher: ~12 MB less).
 
 Exit statuses are written as a shell reports them (`128+S` for signal S), the format the
 daemon has always read. When the daemon goes away (closes its end, or dies) the launcher stops
@@ -32,6 +35,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 
 from runner.executors.folders import make_task_folders
 from runner.executors.procfs import start_ticks
@@ -72,7 +76,7 @@ class Launcher:
             request_id = request["id"]
             pid = _start(request)
         except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
-            self._tell({"id": request_id, "error": str(exc) or type(exc).__name__})
+            self.tell({"id": request_id, "error": str(exc) or type(exc).__name__})
             return
         self.exit_files[pid] = str(request["exit_file"])
         # Before any reaping: the pid and the pidfd are surely this process's.
@@ -107,9 +111,9 @@ class Launcher:
                     os.close(fd)
             except OSError:
                 pass  # its folder was removed: the daemon hears the status below, or not at all
-            self._tell({"exited": pid, "code": code})
+            self.tell({"exited": pid, "code": code})
 
-    def _tell(self, message: dict[str, object]) -> None:
+    def tell(self, message: dict[str, object]) -> None:
         if self.sock is None:
             return
         try:
@@ -118,7 +122,7 @@ class Launcher:
             self.sock = None
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock: socket.socket, idle_s: float) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
@@ -126,8 +130,14 @@ def serve(sock: socket.socket) -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
+    busy_at, idle_said = time.monotonic(), False
     while launcher.sock is not None or launcher.exit_files:
-        for key, _ in selector.select(timeout=_REAP_EVERY_S):
+        if launcher.exit_files:
+            busy_at, idle_said = time.monotonic(), False
+        elif not idle_said and time.monotonic() - busy_at >= idle_s:
+            launcher.tell({"idle": True})
+            idle_said = True
+        for key, _ in selector.select(timeout=min(_REAP_EVERY_S, idle_s)):
             if key.fd == wake_r:
                 _drain(wake_r)
                 continue
@@ -137,6 +147,7 @@ def serve(sock: socket.socket) -> None:
                 data = b""
             if data and launcher.sock is not None:
                 launcher.answer(data)
+                busy_at, idle_said = time.monotonic(), False
             else:  # the daemon closed its end, or died
                 launcher.sock = None
                 selector.unregister(sock)
@@ -153,7 +164,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when the launcher ends
     sock = socket.socket(fileno=int(sys.argv[1]))
     sock.setblocking(True)
-    serve(sock)
+    serve(sock, float(sys.argv[2]))
 
 
 if __name__ == "__main__":
