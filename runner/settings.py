@@ -44,6 +44,10 @@ class Settings:
     keep_containers: bool = False
     cpu_containers_as_subprocess: bool = False
 
+    def __post_init__(self) -> None:
+        # Paths go to other processes (the launcher, tasks) with other working folders: absolute.
+        object.__setattr__(self, "data_dir", Path(os.path.abspath(self.data_dir)))
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "localjobs.db"

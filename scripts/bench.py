@@ -205,6 +205,14 @@ class DaemonProcess:
     def rss_mb(self) -> float:
         return psutil.Process(self.pid).memory_info().rss / 2**20
 
+    def launcher(self) -> psutil.Process | None:
+        """The daemon's task launcher (runner/executors/launcher.py), while it runs."""
+        for child in psutil.Process(self.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "runner.executors.launcher" in child.cmdline():
+                    return child
+        return None
+
     def stop(self, grace_s: float = 30.0) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
@@ -396,20 +404,12 @@ async def spawn_floor(n: int, argv_for: Callable[[int, Path], list[str]], tmp: P
     return time.monotonic() - t0
 
 
-# The daemon's own wrapper (runner/executors/subprocess.py): what it really spawns per task.
-_WRAPPER = 'f=$1; shift; trap : HUP INT TERM; "$@"; rc=$?; printf "%s\\n" "$rc" >"$f"; exit "$rc"'
-
-
 async def phase_floor(n: int, tmp: Path, run_no: int, result: RunResult) -> None:
     # Fresh folders, nothing deleted until the whole bench is over: see quiesce_disk.
     true = shutil.which("true") or "/bin/true"
-    bare, wrapped = tmp / f"floor-{run_no}-bare", tmp / f"floor-{run_no}-wrapped"
+    bare = tmp / f"floor-{run_no}"
     bare.mkdir(parents=True)
-    wrapped.mkdir(parents=True)
     result.values["floor_s"] = await spawn_floor(n, lambda i, d: [true], bare)
-    result.values["floor_wrapped_s"] = await spawn_floor(
-        n, lambda i, d: ["/bin/sh", "-c", _WRAPPER, "localjobs-bench", str(d / f"{i}.exit"), true], wrapped
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1106,14 +1106,26 @@ async def one_run(args: argparse.Namespace, run_no: int, tmp: Path, result: RunR
             log(f"run {run_no}: end-to-end, {args.jobs} jobs, {args.concurrency} POSTs in flight")
             me, cpu0 = psutil.Process(), psutil.Process(daemon.pid).cpu_times()
             mine0 = me.cpu_times()
+            launcher = daemon.launcher()  # started by the spawn-latency phase
+            launcher0 = launcher.cpu_times() if launcher is not None else None
             with profiler(daemon.pid, args.profile if run_no == 1 else None):
                 await phase_end_to_end(session, daemon.base_url, args.jobs, args.concurrency, result)
             cpu1, mine1 = psutil.Process(daemon.pid).cpu_times(), me.cpu_times()
             result.values["daemon_cpu_s"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
             result.values["daemon_sys_s"] = cpu1.system - cpu0.system
             result.values["client_cpu_s"] = (mine1.user + mine1.system) - (mine0.user + mine0.system)
+            if launcher is not None and launcher0 is not None:
+                with contextlib.suppress(psutil.Error):
+                    launcher1 = launcher.cpu_times()
+                    result.values["launcher_cpu_s"] = (launcher1.user + launcher1.system) - (
+                        launcher0.user + launcher0.system
+                    )
             await asyncio.sleep(1.0)
             result.values["rss_after_mb"] = daemon.rss_mb()
+            launcher = daemon.launcher()
+            if launcher is not None:
+                with contextlib.suppress(psutil.Error):
+                    result.values["launcher_rss_mb"] = launcher.memory_info().rss / 2**20
             log(
                 f"run {run_no}: e2e {result.values['e2e_s']:.2f}s (daemon CPU {result.values['daemon_cpu_s']:.2f}s);"
                 f" floor ({args.jobs} direct spawns)"
@@ -1234,11 +1246,6 @@ def report(
         ratios = [
             r.values["e2e_s"] / r.values["floor_s"] for r in runs if {"e2e_s", "floor_s"} <= r.values.keys()
         ]
-        wratios = [
-            r.values["e2e_s"] / r.values["floor_wrapped_s"]
-            for r in runs
-            if {"e2e_s", "floor_wrapped_s"} <= r.values.keys()
-        ]
         ratio, e2e = median(ratios), m("e2e_s")
         per100 = e2e * 100 / n
         rss = m("rss_idle_mb")
@@ -1255,6 +1262,8 @@ def report(
             f"| {fmt(REF_S_PER_100_JOBS / per100, 0)}x faster than the reference |",
             f"| Daemon CPU time during that run, user+sys (of which sys) (s) | {fmt(m('daemon_cpu_s'), 2)} "
             f"({fmt(m('daemon_sys_s'), 2)}) | {each('daemon_cpu_s', 2)} | | | |",
+            f"| Task launcher's CPU time during that run, user+sys (s) | {fmt(m('launcher_cpu_s'), 2)} "
+            f"| {each('launcher_cpu_s', 2)} | | | |",
             f"| Load generator (this script) CPU time during that run (s) | {fmt(m('client_cpu_s'), 2)} "
             f"| {each('client_cpu_s', 2)} | | | |",
             f"| Floor: {n} `true` spawned from Python, {MAX_RUNNING_STEPS} at a time (s) | {fmt(m('floor_s'), 2)} "
@@ -1265,11 +1274,11 @@ def report(
             # the daemon does): the fastest floor of the set is the conservative yardstick.
             f"| Daemon / fastest floor of the set ({fmt(min(vals('floor_s')), 2)} s) "
             f"| {fmt(e2e / min(vals('floor_s')), 2)} | | <= 3 | | {verdict(e2e / min(vals('floor_s')) <= 3)} |",
-            f"| Floor with the daemon's `sh` exit-code wrapper around `true` (s); daemon / that "
-            f"| {fmt(m('floor_wrapped_s'), 2)} | {each('floor_wrapped_s', 2)} | | | {fmt(median(wratios), 2)} |",
             f"| Idle RSS, empty store, right after start (MB) | {fmt(rss)} | {each('rss_idle_mb')} | < 60 "
             f"| 259 MB | {verdict(rss < 60)}; {fmt(REF_IDLE_RSS_MB / rss)}x smaller |",
             f"| RSS after the {n}-job run (MB) | {fmt(m('rss_after_mb'))} | {each('rss_after_mb')} | | | |",
+            f"| RSS of the task launcher after that run (MB; it leaves after 30 s idle) "
+            f"| {fmt(m('launcher_rss_mb'))} | {each('launcher_rss_mb')} | | | |",
             f"| Start-up to `ready`, empty store (s) | {fmt(m('startup_s'), 2)} | {each('startup_s', 2)} | | | |",
         ]
     done = [x for x in lists if x.queries]

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import psutil
+import pytest
 
 from runner.executors.exits import ExitWatcher
 from runner.executors.launch_client import LauncherClient
@@ -48,7 +50,7 @@ def _alive(process: psutil.Process) -> bool:
 async def test_many_starts_at_once_all_get_their_answer(tmp_path: Path) -> None:
     """More requests than the launcher's socket queue holds (~10): they wait their turn."""
     exits = ExitWatcher()
-    client = LauncherClient(exits)
+    client = LauncherClient(exits, tmp_path / "launcher.log")
     try:
 
         async def start(i: int) -> tuple[int, int | None]:
@@ -66,7 +68,7 @@ async def test_many_starts_at_once_all_get_their_answer(tmp_path: Path) -> None:
 
 async def test_an_idle_launcher_leaves_and_the_next_start_brings_a_new_one(tmp_path: Path) -> None:
     exits = ExitWatcher()
-    client = LauncherClient(exits, idle_s=0.2)
+    client = LauncherClient(exits, tmp_path / "launcher.log", idle_s=0.2)
     try:
         first = await client.start(_request(tmp_path / "first", ["/bin/true"]))
         os.close(first.pidfd)
@@ -117,3 +119,76 @@ async def test_a_start_too_large_for_the_launcher_is_made_by_the_daemon(api: Api
     assert (job["status"], job["error_details"]["exit_code"]) == ("error", 4)
     _, logs = await api.request("GET", "/jobs/big/logs")
     assert int(logs["data"][0]["message"]) > 300_000
+
+
+async def test_a_task_sees_only_stdin_stdout_and_stderr(api: Api) -> None:
+    """Not the launcher's channel to the daemon (a task could forge messages), nor what the
+    daemon's own parent let it inherit. `ls` lists its own folder handle, 3, too."""
+    await api.create_job([step("main", "ls", "/proc/self/fd")], name="fds")
+    assert (await api.wait_job("fds"))["status"] == "completed"
+    assert sorted(await api.logs("fds")) == ["0", "1", "2", "3"]
+
+
+async def test_signals_have_their_default_action_in_a_task(api: Api) -> None:
+    await api.create_job([shell("main", "kill -INT $$; echo survived")], name="interrupted")
+    job = await api.wait_job("interrupted")
+    assert job["status"] == "error"
+    assert job["error_details"]["signal"] == "SIGINT"
+
+
+async def test_a_script_without_a_shebang_runs_as_a_shell_script(api: Api, tmp_path: Path) -> None:
+    script = tmp_path / "plain-script"
+    script.write_text("echo from the script\nexit 6\n")
+    script.chmod(0o755)
+    await api.create_job([step("main", str(script))], name="plain")
+    job = await api.wait_job("plain")
+    assert (job["status"], job["error_details"]["exit_code"]) == ("error", 6)
+    assert await api.logs("plain") == ["from the script"]
+
+
+async def test_the_launcher_writes_its_own_errors_to_its_log_file(api: Api, tmp_path: Path) -> None:
+    """Not to the daemon's stderr: it may outlive the daemon, and a reader of that would wait."""
+    await api.create_job([shell("main", "exit 0")], name="any")
+    await api.wait_job("any")
+    (launcher,) = _launchers()
+    assert os.readlink(f"/proc/{launcher.pid}/fd/2").endswith("launcher.log")
+
+
+async def test_a_package_named_runner_in_the_working_folder_does_not_replace_the_launcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "runner").mkdir()
+    (tmp_path / "runner" / "__init__.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    exits = ExitWatcher()
+    client = LauncherClient(exits, tmp_path / "launcher.log")
+    try:
+        started = await client.start(_request(tmp_path / "task", ["/bin/true"]))
+        os.close(started.pidfd)
+        assert await asyncio.wait_for(started.exited, 10) == 0
+    finally:
+        await client.close()
+        exits.close()
+
+
+def test_exits_are_seen_through_pidfds_numbered_past_1024(tmp_path: Path) -> None:
+    """select() refuses such numbers; a daemon with many running tasks reaches them."""
+    from runner.executors.exits import _has_ended
+
+    process = subprocess.Popen(["/bin/sleep", "30"])
+    pidfd = os.pidfd_open(process.pid)
+    high = os.dup2(pidfd, 1500)
+    try:
+        assert not _has_ended(high)
+        process.kill()
+        process.wait()
+        assert _has_ended(high)
+    finally:
+        os.close(high)
+        os.close(pidfd)
+
+
+def test_a_relative_data_dir_is_made_absolute() -> None:
+    from runner.settings import Settings
+
+    assert Settings(data_dir=Path("relative/data")).data_dir == Path.cwd() / "relative" / "data"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -66,7 +67,17 @@ async def serve(settings: Settings) -> int:
     return 1 if server.daemon.failed.is_set() else 0
 
 
+def _keep_inherited_descriptors() -> None:
+    """What our own parent let us inherit (beyond stdin/stdout/stderr) must not reach the tasks:
+    a task holding, say, a CI runner's pipe would keep its reader waiting."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with contextlib.suppress(OSError):  # e.g. the listing's own, already closed
+                os.set_inheritable(int(name), False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _keep_inherited_descriptors()
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

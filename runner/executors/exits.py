@@ -147,7 +147,7 @@ class ExitWatcher:
             watch = self._watches.get(fd)
             # The number may have been closed and reused since the event was queued: only a
             # readable pidfd means that this process has ended.
-            if watch is None or not select.select([fd], [], [], 0)[0]:
+            if watch is None or not _has_ended(fd):
                 return None
             watch.ended = True
             self._drop(watch)
@@ -160,6 +160,13 @@ class ExitWatcher:
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settled)
+
+
+def _has_ended(pidfd: int) -> bool:
+    """A pidfd is readable once its process has ended (poll: select() refuses fds >= 1024)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _outcome(watch: ProcessWatch) -> Any:

@@ -2,8 +2,9 @@
 needed, sends it start requests and matches its answers to them.
 
 The launcher is replaceable at any moment: if it dies, the starts it had not answered fail (their
-steps end in error, with the reason), running tasks go on (the daemon holds their pidfds and their
-wrappers write their own exit status), and the next start brings up a new launcher.
+steps end in error, with the reason), running tasks go on (the daemon watches them through the
+pidfds it holds, though their exit status is lost with their parent), and the next start brings
+up a new launcher.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _ANSWER_TIMEOUT_S = 30.0
 _EXIT_WAIT_S = 5.0
 _LAUNCHER_FD = 3
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 # The folder holding the `runner` package, so that `python -S` finds it wherever it is installed.
 _IMPORT_ROOT = str(Path(runner.__file__).resolve().parent.parent)
 
@@ -65,20 +67,24 @@ class Started:
 
 
 class LauncherClient:
-    def __init__(self, exits: ExitWatcher, idle_s: float = 30.0) -> None:
+    def __init__(self, exits: ExitWatcher, log_file: Path, idle_s: float = 30.0) -> None:
         self._exits = exits
+        self._log_file = log_file
         self._idle_s = idle_s
         self._sock: socket.socket | None = None
         self._launcher_ended: asyncio.Future[Any] | None = None
-        self._starting: asyncio.Lock | None = None
+        self._launching: asyncio.Task[socket.socket] | None = None
         self._answers: dict[int, asyncio.Future[Started]] = {}
+        # Sent and not answered yet, whether or not their requester still waits.
+        self._unanswered: set[int] = set()
+        self._all_answered = asyncio.Event()
         self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
         self._running: dict[int, asyncio.Future[int | None]] = {}
         self._ids = itertools.count(1)
         self._closed = False
 
     async def start(self, request: dict[str, Any]) -> Started:
-        """Ask the launcher to start a task wrapper; the caller owns the returned pidfd."""
+        """Ask the launcher to start a task; the caller owns the returned pidfd."""
         if self._closed:
             raise ExecutorError("the daemon is shutting down")
         request_id = next(self._ids)
@@ -89,13 +95,27 @@ class LauncherClient:
         answer: asyncio.Future[Started] = asyncio.get_running_loop().create_future()
         self._answers[request_id] = answer
         try:
+            self._unanswered.add(request_id)
+            self._all_answered.clear()
             self._send(sock, request_id, data)
             return await asyncio.wait_for(asyncio.shield(answer), _ANSWER_TIMEOUT_S)
         except TimeoutError as exc:
             raise ExecutorError(f"the task launcher did not answer within {_ANSWER_TIMEOUT_S:.0f} s") from exc
+        except asyncio.CancelledError:
+            # Given up after the answer came (the caller is cancelled): nobody would watch the task.
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                self._abandon(answer.result())
+            raise
         finally:
             # An answer that comes after this is given up is handled in _on_answer.
             self._answers.pop(request_id, None)
+
+    def _abandon(self, started: Started) -> None:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(started.pidfd, signal.SIGKILL)
+            os.killpg(started.pid, signal.SIGKILL)
+        os.close(started.pidfd)
+        started.pidfd = -1
 
     def _send(self, sock: socket.socket, request_id: int, data: bytes) -> None:
         """In order, never blocking: the launcher's queue holds only ~10 messages
@@ -108,6 +128,7 @@ class LauncherClient:
             except BlockingIOError:
                 asyncio.get_running_loop().add_writer(sock.fileno(), self._flush, sock)
             except OSError as exc:
+                self._answered(request_id)  # never sent: nothing will come back
                 raise _send_error(exc) from exc
         self._outbox.append((request_id, data))
 
@@ -119,6 +140,7 @@ class LauncherClient:
             except BlockingIOError:
                 return
             except OSError as exc:
+                self._answered(request_id)
                 waiting = self._answers.get(request_id)
                 if waiting is not None and not waiting.done():
                     waiting.set_exception(_send_error(exc))
@@ -126,18 +148,32 @@ class LauncherClient:
         asyncio.get_running_loop().remove_writer(sock.fileno())
 
     async def _connected(self) -> socket.socket:
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-        async with self._starting:
-            if self._sock is None:
-                self._sock = await self._launch()
+        if self._sock is not None:
             return self._sock
+        if self._launching is None:
+            # A task of its own: a requester cancelled meanwhile must not orphan the launcher.
+            self._launching = asyncio.create_task(self._launch(), name="start-task-launcher")
+        launching = self._launching
+        try:
+            return await asyncio.shield(launching)
+        finally:
+            if launching.done() and self._launching is launching:
+                self._launching = None
 
     async def _launch(self) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         search_path = os.pathsep.join(filter(None, [_IMPORT_ROOT, os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": search_path}
-        argv = [sys.executable, "-S", "-m", "runner.executors.launcher", str(_LAUNCHER_FD), str(self._idle_s)]
+        # -S: no site (fast start, small); -P: the daemon's working folder is not on its path.
+        argv = [
+            sys.executable,
+            "-S",
+            "-P",
+            "-m",
+            "runner.executors.launcher",
+            str(_LAUNCHER_FD),
+            str(self._idle_s),
+        ]
         try:
             # Only its end of the pair, as fd 3 (dup2 clears close-on-exec; every other fd of the
             # daemon is close-on-exec). Own session: a Ctrl-C for the daemon's terminal is the
@@ -149,9 +185,12 @@ class LauncherClient:
                     sys.executable,
                     argv,
                     env,
+                    # Not the daemon's stdout/stderr: it may outlive the daemon, and whoever reads
+                    # those would wait for it.
                     file_actions=[
                         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                        (os.POSIX_SPAWN_OPEN, 2, str(self._log_file), _LOG_FLAGS, 0o600),
                         (os.POSIX_SPAWN_DUP2, theirs_fd, _LAUNCHER_FD),
                     ],
                     setsid=True,
@@ -167,6 +206,7 @@ class LauncherClient:
         mine.setblocking(False)
         loop = asyncio.get_running_loop()
         loop.add_reader(mine.fileno(), self._on_readable, mine)
+        self._sock = mine
         # Reaped by the exit watcher; its end while the daemon runs is worth a line in the log.
         self._launcher_ended = self._exits.watch(loop, pid, functools.partial(_reap, pid)).future
         self._launcher_ended.add_done_callback(lambda f: self._on_launcher_exit(mine, f))
@@ -198,6 +238,7 @@ class LauncherClient:
                 self._on_answer(message, fds)
 
     def _on_answer(self, answer: dict[str, Any], fds: list[int]) -> None:
+        self._answered(answer["id"])
         waiting = self._answers.pop(answer["id"], None)
         if waiting is None or waiting.done():
             # Its requester gave up waiting: a task nobody watches must not run on unseen.
@@ -210,6 +251,9 @@ class LauncherClient:
         if "error" in answer or not fds:
             for fd in fds:
                 os.close(fd)
+            if "pid" in answer:  # started, but its pidfd did not come: it cannot be watched
+                with contextlib.suppress(OSError):
+                    os.killpg(answer["pid"], signal.SIGKILL)
             waiting.set_exception(
                 ExecutorError(f"Failed to start subprocess: {answer.get('error', 'no pidfd')}")
             )
@@ -217,6 +261,11 @@ class LauncherClient:
         exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._running[answer["pid"]] = exited
         waiting.set_result(Started(answer["pid"], answer["start_ticks"], fds[0], exited))
+
+    def _answered(self, request_id: int) -> None:
+        self._unanswered.discard(request_id)
+        if not self._unanswered:
+            self._all_answered.set()
 
     def _lost(self, sock: socket.socket, why: str, *, quietly: bool = False) -> None:
         if self._sock is not sock:
@@ -227,6 +276,8 @@ class LauncherClient:
         loop.remove_writer(sock.fileno())
         self._outbox.clear()
         sock.close()
+        self._unanswered.clear()
+        self._all_answered.set()
         answers, self._answers = self._answers, {}
         for waiting in answers.values():
             if not waiting.done():
@@ -247,9 +298,13 @@ class LauncherClient:
         """Let the launcher go. With no task left it exits at once (a short, bounded wait for
         it); otherwise it stays until those (left running for the next daemon) have ended."""
         self._closed = True
+        # Answers still on their way (starts given up at shut-down): let them come, so that
+        # _on_answer ends their tasks rather than the launcher running them unseen. Bounded.
+        if self._unanswered:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_answered.wait(), _EXIT_WAIT_S)
         sock, idle = self._sock, not self._running
         if sock is not None:
             self._lost(sock, "the daemon is shutting down", quietly=True)
         if idle and self._launcher_ended is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._launcher_ended), _EXIT_WAIT_S)
+            await asyncio.wait([self._launcher_ended], timeout=_EXIT_WAIT_S)  # never raises

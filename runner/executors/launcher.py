@@ -29,6 +29,7 @@ restarted daemon finds it; then it exits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import selectors
@@ -43,6 +44,15 @@ from runner.executors.spawn import spawn_in_new_session
 
 MAX_MESSAGE = 192 * 1024  # below the default socket buffer (net.core.wmem_default: 208 KiB)
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+# A task gets these back to their default action, whatever the daemon's were (e.g. `nohup`).
+_DEFAULT_SIGNALS = (
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+)
 _REAP_EVERY_S = 1.0  # a missed SIGCHLD wake-up costs at most this much
 
 
@@ -52,16 +62,27 @@ def _start(request: dict[str, object]) -> int:
     assert isinstance(folders, list) and isinstance(argv, list) and isinstance(env, dict)
     work_dir = str(request["work_dir"])
     make_task_folders(work_dir, folders, str(request["config_file"]), str(request["config"]))
-    os.chdir(work_dir)  # inherited by the spawn; the launcher itself uses absolute paths only
-    return spawn_in_new_session(
-        argv[0],
-        argv,
-        env,
-        stdin=os.devnull,
-        stdout=str(request["stdout"]),
-        stderr=str(request["stderr"]),
-        output_flags=_OUTPUT_FLAGS,
-    )
+    os.chdir(work_dir)  # inherited by the spawn; the daemon sends absolute paths only
+
+    def spawn(program: str, args: list[str]) -> int:
+        return spawn_in_new_session(
+            program,
+            args,
+            env,
+            stdin=os.devnull,
+            stdout=str(request["stdout"]),
+            stderr=str(request["stderr"]),
+            output_flags=_OUTPUT_FLAGS,
+            default_signals=_DEFAULT_SIGNALS,
+        )
+
+    try:
+        return spawn(argv[0], argv)
+    except OSError as exc:
+        if exc.errno != errno.ENOEXEC:
+            raise
+        # A script without `#!`: a shell runs it as a shell script, so do the same (as execvp does).
+        return spawn("/bin/sh", ["/bin/sh", *argv])
 
 
 class Launcher:
@@ -81,7 +102,13 @@ class Launcher:
         self.exit_files[pid] = str(request["exit_file"])
         # Before any reaping: the pid and the pidfd are surely this process's.
         reply = json.dumps({"id": request_id, "pid": pid, "start_ticks": start_ticks(pid)}).encode()
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # e.g. out of file descriptors: nobody could watch it, end it
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            self.tell({"id": request_id, "error": f"cannot watch the started process: {exc}"})
+            return
         try:
             if self.sock is not None:
                 socket.send_fds(self.sock, [reply], [pidfd])
@@ -91,27 +118,35 @@ class Launcher:
             os.close(pidfd)
 
     def reap(self) -> None:
+        """Record, then reap, every task that ended: until its status is in its file the task
+        stays a zombie, so a restarted daemon always finds one or the other."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if ended is None:
                 return
+            pid = ended.si_pid
             path = self.exit_files.pop(pid, None)
-            if path is None:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            code = 128 - code if code < 0 else code
+            if path is not None:
+                exited = ended.si_code == os.CLD_EXITED
+                code = ended.si_status if exited else 128 + ended.si_status
+                self._record(path, code)
+                self.tell({"exited": pid, "code": code})
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+    @staticmethod
+    def _record(path: str, code: int) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-                try:
-                    os.write(fd, f"{code}\n".encode())
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass  # its folder was removed: the daemon hears the status below, or not at all
-            self.tell({"exited": pid, "code": code})
+                os.write(fd, f"{code}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # its folder was removed: the daemon hears the status from the message, or never
 
     def tell(self, message: dict[str, object]) -> None:
         if self.sock is None:
@@ -161,8 +196,15 @@ def _drain(fd: int) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when the launcher ends
-    sock = socket.socket(fileno=int(sys.argv[1]))
+    # Its own session keeps a terminal's Ctrl-C away; SIGTERM ends it (its tasks run on, adopted
+    # by init, and a restarted daemon finds them).
+    fd = int(sys.argv[1])
+    os.set_inheritable(fd, False)  # the tasks must not get the daemon's channel
+    # Nor what the daemon's own parent let it inherit (e.g. a CI runner's pipe: a task holding
+    # it would keep whoever reads that pipe waiting).
+    os.closerange(3, fd)
+    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+    sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     serve(sock, float(sys.argv[2]))
 

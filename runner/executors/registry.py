@@ -25,7 +25,9 @@ class ExecutorRegistry:
     def __init__(self, settings: Settings, owner: str) -> None:
         self._settings = settings
         self._owner = owner
-        self.subprocess = SubprocessExecutor(settings.python_executable, owner)
+        self.subprocess = SubprocessExecutor(
+            settings.python_executable, owner, launcher_log=settings.data_dir / "launcher.log"
+        )
         self._docker: DockerExecutor | None = None
         self._docker_checked_at: float | None = None
         self._docker_error = "not checked yet"

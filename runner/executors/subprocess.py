@@ -152,17 +152,17 @@ class SubprocessWorkload:
             # Its parent is gone, so nobody will record its exit status.
             lost = "exit status lost: the task launcher stopped before the task ended"
             pidfd, launched.pidfd = launched.pidfd, -1
-            self._watch = self._watcher.watch(self._loop, self._pid, self._exit_status, pidfd=pidfd)
+            try:
+                self._watch = self._watcher.watch(self._loop, self._pid, self._exit_status, pidfd=pidfd)
+            except RuntimeError:  # the daemon is shutting down: nobody waits for this any more
+                os.close(pidfd)
+                return ExitStatus(exit_code=None, reason="the daemon stopped watching")
         assert self._watch is not None
         status = await self._watch.future
-        # The parent of an adopted process (a launcher of an earlier daemon) writes its status
-        # right after reaping it, i.e. just after the pidfd said it ended: wait a little for that.
-        delay, waited = 0.005, 0.0
-        while status is None and waited < _EXIT_FILE_WAIT_S:
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 0.25)
-            status = read_exit_file(self._exit_file)
+        if status is None:
+            # The parent of an adopted process (a launcher of an earlier daemon) writes its
+            # status just after the pidfd said it ended: wait a little for that.
+            status = await _exit_file_within(self._exit_file, _EXIT_FILE_WAIT_S)
         return status or ExitStatus(exit_code=None, reason=lost)
 
     def _close_pidfd(self) -> None:
@@ -173,7 +173,12 @@ class SubprocessWorkload:
     def _signal_group(self, sig: int) -> None:
         if self._ended():  # reaped, or about to be: the pid may be someone else's by now
             return
+        launched = self._launched
         with contextlib.suppress(ProcessLookupError, PermissionError):
+            if launched is not None and launched.pidfd >= 0:
+                # Its parent reaps it before this daemon hears of the end: ask the process
+                # itself first (its pidfd cannot name another), then its group.
+                signal.pidfd_send_signal(launched.pidfd, 0)
             os.killpg(self._pid, sig)
 
     def _descendants(self) -> list[psutil.Process]:
@@ -210,6 +215,18 @@ class SubprocessWorkload:
         self._close_pidfd()
 
 
+async def _exit_file_within(path: str, limit_s: float) -> ExitStatus | None:
+    delay, waited = 0.005, 0.0
+    while waited < limit_s:
+        await asyncio.sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 0.25)
+        status = read_exit_file(path)
+        if status is not None:
+            return status
+    return None
+
+
 def _prepare_and_spawn(
     task: TaskLaunch,
     config: dict[str, Any],
@@ -244,12 +261,12 @@ def _prepare_and_spawn(
 
 
 class SubprocessExecutor:
-    def __init__(self, python_executable: str, owner: str) -> None:
+    def __init__(self, python_executable: str, owner: str, *, launcher_log: Path) -> None:
         self._python = python_executable
         # In every wrapper's argv: which daemon (data dir) and task it belongs to.
         self._marker = f"{MARKER_PREFIX}{owner}:"
         self._exits = ExitWatcher()
-        self._launcher = LauncherClient(self._exits)
+        self._launcher = LauncherClient(self._exits, launcher_log)
 
     def _resolve(self, argv: list[str], env: dict[str, str]) -> list[str]:
         program = argv[0]
@@ -277,8 +294,9 @@ class SubprocessExecutor:
         (task,) = launch.tasks  # a host subprocess step is always one task
         argv = self._resolve(launch.argv, task.env)
         marker = self._marker + task.task_name
+        task = TaskLaunch(task.task_name, {**task.env, TASK_MARKER_VARIABLE: marker}, task.paths)
         try:
-            return await self._start_by_launcher(task, launch.step.spec.config, argv, marker)
+            return await self._start_by_launcher(task, launch.step.spec.config, argv)
         except RequestTooLarge:
             pass
         # Too large for one message to the launcher: the folders and the spawn in a worker thread
@@ -295,13 +313,13 @@ class SubprocessExecutor:
             raise ExecutorError(f"Failed to start subprocess: {exc}") from exc
 
     async def _start_by_launcher(
-        self, task: TaskLaunch, config: dict[str, Any], argv: list[str], marker: str
+        self, task: TaskLaunch, config: dict[str, Any], argv: list[str]
     ) -> SubprocessWorkload:
         paths = task.paths
         started = await self._launcher.start(
             {
                 "argv": argv,
-                "env": {**task.env, TASK_MARKER_VARIABLE: marker},
+                "env": task.env,
                 "work_dir": paths.work_dir,
                 "folders": [paths.scratch_dir, paths.config_dir, paths.persistent_dir],
                 "config_file": paths.config_file,
@@ -334,7 +352,13 @@ class SubprocessExecutor:
             found = self.task_processes().get(os.path.basename(paths.work_dir))
             if found is not None:
                 return self._adopt(found.pid, start_ticks(found.pid), paths.exit_file)
-        return read_exit_file(paths.exit_file)
+        status = read_exit_file(paths.exit_file)
+        if status is None and read_small_file(paths.stdout_file) is not None:
+            # Spawned (the spawn creates its output file) and ended, but no status yet: its parent
+            # may be writing it right now. Never start such a step again (it ran): at most, lost.
+            status = await _exit_file_within(paths.exit_file, _EXIT_FILE_WAIT_S)
+            return status or ExitStatus(exit_code=None, reason="exit status lost (it ended unseen)")
+        return status
 
     def _adopt(self, pid: int, start_ticks: int | None, exit_file: str) -> SubprocessWorkload:
         return SubprocessWorkload(
