@@ -46,7 +46,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         # Paths go to other processes (the launcher, tasks) with other working folders: absolute.
-        object.__setattr__(self, "data_dir", Path(os.path.abspath(self.data_dir)))
+        object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
 
     @property
     def db_path(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -278,6 +279,37 @@ def test_a_step_that_ends_after_the_daemon_was_killed_gets_its_true_exit_code(
     daemon.start()
     job = _wait_job(daemon, "orphaned", TERMINAL)
     assert (job["status"], job["error_details"]["exit_code"]) == ("error", 5)
+    assert daemon.stop() == 0
+
+
+def test_steps_whose_processes_died_with_the_daemon_are_settled_at_start(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    """Everything killed at once (as a service manager may do): nothing is left to record an
+    exit status, and the restarted daemon says so right away, without waiting for any."""
+    daemon = make_daemon(tmp_path / "data")
+    url = daemon.start()
+    names = [f"gone-{i}" for i in range(3)]
+    for name in names:
+        _create_job(url, name, "sleep", "300")
+    pids = []
+    for name in names:
+        _wait_job(daemon, name, {"active"})
+        pids.append(_get(url, f"{WS}/jobs/{name}/steps/main").json()["status_details"]["pid"])
+    (launcher,) = [
+        p for p in psutil.Process(daemon.pid).children() if "runner.executors.launcher" in p.cmdline()
+    ]
+    daemon.stop(signal.SIGKILL)
+    launcher.kill()
+    for pid in pids:
+        os.killpg(pid, signal.SIGKILL)
+    launcher.wait(10)
+    url = daemon.start()
+    for name in names:
+        job = _wait_job(daemon, name, TERMINAL)
+        assert job["status"] == "error" and "vanished" in job["error_details"]["message"], job
+    _create_job(url, "after", "true")
+    assert _wait_job(daemon, "after", TERMINAL)["status"] == "completed"
     assert daemon.stop() == 0
 
 

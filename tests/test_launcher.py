@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -192,3 +194,46 @@ def test_a_relative_data_dir_is_made_absolute() -> None:
     from runner.settings import Settings
 
     assert Settings(data_dir=Path("relative/data")).data_dir == Path.cwd() / "relative" / "data"
+
+
+def test_a_request_the_daemon_gave_up_on_before_leaving_is_not_started(tmp_path: Path) -> None:
+    """The daemon sent a start, then closed its end (shut down) before the launcher read it."""
+    import sys
+
+    from runner.executors.launch_client import _IMPORT_ROOT
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    request = {**_request(tmp_path / "task", ["/bin/sh", "-c", "touch started"]), "id": 1}
+    mine.send(json.dumps(request).encode())
+    mine.close()  # before the launcher has even started: the request waits in its queue
+    launcher = subprocess.Popen(
+        [sys.executable, "-S", "-P", "-m", "runner.executors.launcher", str(theirs.fileno()), "30"],
+        pass_fds=(theirs.fileno(),),
+        env={**os.environ, "PYTHONPATH": _IMPORT_ROOT},
+    )
+    theirs.close()
+    assert launcher.wait(timeout=30) == 0
+    assert not (tmp_path / "task").exists()
+
+
+async def test_a_workload_asked_for_after_shutdown_gets_a_status_not_an_error(tmp_path: Path) -> None:
+    from runner.executors.subprocess import SubprocessWorkload
+
+    exits = ExitWatcher()
+    client = LauncherClient(exits, tmp_path / "launcher.log")
+    started = await client.start(_request(tmp_path / "task", ["/bin/sleep", "30"]))
+    workload = SubprocessWorkload(
+        started.pid,
+        started.start_ticks,
+        str(tmp_path / "task" / "exit_code"),
+        watcher=exits,
+        loop=asyncio.get_running_loop(),
+        launched=started,
+    )
+    try:
+        await client.close()  # leaves the task running (for a next daemon), tells it so
+        exits.close()
+        status = await asyncio.wait_for(workload.wait(), 10)
+        assert status.reason == "the daemon stopped watching"
+    finally:
+        os.killpg(started.pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,20 @@ def test_the_gil_releasing_path_is_the_one_in_use() -> None:
     assert spawn._LIBC is not None
 
 
+@pytest.fixture
+def signals_ignored_here() -> Iterator[None]:
+    """As under `nohup`, or for a daemon a script started in the background: an ignored signal
+    stays ignored across exec unless the spawn resets it."""
+    kept = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
+
+
 @pytest.mark.parametrize("use_libc", [True, False], ids=["ctypes", "os.posix_spawn"])
+@pytest.mark.usefixtures("signals_ignored_here")
 def test_a_child_gets_its_own_session_files_and_default_signals(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_libc: bool
 ) -> None:
@@ -43,7 +57,9 @@ def test_a_child_gets_its_own_session_files_and_default_signals(
     pgrp, session = text[text.index(")") + 2 :].split()[2:4]
     assert (pgrp, session) == (str(pid), str(pid)), "its own process group and session"
     status = dict(line.split(":", 1) for line in text.splitlines()[1:] if ":" in line)
-    assert not int(status["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1)), "SIGPIPE must be default"
+    ignored = int(status["SigIgn"], 16)
+    for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        assert not ignored & (1 << (sig - 1)), f"{sig.name} must have its default action"
     assert int(status["SigBlk"], 16) == 0, "no signal may be blocked"
 
     out.write_text("")

@@ -39,6 +39,14 @@ _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 _IMPORT_ROOT = str(Path(runner.__file__).resolve().parent.parent)
 
 
+def _kill_group(pid: int, pidfd: int) -> None:
+    """SIGKILL to the task's group, if the task itself is still there (its pidfd cannot name
+    another process; its pid, once reaped, could)."""
+    with contextlib.suppress(OSError):
+        signal.pidfd_send_signal(pidfd, 0)
+        os.killpg(pid, signal.SIGKILL)
+
+
 def _reap(pid: int) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
@@ -100,22 +108,23 @@ class LauncherClient:
             self._send(sock, request_id, data)
             return await asyncio.wait_for(asyncio.shield(answer), _ANSWER_TIMEOUT_S)
         except TimeoutError as exc:
+            self._abandon_if_answered(answer)
             raise ExecutorError(f"the task launcher did not answer within {_ANSWER_TIMEOUT_S:.0f} s") from exc
         except asyncio.CancelledError:
-            # Given up after the answer came (the caller is cancelled): nobody would watch the task.
-            if answer.done() and not answer.cancelled() and answer.exception() is None:
-                self._abandon(answer.result())
+            self._abandon_if_answered(answer)
             raise
         finally:
             # An answer that comes after this is given up is handled in _on_answer.
             self._answers.pop(request_id, None)
 
-    def _abandon(self, started: Started) -> None:
-        with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(started.pidfd, signal.SIGKILL)
-            os.killpg(started.pid, signal.SIGKILL)
-        os.close(started.pidfd)
-        started.pidfd = -1
+    @staticmethod
+    def _abandon_if_answered(answer: asyncio.Future[Started]) -> None:
+        """Given up on (cancelled, timed out) after the answer came: nobody would watch the task."""
+        if answer.done() and not answer.cancelled() and answer.exception() is None:
+            started = answer.result()
+            _kill_group(started.pid, started.pidfd)
+            os.close(started.pidfd)
+            started.pidfd = -1
 
     def _send(self, sock: socket.socket, request_id: int, data: bytes) -> None:
         """In order, never blocking: the launcher's queue holds only ~10 messages
@@ -150,7 +159,7 @@ class LauncherClient:
     async def _connected(self) -> socket.socket:
         if self._sock is not None:
             return self._sock
-        if self._launching is None:
+        if self._launching is None or self._launching.done():
             # A task of its own: a requester cancelled meanwhile must not orphan the launcher.
             self._launching = asyncio.create_task(self._launch(), name="start-task-launcher")
         launching = self._launching
@@ -227,7 +236,7 @@ class LauncherClient:
             if message.get("idle"):
                 # Nothing in flight (checked here, on the loop that sends): let it go. A start
                 # asked for later brings up a new one.
-                if not self._answers and not self._running and not self._outbox:
+                if not (self._answers or self._unanswered or self._running or self._outbox):
                     self._lost(sock, "idle", quietly=True)
                     return
             elif "exited" in message:
@@ -242,9 +251,8 @@ class LauncherClient:
         waiting = self._answers.pop(answer["id"], None)
         if waiting is None or waiting.done():
             # Its requester gave up waiting: a task nobody watches must not run on unseen.
-            if "pid" in answer:
-                with contextlib.suppress(OSError):
-                    os.killpg(answer["pid"], signal.SIGKILL)
+            if "pid" in answer and fds:
+                _kill_group(answer["pid"], fds[0])
             for fd in fds:
                 os.close(fd)
             return
@@ -298,6 +306,8 @@ class LauncherClient:
         """Let the launcher go. With no task left it exits at once (a short, bounded wait for
         it); otherwise it stays until those (left running for the next daemon) have ended."""
         self._closed = True
+        if self._launching is not None and not self._launching.done():
+            await asyncio.wait([self._launching], timeout=_EXIT_WAIT_S)  # then closed below
         # Answers still on their way (starts given up at shut-down): let them come, so that
         # _on_answer ends their tasks rather than the launcher running them unseen. Bounded.
         if self._unanswered:

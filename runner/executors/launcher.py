@@ -32,6 +32,7 @@ import contextlib
 import errno
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -44,15 +45,6 @@ from runner.executors.spawn import spawn_in_new_session
 
 MAX_MESSAGE = 192 * 1024  # below the default socket buffer (net.core.wmem_default: 208 KiB)
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-# A task gets these back to their default action, whatever the daemon's were (e.g. `nohup`).
-_DEFAULT_SIGNALS = (
-    signal.SIGPIPE,
-    signal.SIGXFSZ,
-    signal.SIGHUP,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGTERM,
-)
 _REAP_EVERY_S = 1.0  # a missed SIGCHLD wake-up costs at most this much
 
 
@@ -73,7 +65,6 @@ def _start(request: dict[str, object]) -> int:
             stdout=str(request["stdout"]),
             stderr=str(request["stderr"]),
             output_flags=_OUTPUT_FLAGS,
-            default_signals=_DEFAULT_SIGNALS,
         )
 
     try:
@@ -180,13 +171,20 @@ def serve(sock: socket.socket, idle_s: float) -> None:
                 data = sock.recv(MAX_MESSAGE)
             except OSError:
                 data = b""
-            if data and launcher.sock is not None:
+            if data and launcher.sock is not None and not _hung_up(sock):
                 launcher.answer(data)
                 busy_at, idle_said = time.monotonic(), False
             else:  # the daemon closed its end, or died
                 launcher.sock = None
                 selector.unregister(sock)
         launcher.reap()
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """The daemon closed its end: what it sent before is no longer waited for, so not started."""
+    poller = select.poll()
+    poller.register(sock, select.POLLHUP)
+    return any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
 def _drain(fd: int) -> None:
@@ -202,8 +200,10 @@ def main() -> None:
     os.set_inheritable(fd, False)  # the tasks must not get the daemon's channel
     # Nor what the daemon's own parent let it inherit (e.g. a CI runner's pipe: a task holding
     # it would keep whoever reads that pipe waiting).
-    os.closerange(3, fd)
-    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+    for name in os.listdir("/proc/self/fd"):  # not closerange: with a huge nofile limit and no
+        if int(name) > 2 and int(name) != fd:  # close_range() that is one close() per number
+            with contextlib.suppress(OSError):
+                os.close(int(name))
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     serve(sock, float(sys.argv[2]))

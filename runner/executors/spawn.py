@@ -70,6 +70,19 @@ def _load() -> _Libc | None:
 _LIBC = _load()
 
 
+# A task gets these back to their default action, whatever the daemon's were (e.g. SIGHUP under
+# `nohup`, SIGINT/SIGQUIT for a job started in the background by a shell script): a task must
+# end on them as it would when started from a terminal.
+DEFAULT_SIGNALS = (
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+)
+
+
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         raise OSError(rc, f"{what}: {os.strerror(rc)}")
@@ -84,7 +97,7 @@ def spawn_in_new_session(
     stdout: str,
     stderr: str,
     output_flags: int,
-    default_signals: Sequence[int] = (signal.SIGPIPE, signal.SIGXFSZ),
+    default_signals: Sequence[int] = DEFAULT_SIGNALS,
 ) -> int:
     """Start `program` as the leader of a new session, stdin/stdout/stderr opened from the given
     paths, `default_signals` reset to their default action, no signal blocked. Returns the pid;

@@ -47,6 +47,7 @@ MARKER_PREFIX = "localjobs-task:"
 TASK_MARKER_VARIABLE = "LOCALJOBS_TASK"
 _KILL_WAIT_S = 5.0
 _EXIT_FILE_WAIT_S = 2.0
+_UNRECORDED_WAIT_S = 0.1
 
 
 def _boot_id() -> str:
@@ -154,8 +155,7 @@ class SubprocessWorkload:
             pidfd, launched.pidfd = launched.pidfd, -1
             try:
                 self._watch = self._watcher.watch(self._loop, self._pid, self._exit_status, pidfd=pidfd)
-            except RuntimeError:  # the daemon is shutting down: nobody waits for this any more
-                os.close(pidfd)
+            except RuntimeError:  # shutting down (the watcher closed the pidfd): nobody waits now
                 return ExitStatus(exit_code=None, reason="the daemon stopped watching")
         assert self._watch is not None
         status = await self._watch.future
@@ -213,6 +213,16 @@ class SubprocessWorkload:
         if self._watch is not None:
             self._watcher.forget(self._watch)
         self._close_pidfd()
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # there, but not ours to look at
+    return True
 
 
 async def _exit_file_within(path: str, limit_s: float) -> ExitStatus | None:
@@ -348,15 +358,18 @@ class SubprocessExecutor:
             # A bare pid is no identity: it must also be the same process start on the same boot.
             if started is not None and started == handle.get("start_ticks"):
                 return self._adopt(pid, started, paths.exit_file)
-        else:
-            found = self.task_processes().get(os.path.basename(paths.work_dir))
-            if found is not None:
-                return self._adopt(found.pid, start_ticks(found.pid), paths.exit_file)
+            # Gone, not even a zombie: its parent wrote its status before reaping it, or never will.
+            return read_exit_file(paths.exit_file)
+        found = self.task_processes().get(os.path.basename(paths.work_dir))
+        if found is not None:
+            return self._adopt(found.pid, start_ticks(found.pid), paths.exit_file)
         status = read_exit_file(paths.exit_file)
-        if status is None and read_small_file(paths.stdout_file) is not None:
-            # Spawned (the spawn creates its output file) and ended, but no status yet: its parent
-            # may be writing it right now. Never start such a step again (it ran): at most, lost.
-            status = await _exit_file_within(paths.exit_file, _EXIT_FILE_WAIT_S)
+        if status is None and pid is None and _exists(paths.stdout_file):
+            # Spawned (the spawn creates its output file) before its pid was recorded, and ended;
+            # a zombie not yet recorded is not found by its environment: give its parent a moment.
+            # Never start such a step again (it ran): at most, its status is lost.
+            await asyncio.sleep(_UNRECORDED_WAIT_S)
+            status = read_exit_file(paths.exit_file)
             return status or ExitStatus(exit_code=None, reason="exit status lost (it ended unseen)")
         return status
 
