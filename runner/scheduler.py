@@ -376,7 +376,8 @@ class Scheduler:
                 details["message"] = "Cancelled"
             elif shutdown:
                 final = JobStatus.ERROR
-                errors = {"message": "Stopped because the localjobs daemon shut down", **status.as_details()}
+                details["message"] = "Stopped because the localjobs daemon shut down"
+                errors = {"message": details["message"], **status.as_details()}
             elif status.succeeded:
                 final = JobStatus.COMPLETED
                 details["message"] = "Completed"

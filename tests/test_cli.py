@@ -184,6 +184,7 @@ def test_signal_stops_running_steps_and_records_why(
     step = _get(url, f"{WS}/jobs/sleeper/steps/main").json()
     assert step["status"] == "error", step
     assert "daemon shut down" in step["error_details"]["message"], step
+    assert "daemon shut down" in step["status_details"]["message"], step
     job = _get(url, f"{WS}/jobs/sleeper").json()
     assert job["status"] == "error", job
     assert daemon.stop() == 0

@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
-        "serve", help="start the daemon (every flag can also be set as LOCALJOBS_<NAME>)"
+        "serve",
+        help="start the daemon (every flag can also be set as LOCALJOBS_<NAME>;"
+        " --keep-steps-running-on-shutdown as LOCALJOBS_STOP_STEPS_ON_SHUTDOWN=false)",
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
