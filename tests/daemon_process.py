@@ -242,6 +242,16 @@ def task_processes_under(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def launchers_of(pid: int) -> list[psutil.Process]:
+    """The task launcher(s) process `pid` started (runner/executors/launcher.py)."""
+    found = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.Error):  # e.g. gone meanwhile
+            if "runner.executors.launcher" in child.cmdline():
+                found.append(child)
+    return found
+
+
 def pid_alive(pid: int) -> bool:
     """True while `pid` is a live (non-zombie) process."""
     try:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.conftest import TERMINAL
-from tests.daemon_process import DaemonProcess, pid_alive, task_processes_under
+from tests.daemon_process import DaemonProcess, launchers_of, pid_alive, task_processes_under
 
 WS = "/apis/jobs/v2/workspaces/default"
 
@@ -269,9 +269,7 @@ def test_a_step_that_ends_after_the_daemon_was_killed_gets_its_true_exit_code(
     _create_job(url, "orphaned", "sh", "-c", "sleep 1; exit 5")
     _wait_job(daemon, "orphaned", {"active"})
     pid = _get(url, f"{WS}/jobs/orphaned/steps/main").json()["status_details"]["pid"]
-    launchers = [
-        p for p in psutil.Process(daemon.pid).children() if "runner.executors.launcher" in p.cmdline()
-    ]
+    launchers = launchers_of(daemon.pid)
     assert len(launchers) == 1
     daemon.stop(signal.SIGKILL)
     assert pid_alive(pid) and launchers[0].is_running()
@@ -297,9 +295,7 @@ def test_steps_whose_processes_died_with_the_daemon_are_settled_at_start(
     for name in names:
         _wait_job(daemon, name, {"active"})
         pids.append(_get(url, f"{WS}/jobs/{name}/steps/main").json()["status_details"]["pid"])
-    (launcher,) = [
-        p for p in psutil.Process(daemon.pid).children() if "runner.executors.launcher" in p.cmdline()
-    ]
+    (launcher,) = launchers_of(daemon.pid)
     daemon.stop(signal.SIGKILL)
     launcher.kill()
     for pid in pids:

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -17,15 +18,22 @@ import pytest
 from runner.executors.exits import ExitWatcher
 from runner.executors.launch_client import LauncherClient
 from tests.conftest import Api, shell, step
+from tests.daemon_process import launchers_of
 
 
 def _launchers() -> list[psutil.Process]:
-    found = []
-    for child in psutil.Process().children():
-        with contextlib.suppress(psutil.Error):  # e.g. gone meanwhile
-            if "runner.executors.launcher" in child.cmdline():
-                found.append(child)
-    return found
+    return launchers_of(os.getpid())
+
+
+@contextlib.asynccontextmanager
+async def _client(tmp_path: Path, idle_s: float = 30.0) -> AsyncIterator[LauncherClient]:
+    exits = ExitWatcher()
+    client = LauncherClient(exits, tmp_path / "launcher.log", idle_s=idle_s)
+    try:
+        yield client
+    finally:
+        await client.close()
+        exits.close()
 
 
 def _request(folder: Path, argv: list[str]) -> dict[str, object]:
@@ -51,9 +59,7 @@ def _alive(process: psutil.Process) -> bool:
 
 async def test_many_starts_at_once_all_get_their_answer(tmp_path: Path) -> None:
     """More requests than the launcher's socket queue holds (~10): they wait their turn."""
-    exits = ExitWatcher()
-    client = LauncherClient(exits, tmp_path / "launcher.log")
-    try:
+    async with _client(tmp_path) as client:
 
         async def start(i: int) -> tuple[int, int | None]:
             started = await client.start(_request(tmp_path / f"task-{i}", ["/bin/sh", "-c", f"exit {i % 7}"]))
@@ -63,15 +69,10 @@ async def test_many_starts_at_once_all_get_their_answer(tmp_path: Path) -> None:
         results = await asyncio.gather(*(start(i) for i in range(150)))
         assert all(code == i % 7 for i, code in results)
         assert all((tmp_path / f"task-{i}" / "exit_code").read_text() == f"{i % 7}\n" for i in range(150))
-    finally:
-        await client.close()
-        exits.close()
 
 
 async def test_an_idle_launcher_leaves_and_the_next_start_brings_a_new_one(tmp_path: Path) -> None:
-    exits = ExitWatcher()
-    client = LauncherClient(exits, tmp_path / "launcher.log", idle_s=0.2)
-    try:
+    async with _client(tmp_path, idle_s=0.2) as client:
         first = await client.start(_request(tmp_path / "first", ["/bin/true"]))
         os.close(first.pidfd)
         assert await asyncio.wait_for(first.exited, 10) == 0
@@ -83,9 +84,6 @@ async def test_an_idle_launcher_leaves_and_the_next_start_brings_a_new_one(tmp_p
         second = await client.start(_request(tmp_path / "second", ["/bin/sh", "-c", "exit 3"]))
         os.close(second.pidfd)
         assert await asyncio.wait_for(second.exited, 10) == 3
-    finally:
-        await client.close()
-        exits.close()
 
 
 async def test_a_failed_start_is_the_step_error(api: Api) -> None:
@@ -162,15 +160,10 @@ async def test_a_package_named_runner_in_the_working_folder_does_not_replace_the
     (tmp_path / "runner").mkdir()
     (tmp_path / "runner" / "__init__.py").write_text("raise SystemExit(3)\n")
     monkeypatch.chdir(tmp_path)
-    exits = ExitWatcher()
-    client = LauncherClient(exits, tmp_path / "launcher.log")
-    try:
+    async with _client(tmp_path) as client:
         started = await client.start(_request(tmp_path / "task", ["/bin/true"]))
         os.close(started.pidfd)
         assert await asyncio.wait_for(started.exited, 10) == 0
-    finally:
-        await client.close()
-        exits.close()
 
 
 def test_exits_are_seen_through_pidfds_numbered_past_1024(tmp_path: Path) -> None:

@@ -32,6 +32,11 @@ class TaskPaths:
     stderr_file: str
     exit_file: str
 
+    @property
+    def folders(self) -> list[str]:
+        """Made for every task, inside or beside its folder (which comes first)."""
+        return [self.scratch_dir, self.config_dir, self.persistent_dir]
+
     @classmethod
     def under(cls, work_dir: str, persistent_dir: str) -> TaskPaths:
         config_dir = f"{work_dir}/config"
@@ -49,12 +54,7 @@ class TaskPaths:
 
 def prepare_task_folders(paths: TaskPaths, config: dict[str, object]) -> None:
     """The task's folders and config file (see runner/executors/folders.py)."""
-    make_task_folders(
-        paths.work_dir,
-        [paths.scratch_dir, paths.config_dir, paths.persistent_dir],
-        paths.config_file,
-        json.dumps(config),
-    )
+    make_task_folders(paths.work_dir, paths.folders, paths.config_file, json.dumps(config))
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,9 @@ class ProcessWatch:
     """One watched process. `ended` turns true (in the watcher thread) just before the process is
     reaped: from then on its pid may belong to someone else and must not be signalled."""
 
-    __slots__ = ("collect", "ended", "future", "pid", "pidfd")
+    __slots__ = ("collect", "ended", "future", "pidfd")
 
-    def __init__(self, pid: int, future: asyncio.Future[Any], collect: Callable[[], Any]) -> None:
-        self.pid = pid
+    def __init__(self, future: asyncio.Future[Any], collect: Callable[[], Any]) -> None:
         self.pidfd: int | None = None
         self.future = future
         self.collect = collect
@@ -59,12 +58,11 @@ class ExitWatcher:
         `collect()` runs in the watcher thread (it may reap the process) and its result or
         exception settles `watch.future` on `loop`. Callable from any thread."""
         # A future is only created here, never touched: it is settled on its loop's thread.
-        watch = ProcessWatch(pid, loop.create_future(), collect)
+        watch = ProcessWatch(loop.create_future(), collect)
         if pidfd is None:
             try:
                 pidfd = os.pidfd_open(pid)
             except ProcessLookupError:  # already gone, and reaped by someone else
-                watch.ended = True
                 self._deliver([(watch, _outcome(watch))])
                 return watch
         with self._lock:
@@ -149,7 +147,6 @@ class ExitWatcher:
             # readable pidfd means that this process has ended.
             if watch is None or not _has_ended(fd):
                 return None
-            watch.ended = True
             self._drop(watch)
             return watch
 
@@ -170,7 +167,7 @@ def _has_ended(pidfd: int) -> bool:
 
 
 def _outcome(watch: ProcessWatch) -> Any:
-    watch.ended = True
+    watch.ended = True  # before collect(), which may reap it
     try:
         return watch.collect()
     except Exception as exc:

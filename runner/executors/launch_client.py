@@ -39,12 +39,13 @@ _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 _IMPORT_ROOT = str(Path(runner.__file__).resolve().parent.parent)
 
 
-def _kill_group(pid: int, pidfd: int) -> None:
-    """SIGKILL to the task's group, if the task itself is still there (its pidfd cannot name
-    another process; its pid, once reaped, could)."""
-    with contextlib.suppress(OSError):
-        signal.pidfd_send_signal(pidfd, 0)
-        os.killpg(pid, signal.SIGKILL)
+def signal_task_group(pid: int, pidfd: int, sig: int) -> None:
+    """`sig` to the task's process group, if the task itself is still there: its parent (the
+    launcher) may have reaped it already, and its pidfd, unlike its pid, cannot name another."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if pidfd >= 0:
+            signal.pidfd_send_signal(pidfd, 0)
+        os.killpg(pid, sig)
 
 
 def _reap(pid: int) -> int:
@@ -122,7 +123,7 @@ class LauncherClient:
         """Given up on (cancelled, timed out) after the answer came: nobody would watch the task."""
         if answer.done() and not answer.cancelled() and answer.exception() is None:
             started = answer.result()
-            _kill_group(started.pid, started.pidfd)
+            signal_task_group(started.pid, started.pidfd, signal.SIGKILL)
             os.close(started.pidfd)
             started.pidfd = -1
 
@@ -252,7 +253,7 @@ class LauncherClient:
         if waiting is None or waiting.done():
             # Its requester gave up waiting: a task nobody watches must not run on unseen.
             if "pid" in answer and fds:
-                _kill_group(answer["pid"], fds[0])
+                signal_task_group(answer["pid"], fds[0], signal.SIGKILL)
             for fd in fds:
                 os.close(fd)
             return

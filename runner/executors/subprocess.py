@@ -31,7 +31,7 @@ from runner.executors.base import (
     prepare_task_folders,
 )
 from runner.executors.exits import ExitWatcher, ProcessWatch
-from runner.executors.launch_client import LauncherClient, RequestTooLarge, Started
+from runner.executors.launch_client import LauncherClient, RequestTooLarge, Started, signal_task_group
 from runner.executors.procfs import read_small_file, start_ticks
 from runner.executors.spawn import spawn_in_new_session
 from runner.models import StepRecord
@@ -173,13 +173,7 @@ class SubprocessWorkload:
     def _signal_group(self, sig: int) -> None:
         if self._ended():  # reaped, or about to be: the pid may be someone else's by now
             return
-        launched = self._launched
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if launched is not None and launched.pidfd >= 0:
-                # Its parent reaps it before this daemon hears of the end: ask the process
-                # itself first (its pidfd cannot name another), then its group.
-                signal.pidfd_send_signal(launched.pidfd, 0)
-            os.killpg(self._pid, sig)
+        signal_task_group(self._pid, self._launched.pidfd if self._launched is not None else -1, sig)
 
     def _descendants(self) -> list[psutil.Process]:
         try:
@@ -331,7 +325,7 @@ class SubprocessExecutor:
                 "argv": argv,
                 "env": task.env,
                 "work_dir": paths.work_dir,
-                "folders": [paths.scratch_dir, paths.config_dir, paths.persistent_dir],
+                "folders": paths.folders,
                 "config_file": paths.config_file,
                 "config": json.dumps(config),
                 "stdout": paths.stdout_file,
