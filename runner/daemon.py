@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from runner import datadir
+from runner.access import Access, resolve_access
 from runner.clock import Clock, SystemClock
 from runner.executors.registry import ExecutorRegistry
 from runner.results import ResultService
@@ -29,6 +32,8 @@ class Daemon:
         self._service: JobService | None = None
         self._executors: ExecutorRegistry | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._lock: datadir.DataDirLock | None = None
+        self._access: Access | None = None
         # Set when a supervised loop dies: the entry point then stops the daemon instead of
         # serving an API whose statuses would silently stop moving.
         self.failed = asyncio.Event()
@@ -43,12 +48,22 @@ class Daemon:
         assert self._scheduler is not None, "Daemon.start() first"
         return self._scheduler
 
+    @property
+    def access(self) -> Access:
+        assert self._access is not None, "Daemon.start() first"
+        return self._access
+
     async def start(self) -> None:
-        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
-        # Secret values live in the database: only the daemon's user may open this folder.
-        self.settings.data_dir.chmod(0o700)
+        datadir.prepare(self.settings.data_dir)
+        # First, before anything is opened or started: a second daemon on this dir touches nothing.
+        self._lock = datadir.DataDirLock.claim(self.settings.data_dir)
+        self._access = resolve_access(self.settings)
+        with contextlib.suppress(FileExistsError):
+            self.settings.work_dir.mkdir(mode=0o700)
         self._store = await Repository.open(self.settings.db_path)
-        self._executors = ExecutorRegistry(self.settings, owner_id(self.settings))
+        self._executors = ExecutorRegistry(
+            self.settings, owner_id(self.settings), self._access.workload_token_file
+        )
         secrets = SecretService(self._store, self.clock)
         self._scheduler = Scheduler(self._store, self.clock, self.settings, self._executors, secrets)
         results = ResultService(self._store, self.clock, self.settings.work_dir)
@@ -65,6 +80,8 @@ class Daemon:
         """Start the background loops once the API answers at `base_url` (workloads call back there)."""
         scheduler = self.scheduler
         scheduler.base_url = base_url
+        if self._lock is not None:
+            self._lock.announce(base_url)
         self._supervise("scheduler", self._recover_then_schedule(scheduler))
 
     async def _recover_then_schedule(self, scheduler: Scheduler) -> None:
@@ -99,3 +116,6 @@ class Daemon:
         if self._store is not None:
             await self._store.close()
             self._store = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

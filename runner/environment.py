@@ -64,5 +64,9 @@ def task_environment(
             "NMP_CONFIG_WARNINGS_DISABLED": "1",
         }
     )
+    if paths.token_file is not None:
+        # Read by the official SDK before each request (workload identity); curl: -H "Authorization:
+        # Bearer $(cat $NMP_WORKLOAD_IDENTITY_TOKEN_FILE)".
+        env["NMP_WORKLOAD_IDENTITY_TOKEN_FILE"] = paths.token_file
     env.update(secrets)
     return env

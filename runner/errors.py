@@ -21,3 +21,7 @@ class Unprocessable(RunnerError):
 
 class BadRequest(RunnerError):
     """Parameters that contradict each other, e.g. `tail` with `page_cursor` (HTTP 400)."""
+
+
+class CannotStart(RunnerError):
+    """The daemon must not start: its data dir is in use, its token cannot be read, an unsafe setting."""

@@ -59,7 +59,7 @@ def decode_cursor(text: str, query: LogQuery) -> Cursor:
         direction, line_id, scope = payload["d"], payload["id"], payload["q"]
     except (ValueError, KeyError, TypeError):
         raise invalid from None
-    if direction not in ("f", "b") or not isinstance(line_id, int) or line_id < 0:
+    if direction not in ("f", "b") or not isinstance(line_id, int) or not 0 <= line_id < 2**63:
         raise invalid
     if scope != scope_hash(query):
         raise invalid

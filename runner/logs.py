@@ -4,6 +4,12 @@ The read offset is committed with the lines, so a daemon that crashes and starts
 loses nor repeats a line. While the task runs the files are read with a short adaptive interval
 (new output is picked up within milliseconds when the task is chatty, at most `poll_max_s` later
 when it is quiet); once it exits they are drained to the end.
+
+When the store cannot take lines (a full disk, a lock held elsewhere), they stay in the file and
+are tried again at the next read, so nothing is lost to a spell that ends while the task runs;
+the task's and step's records then say that their output could not be stored for a while, and
+why (`note_output_error`). Only when the last lines still cannot be stored after the task ended
+(after the store's patient retries) are they given up, and the records say how much is missing.
 """
 
 from __future__ import annotations
@@ -11,14 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from runner.clock import Clock
 from runner.executors.base import TaskPaths
-from runner.secrets import mask
-from storage import Gone, Repository, WriteTx
+from runner.secrets import Masker
+from runner.transitions import note_output_error
+from storage import Gone, Repository, StorageUnavailable, WriteTx
+from storage.health import low_on_space
+
+log = logging.getLogger(__name__)
 
 # Lines are stored in transactions of at most this much output: a flood of output then holds the
 # single writer only briefly, and other writes (submissions, status changes) get their turn.
@@ -81,6 +93,16 @@ class _Stream:
     def more_buffered(self, previous_offset: int) -> bool:
         return self.offset - previous_offset >= _CHUNK // 2
 
+    def unread(self) -> None:
+        """The lines last read were not stored: the next read starts again at `offset`."""
+        self.pending = b""
+
+    def bytes_left(self) -> int:
+        try:
+            return max(0, os.stat(self.path).st_size - self.offset)
+        except OSError:
+            return 0
+
 
 class OutputCollector:
     def __init__(
@@ -97,7 +119,8 @@ class OutputCollector:
         on_stored: Callable[[int], None] = lambda job_pk: None,
     ) -> None:
         self._store = store
-        self._mask_values = mask_values or []
+        # Built once: every line of the task goes through it.
+        self._masker = Masker(mask_values or ())
         self._max_task_bytes = max_task_bytes
         self._on_stored = on_stored
         self._clock = clock
@@ -109,6 +132,9 @@ class OutputCollector:
         self._poll_max_s = poll_max_s
         self._stopped = asyncio.Event()
         self._gone = False
+        # Since when spells of the store not writing count for this task (store's clock).
+        self._since = time.monotonic()
+        self._unstored: StorageUnavailable | None = None  # why the last lines read are not stored
         self._task: asyncio.Task[None] | None = None
         self._first_poll: asyncio.TimerHandle | None = None
 
@@ -139,6 +165,33 @@ class OutputCollector:
             await self._task
         while await self.drain(final=True):
             pass
+        await self._tell_of_outages()
+
+    async def _tell_of_outages(self) -> None:
+        if self._gone:
+            return
+        if self._unstored is not None:
+            missing = sum(stream.bytes_left() for stream in self._streams)
+            cause = self._unstored.cause or "a write failed (see the daemon's log)"
+            note = f"output could not be stored: {cause}; its last {missing} bytes are missing"
+        elif outages := self._store.write_outages_since(self._since):
+            note = f"output could not be stored for {outages.seconds:.1f} s while it ran: {outages.cause}"
+        elif low_on_space(os.path.dirname(self._streams[0].path)):
+            # The store never failed, but the task's own writes to its output files likely did
+            # (what ends a step in `error: exit code 1` with no other word of it). One statvfs,
+            # on the file system the files were just read from.
+            note = "output could not be stored: no space left on device (the disk was full when it ended)"
+        else:
+            return
+        write = functools.partial(
+            note_output_error, task_pk=self._target.task_pk, note=note, now=self._clock.now_us()
+        )
+        try:
+            await self._store.write(write, patient=True)
+        except Gone:
+            pass
+        except StorageUnavailable as exc:
+            log.error("task %s: could not record that %s (%s)", self._target.task_name, note, exc)
 
     async def drain(self, final: bool) -> int:
         if self._gone:
@@ -155,6 +208,11 @@ class OutputCollector:
                 except Gone:
                     self._gone = True  # the job was deleted: nothing left to store for
                     return stored
+                except StorageUnavailable as exc:
+                    stream.unread()  # they stay in the file: the next drain tries them again
+                    self._unstored = exc
+                    return stored
+                self._unstored = None
                 stream.offset = new_offset
                 stored += len(lines)
                 if not stream.more_buffered(before):
@@ -166,8 +224,8 @@ class OutputCollector:
         target = self._target
         prefix = "[stderr] " if stream == "stderr" else ""
         decoded = [(now, prefix + line.rstrip(b"\r").decode("utf-8", "replace")) for line in lines]
-        if self._mask_values:
-            decoded = [(ts, mask(text, self._mask_values)) for ts, text in decoded]
+        if self._masker:
+            decoded = [(ts, self._masker.text(text)) for ts, text in decoded]
         await self._store.write(
             functools.partial(
                 WriteTx.append_log_lines,

@@ -17,9 +17,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The reference's NAME_PATTERN. Python's `re` is needed: the lookarounds are beyond pydantic's
-# Rust regex engine, so names are checked in validators rather than with `pattern=`.
-NAME_PATTERN = re.compile(r"^[a-z](?!.*--)[a-z0-9\-@.+_]{1,62}(?<!-)$")
-WORKSPACE_PATTERN = re.compile(r"^[\w\-\+.@:]+$")
+# Rust regex engine, so names are checked in validators rather than with `pattern=`. Every
+# pattern here is anchored with \A...\Z (and used with fullmatch): `$` also matches before a
+# trailing newline, which let `nl` and `nl\n` be two jobs (and two task folders).
+NAME_PATTERN = re.compile(r"\A[a-z](?!.*--)[a-z0-9\-@.+_]{1,62}(?<!-)\Z")
+WORKSPACE_PATTERN = re.compile(r"\A[\w\-\+.@:]+\Z")
+# A workspace is a folder name under <data-dir>/work: at most what a file system takes (bytes).
+MAX_WORKSPACE_BYTES = 255
 NAME_RULE = (
     "must start with a lowercase letter, be 2-63 characters, contain only lowercase letters, digits "
     "and - @ . + _, have no consecutive hyphens and not end with a hyphen"
@@ -147,8 +151,19 @@ def datetime_to_us(value: datetime) -> int:
 
 
 def check_name(value: str) -> str:
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise ValueError(f"name {value!r} {NAME_RULE}")
+    return value
+
+
+def check_workspace(value: str) -> str:
+    if not WORKSPACE_PATTERN.fullmatch(value):
+        raise ValueError("workspace may contain only letters, digits and _ - + . @ :")
+    if value in (".", ".."):
+        # Task folders live in <data-dir>/work/<workspace>/<job>/...: these would move them up.
+        raise ValueError(f"workspace {value!r} is not allowed: it names a folder's parent or itself")
+    if len(value.encode()) > MAX_WORKSPACE_BYTES:
+        raise ValueError(f"workspace may be at most {MAX_WORKSPACE_BYTES} bytes long (UTF-8)")
     return value
 
 
@@ -156,7 +171,7 @@ def check_name(value: str) -> str:
 # Kubernetes quantities (resources.limits/requests, shm_size)
 # ---------------------------------------------------------------------------------------------
 
-_QUANTITY = re.compile(r"^([+]?(?:\d+|\d*\.\d+)(?:[eE][+-]?\d+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
+_QUANTITY = re.compile(r"([+]?(?:\d+|\d*\.\d+)(?:[eE][+-]?\d+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?")
 _SUFFIX_FACTOR: dict[str, float] = {
     "": 1,
     "m": 1e-3,
@@ -177,7 +192,7 @@ _SUFFIX_FACTOR: dict[str, float] = {
 
 def parse_quantity(text: str) -> float:
     """Parse a Kubernetes quantity ('250m', '1.5', '128Mi', '1Gi', '512M') into a plain number."""
-    match = _QUANTITY.match(text.strip())
+    match = _QUANTITY.fullmatch(text.strip())
     if not match:
         raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. '250m', '1.5', '128Mi', '1Gi')")
     return float(match.group(1)) * _SUFFIX_FACTOR[match.group(2) or ""]
@@ -232,6 +247,12 @@ class ContainerSpec(_Spec):
     def _no_nul(cls, value: list[str]) -> list[str]:
         return [_without_nul(item, "an argument") for item in value]
 
+    @field_validator("image")
+    @classmethod
+    def _no_nul_in_image(cls, value: str | None) -> str | None:
+        # Goes to the engine's API and into `docker pull` error messages: a C string there too.
+        return None if value is None else _without_nul(value, "an image reference")
+
 
 def _without_nul(value: str, what: str) -> str:
     # A process argument or environment entry is a C string: a NUL would silently cut it.
@@ -252,20 +273,25 @@ class ComputeResourceSpec(_Spec):
         return value
 
 
-_SHM_PATTERN = re.compile(r"^[+-]?(\d+|\d*\.\d+)([eE][+-]?\d+)?(Mi|Gi|M|G)$")
+_SHM_PATTERN = re.compile(r"[+-]?(\d+|\d*\.\d+)([eE][+-]?\d+)?(Mi|Gi|M|G)")
+
+
+MAX_NODES = 256
 
 
 class ComputeResources(_Spec):
     requests: ComputeResourceSpec | None = None
     limits: ComputeResourceSpec | None = None
-    num_nodes: int = Field(default=1, ge=1)
+    # One container per node on this one machine: a bound keeps a typo (1e6) from stalling the
+    # scheduler while it names a million tasks (the reference has none; README, differences).
+    num_nodes: int = Field(default=1, ge=1, le=MAX_NODES)
     num_gpus: int | None = Field(default=None, ge=0)
     shm_size: str | None = None
 
     @field_validator("shm_size")
     @classmethod
     def _shm(cls, value: str | None) -> str | None:
-        if value is not None and not _SHM_PATTERN.match(value):
+        if value is not None and not _SHM_PATTERN.fullmatch(value):
             raise ValueError(f"shm_size {value!r} must be a quantity in Mi, Gi, M or G (e.g. '1Gi')")
         return value
 

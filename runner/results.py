@@ -19,6 +19,7 @@ from runner.clock import Clock
 from runner.environment import job_storage_dir
 from runner.errors import Conflict, NotFound, Unprocessable
 from runner.models import JobRecord, ResultRecord, check_name, new_entity_id
+from runner.secrets import NO_MASK, Masker
 from storage import AlreadyExists, Repository, WriteTx
 
 _CHUNK = 256 * 1024
@@ -64,12 +65,17 @@ class ResultService:
     def fileset_dir(self, job: JobRecord) -> Path:
         return job_storage_dir(self._work_root, job.workspace, job.name, job.attempt_id)
 
-    async def create(self, job: JobRecord, name: str, artifact_url: str, storage_type: str) -> ResultRecord:
+    async def create(
+        self, job: JobRecord, name: str, artifact_url: str, storage_type: str, masker: Masker = NO_MASK
+    ) -> ResultRecord:
+        """Checked as given; stored with `masker`'s secret values masked, like all a client
+        stores (a result whose name or path shows a secret can then not be fetched by them)."""
         try:
             check_name(name)
         except ValueError as exc:
             raise Unprocessable(str(exc)) from None
         _contained(self.fileset_dir(job), artifact_path(job, artifact_url))
+        name, artifact_url = masker.text(name), masker.text(artifact_url)
         now = self._clock.now_us()
 
         def insert(tx: WriteTx) -> ResultRecord | None:

@@ -434,23 +434,28 @@ class Scheduler:
     # ------------------------------------------------------------------ start-up and shut-down
 
     async def recover(self) -> None:
-        """Re-attach to, or settle, every step an earlier daemon left unfinished."""
+        """Re-attach to, or settle, every step an earlier daemon left unfinished; then kill every
+        task process (and whatever a task left running) that no unfinished step knows."""
+        adopted: set[str] = set()
         for step in await self._store.non_terminal_steps():
             try:
-                await self._recover_step(step)
+                adopted |= await self._recover_step(step)
             except Exception as exc:  # one odd step must not keep the daemon from starting
                 log.exception("could not re-attach step %s of job %s", step.name, step.job_name)
                 await self._settle_lost(step, [], f"could not re-attach after a restart: {exc}")
-        known = await self._known_task_names()
-        killed = self._executors.subprocess.sweep_orphans(known)
+        # Adopted runs may have finished meanwhile: what their tasks left is theirs to end (after
+        # the grace period, with its output read), not the sweep's.
+        known = adopted | await self._known_task_names()
+        killed = await asyncio.to_thread(self._executors.subprocess.sweep_orphans, known)
         if killed:
-            log.warning("killed %d orphaned task process group(s) that no unfinished step knows", killed)
+            log.warning("killed %d orphaned task process(es) that no unfinished step knows", killed)
         self.recovered.set()
         self.wake()
 
-    async def _recover_step(self, step: StepRecord) -> None:
+    async def _recover_step(self, step: StepRecord) -> set[str]:
+        """The names of the tasks handed to a run of this daemon (none when settled here)."""
         if step.status in _STARTABLE and not step.handle:
-            return  # never started: the loop will start it
+            return set()  # never started: the loop will start it
         handle = step.handle or {}
         tasks = [
             _TaskRef(t["task_pk"], t["task_name"], task_paths(self._settings.work_dir, step, t["task_name"]))
@@ -458,23 +463,24 @@ class Scheduler:
         ]
         if not tasks:
             if step.status == JobStatus.PAUSED:
-                return  # paused before it ever ran: resume will start it
+                return set()  # paused before it ever ran: resume will start it
             await self._settle_lost(step, [], "no workload was ever recorded for this step")
-            return
+            return set()
         try:
             executor = await self._executors.for_provider(step.spec.executor.provider)
             found = await executor.recover(step, handle, [t.paths for t in tasks])
         except ExecutorError as exc:
             await self._settle_lost(step, tasks, str(exc))
-            return
+            return set()
         if found is None:
             if handle.get("kind") is None:
                 await self._restart_unstarted(step, tasks)
             else:
                 await self._settle_lost(step, tasks, "the workload vanished while the daemon was down")
-            return
+            return set()
         offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
         self._claim(step.pk, self._adopt(step, tasks, found, offsets), job_pk=step.job_pk)
+        return {t.name for t in tasks}
 
     async def _known_task_names(self) -> set[str]:
         return {

@@ -2,16 +2,18 @@
 
 Values live in the daemon's SQLite file inside a data folder only the daemon's user can open.
 They leave the daemon in exactly two ways: the step's environment, and the Secrets API's own
-`access` operation. Anything a workload prints or reports is masked before it is stored.
+`access` operation. Whatever a client or a workload hands over for storing (output lines, task,
+step and job status details, error details and stacks, results) goes through a `Masker` first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from runner.clock import Clock
 from runner.errors import Conflict, NotFound
-from runner.models import Page, PlatformJobSpec, SecretRecord, StepRecord
+from runner.models import EnvironmentVariable, JobRecord, Page, PlatformJobSpec, SecretRecord, StepRecord
 from storage import AlreadyExists, Repository, WriteTx
 
 MASK = "********"
@@ -27,11 +29,70 @@ def split_reference(reference: str, workspace: str) -> tuple[str, str]:
     return workspace, reference
 
 
-def mask(text: str, values: Iterable[str]) -> str:
-    for value in values:
-        if len(value) >= MIN_MASKED_LENGTH and value in text:
-            text = text.replace(value, MASK)
-    return text
+class Masker:
+    """Replaces secret values with MASK in text and in JSON values.
+
+    Each value is looked for whole and line by line: output is stored one line at a time, so a
+    value spanning lines (a PEM key, a kubeconfig) is never found whole there, only its lines.
+    Every occurrence of every fragment is found in the original text and overlapping or touching
+    ones are masked as one, so two secrets that overlap leave no piece of either in clear."""
+
+    __slots__ = ("_fragments",)
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        fragments: set[str] = set()
+        for value in values:
+            # Split as the output collector splits (on \n, then a trailing \r is dropped).
+            for piece in (value, *(line.rstrip("\r") for line in value.split("\n"))):
+                if len(piece) >= MIN_MASKED_LENGTH:
+                    fragments.add(piece)
+        self._fragments = tuple(fragments)
+
+    def __bool__(self) -> bool:
+        return bool(self._fragments)
+
+    def text(self, text: str) -> str:
+        spans: list[tuple[int, int]] = []
+        for fragment in self._fragments:
+            start = text.find(fragment)
+            while start >= 0:
+                spans.append((start, start + len(fragment)))
+                start = text.find(fragment, start + 1)
+        if not spans:
+            return text
+        spans.sort()
+        out: list[str] = []
+        done = 0  # text[:done] is written out
+        span_start, span_end = spans[0]
+        for start, end in spans[1:]:
+            if start <= span_end:
+                span_end = max(span_end, end)
+                continue
+            out += (text[done:span_start], MASK)
+            done = span_end
+            span_start, span_end = start, end
+        out += (text[done:span_start], MASK, text[span_end:])
+        return "".join(out)
+
+    def json(self, value: Any) -> Any:
+        """`value` with every string (keys too) masked; a number that shows a value (a numeric
+        secret reported as a number) becomes the masked string."""
+        if not self._fragments:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(k) if isinstance(k, str) else k: self.json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.json(v) for v in value]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            shown = str(value)
+            masked = self.text(shown)
+            return value if masked == shown else masked
+        return value
+
+
+NO_MASK = Masker()
 
 
 class SecretService:
@@ -117,11 +178,24 @@ class SecretService:
         return env
 
     async def values_for(self, step: StepRecord) -> list[str]:
-        """The values to mask in what this step's workload prints or reports."""
-        try:
-            return list((await self.resolve(step)).values())
-        except NotFound:
-            return []
+        """The values to mask in what this step's workload prints."""
+        return await self._existing_values(step.workspace, step.spec.environment)
+
+    async def masker_for_job(self, job: JobRecord) -> Masker:
+        """What masks anything stored for this job from a client or a workload: the values of
+        the secrets named by any of its steps (a value may travel from one step to the next)."""
+        variables = [v for step in job.platform_spec.steps for v in step.environment]
+        return Masker(await self._existing_values(job.workspace, variables))
+
+    async def _existing_values(self, workspace: str, variables: Iterable[EnvironmentVariable]) -> list[str]:
+        # A secret deleted since is skipped, not a reason to mask none of the others.
+        refs = {split_reference(v.from_secret.name, workspace) for v in variables if v.from_secret}
+        values = []
+        for ws, name in sorted(refs):
+            secret = await self._store.get_secret(ws, name)
+            if secret is not None:
+                values.append(secret.value)
+        return values
 
 
 def _no_such_secret(workspace: str, name: str) -> NotFound:

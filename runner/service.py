@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runner.clock import Clock
-from runner.errors import Conflict, NotFound, Unprocessable
+from runner.errors import BadRequest, Conflict, NotFound, Unprocessable
 from runner.log_pages import Cursor, LogPage, decode_cursor, encode_cursor, page_logs, scope_hash
 from runner.models import (
     NAME_PATTERN,
@@ -38,7 +38,7 @@ from runner.models import (
 )
 from runner.notify import ChangeSignal
 from runner.results import Artifact, ResultService
-from runner.secrets import SecretService, mask
+from runner.secrets import SecretService
 from runner.transitions import TransitionOutcome, settle_step, transition_step
 from storage import AlreadyExists, Repository, WriteTx
 
@@ -111,6 +111,10 @@ class JobService:
 
     async def profiles(self) -> list[dict[str, Any]]:
         return await self._workloads.profiles()
+
+    async def store_problem(self) -> str | None:
+        """Why the store cannot take writes now (None: it can); plain words, no names or paths."""
+        return await self._store.health()
 
     # ------------------------------------------------------------------------------ jobs
 
@@ -203,6 +207,9 @@ class JobService:
         return StatusTree(job=job, steps=steps, tasks=tasks)
 
     async def merge_job_status_details(self, workspace: str, name: str, details: dict[str, Any]) -> None:
+        # What a client stores must not publish a secret of the job's steps through the API.
+        masker = await self.secrets.masker_for_job(await self.get_job(workspace, name))
+        details = masker.json(details)
         now = self._clock.now_us()
 
         def merge(tx: WriteTx) -> None:
@@ -306,6 +313,8 @@ class JobService:
         """A client's PATCH. The daemon acts on it, so the status stays true to the workload."""
         await self._workloads.ready()
         step = await self.get_step(workspace, job_name, step_name)
+        masker = await self.secrets.masker_for_job(await self.get_job(workspace, job_name))
+        status_details, error_details = masker.json(status_details), masker.json(error_details)
         live = self._workloads.is_running(step.pk)
         now = self._clock.now_us()
 
@@ -352,10 +361,17 @@ class JobService:
     ) -> TaskRecord:
         """A PUT from a workload or client: upsert, and count it as the task's heartbeat."""
         step = await self.get_step(workspace, job_name, step_name)
-        secret_values = await self.secrets.values_for(step)
-        if secret_values:
-            # A workload reporting its own secret must not publish it through the API.
-            update = TaskUpdate.model_validate(mask_json(update.model_dump(), secret_values))
+        masker = await self.secrets.masker_for_job(await self.get_job(workspace, job_name))
+        if masker:
+            # A workload reporting its own secret must not publish it through the API. Only the
+            # free-form fields: `status` is checked against the table as sent.
+            update = update.model_copy(
+                update={
+                    "status_details": masker.json(update.status_details),
+                    "error_details": masker.json(update.error_details),
+                    "error_stack": masker.json(update.error_stack),
+                }
+            )
         now = self._clock.now_us()
 
         def upsert(tx: WriteTx) -> TaskRecord | None:
@@ -444,17 +460,23 @@ class JobService:
         attempt: str | None,
         step_name: str | None,
         task_name: str | None,
+        tail: int | None = None,
         idle_check_s: float = 1.0,
     ) -> AsyncGenerator[tuple[LogLine, str], None]:
-        """Every line after `page_cursor` as it arrives, each with the cursor to resume after it;
-        ends once the job is finished and everything it printed has been sent. The job and the
-        cursor are checked here, before anything is streamed."""
+        """Every line after `page_cursor` (or the last `tail` lines) as it arrives, each with the
+        cursor to resume after it; ends once the job is finished and everything it printed has
+        been sent. The job and the cursor are checked here, before anything is streamed."""
+        if tail is not None and page_cursor is not None:
+            raise BadRequest("`tail` cannot be combined with `page_cursor`")
         job = await self.get_job(workspace, name)
         query = self._log_query(job, attempt, step_name, task_name)
         after = 0
         if page_cursor:
             cursor = decode_cursor(page_cursor, query)
             after = cursor.line_id if cursor.direction == "f" else max(0, cursor.line_id - 1)
+        elif tail is not None:
+            last = await self._store.log_lines_before(query, None, tail)
+            after = last[0].id - 1 if last else 0
         return self._follow(job, query, after, idle_check_s)
 
     async def _follow(
@@ -486,7 +508,8 @@ class JobService:
         self, workspace: str, job_name: str, name: str, artifact_url: str, storage_type: str
     ) -> tuple[JobRecord, ResultRecord]:
         job = await self.get_job(workspace, job_name)
-        return job, await self._results.create(job, name, artifact_url, storage_type)
+        masker = await self.secrets.masker_for_job(job)
+        return job, await self._results.create(job, name, artifact_url, storage_type, masker)
 
     async def get_result(self, workspace: str, job_name: str, name: str) -> tuple[JobRecord, ResultRecord]:
         job = await self.get_job(workspace, job_name)
@@ -539,13 +562,3 @@ def _reload_job(tx: WriteTx, job: JobRecord) -> JobRecord:
     fresh = tx.get_job_by_pk(job.pk)
     assert fresh is not None
     return fresh
-
-
-def mask_json(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        return mask(value, secrets)
-    if isinstance(value, dict):
-        return {k: mask_json(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_json(v, secrets) for v in value]
-    return value

@@ -11,10 +11,20 @@ from pathlib import Path
 ENV_PREFIX = "LOCALJOBS_"
 
 
-def default_data_dir() -> Path:
+def default_data_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """A per-user state folder: $XDG_STATE_HOME/localjobs, else ~/.local/state/localjobs."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "localjobs"
+
+
+def venv_python_executable(environ: Mapping[str, str]) -> str:
+    """What the reference runs for `python`: the active venv's interpreter when there is one."""
+    venv = environ.get("VIRTUAL_ENV")
+    if venv:
+        candidate = Path(venv) / "bin" / "python"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return sys.executable
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,25 @@ class Settings:
     # Docker: keep finished containers for debugging; run `cpu` container steps as host processes.
     keep_containers: bool = False
     cpu_containers_as_subprocess: bool = False
+    # Access: every /apis request needs `Authorization: Bearer <token>`. The token comes from
+    # LOCALJOBS_TOKEN, else the file `token_file` (default <data-dir>/token, created at first start).
+    token: str = field(default="", repr=False)
+    token_file: Path | None = None
+    # No token at all: allowed on a loopback address only (refused at start otherwise).
+    no_auth: bool = False
+    # Host header values accepted beyond loopback names/addresses and the bound address.
+    allowed_hosts: tuple[str, ...] = ()
+    # Largest request body accepted (413 above it).
+    max_body_bytes: int = 4 * 1024 * 1024
+    # When a step's main process ends, whatever it left running is ended too (SIGTERM, grace,
+    # SIGKILL); True keeps such processes running, as the reference does.
+    keep_leftover_processes: bool = False
 
     def __post_init__(self) -> None:
         # Paths go to other processes (the launcher, tasks) with other working folders: absolute.
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
+        if self.token_file is not None:
+            object.__setattr__(self, "token_file", Path(self.token_file).absolute())
 
     @property
     def db_path(self) -> Path:
@@ -55,6 +80,10 @@ class Settings:
     @property
     def work_dir(self) -> Path:
         return self.data_dir / "work"
+
+    @property
+    def token_path(self) -> Path:
+        return self.token_file if self.token_file is not None else self.data_dir / "token"
 
 
 def _convert(name: str, raw: str, default: object) -> object:
@@ -69,7 +98,7 @@ def _convert(name: str, raw: str, default: object) -> object:
         return int(raw)
     if isinstance(default, float):
         return float(raw)
-    if isinstance(default, Path):
+    if isinstance(default, Path) or name.endswith("_file"):
         return Path(raw).expanduser()
     if isinstance(default, tuple):
         return tuple(part for part in raw.split(",") if part)
@@ -94,4 +123,5 @@ def load_settings(overrides: Mapping[str, object], environ: Mapping[str, str]) -
                 values[f.name] = _convert(f.name, raw, default)
             except ValueError as exc:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {_reason(exc)}") from exc
+    values.setdefault("python_executable", venv_python_executable(environ))
     return Settings(**values)  # type: ignore[arg-type]

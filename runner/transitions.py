@@ -16,6 +16,10 @@ from runner.errors import Conflict
 from runner.models import JobState, JobStatus, StepRecord, new_entity_id
 from storage import WriteTx
 
+# The key of status_details (and, once the step ends in error, of error_details) that says its
+# output could not all be stored (e.g. "no space left on device"): see `note_output_error`.
+OUTPUT_ERROR = "output_error"
+
 # A step reaching one of these drags the job along to the same status.
 _MIRRORED = frozenset(
     {
@@ -57,6 +61,9 @@ def transition_step(
         )
     merged = {**step.status_details, **(status_details or {})}
     errors = error_details if error_details else step.error_details
+    if new_status == JobStatus.ERROR and OUTPUT_ERROR in merged and OUTPUT_ERROR not in (errors or {}):
+        # An error is read first, often alone: it must not hide that the output is incomplete.
+        errors = {**(errors or {}), OUTPUT_ERROR: merged[OUTPUT_ERROR]}
     active_since, active_us = step.active_since, step.active_us
     if new_status == JobStatus.ACTIVE and step.status != JobStatus.ACTIVE:
         active_since = now  # first start, or back from a pause: the clocks run again from here
@@ -195,3 +202,15 @@ def record_task_status(
         stack=stack,
         now=now,
     )
+
+
+def note_output_error(tx: WriteTx, task_pk: int, note: str, *, now: int) -> None:
+    """Say in the task's and its step's status_details (and error_details, for a step that ended
+    in error) that their output could not all be stored, whatever their status meanwhile."""
+    task = tx.get_task_by_pk(task_pk)
+    if task is None:
+        return  # the job was deleted meanwhile
+    step = tx.get_step_by_pk(task.step_pk)
+    if step is not None:
+        transition_step(tx, step, step.status, now=now, status_details={OUTPUT_ERROR: note})
+    record_task_status(tx, task_pk, task.status, {OUTPUT_ERROR: note}, None, None, now)

@@ -92,6 +92,11 @@ from storage import Repository  # noqa: E402
 
 V2 = "/apis/jobs/v2"
 READY = re.compile(r"localjobs ready (http://\S+)")
+# Every daemon runs with this token and every request sends it, unless --no-auth (an A/B of the
+# token's cost) starts the daemons without one.
+BENCH_TOKEN = "bench-token-0123456789abcdef"
+AUTH_HEADERS = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+NO_AUTH = False
 SECTIONS = ("jobs", "lists", "docker", "logs")
 MAX_RUNNING_STEPS = 64  # the daemon's default (runner/settings.py), used for the floor too
 # The reference implementation's figures, for scale.
@@ -164,10 +169,14 @@ class DaemonProcess:
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALJOBS_")}
         env.update(self.extra_env)
+        if not NO_AUTH:
+            env.setdefault("LOCALJOBS_TOKEN", BENCH_TOKEN)
         if SOURCE != ROOT:
             # Ahead of the venv's editable install (its finder comes after sys.path entries).
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE), env.get("PYTHONPATH")]))
         argv = [localjobs_executable(), "serve", "--port", "0", "--data-dir", str(self.data_dir)]
+        if NO_AUTH:
+            argv.append("--no-auth")
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             return subprocess.Popen(
                 [*argv, *self.extra_args],
@@ -774,7 +783,7 @@ async def docker_run(args: argparse.Namespace, run_no: int, tmp: Path) -> Docker
     workspace = "bench-docker"
     async with running_daemon(data_dir, tmp, f"docker{run_no}") as daemon:
         timeout = aiohttp.ClientTimeout(total=120)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(headers=AUTH_HEADERS, timeout=timeout) as session:
             base = daemon.base_url
             # Warm-up, untimed: the daemon loads its Docker client on the first container step.
             await daemon_container_once(session, base, workspace, "warm-0", image)
@@ -1009,7 +1018,7 @@ async def logs_run(args: argparse.Namespace, run_no: int, tmp: Path) -> LogsResu
     data_dir = tmp / f"logs{run_no}-data"
     async with (
         running_daemon(data_dir, tmp, f"logs{run_no}") as daemon,
-        aiohttp.ClientSession(timeout=timeout) as session,
+        aiohttp.ClientSession(headers=AUTH_HEADERS, timeout=timeout) as session,
     ):
         log(f"logs run {run_no}: ingestion of {args.log_mb} MB")
         await phase_ingestion(
@@ -1038,7 +1047,7 @@ async def logs_run(args: argparse.Namespace, run_no: int, tmp: Path) -> LogsResu
         env = {"LOCALJOBS_LOG_MAX_BYTES_PER_TASK": "0"}
         async with (
             running_daemon(big_dir, tmp, f"biglog{run_no}", extra_env=env) as daemon,
-            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(headers=AUTH_HEADERS, timeout=timeout) as session,
         ):
             await phase_big_log(args, session, daemon, run_no, result)
         if not args.keep_tmp:
@@ -1100,7 +1109,9 @@ async def one_run(args: argparse.Namespace, run_no: int, tmp: Path, result: RunR
         result.values["rss_idle_mb"] = daemon.rss_mb()
         timeout = aiohttp.ClientTimeout(total=60)
         connector = aiohttp.TCPConnector(limit=max(args.concurrency, 4))
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async with aiohttp.ClientSession(
+            headers=AUTH_HEADERS, timeout=timeout, connector=connector
+        ) as session:
             log(f"run {run_no}: spawn latency ({args.spawn_jobs} sequential jobs)")
             await phase_spawn_latency(session, daemon.base_url, args.spawn_jobs, 0.02, result)
             log(f"run {run_no}: end-to-end, {args.jobs} jobs, {args.concurrency} POSTs in flight")
@@ -1150,7 +1161,7 @@ async def list_run(
     async with running_daemon(store, tmp, f"list{run_no}") as daemon:
         result.startup_s = daemon.startup_s
         timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(headers=AUTH_HEADERS, timeout=timeout) as session:
             log(f"list run {run_no}: {len(list_queries(info))} queries x {args.list_requests} requests")
             result.queries = await phase_list_steps(
                 session, daemon.base_url, info, args.list_requests, budget_s=30
@@ -1540,6 +1551,11 @@ def main() -> int:
         "--follow-s", type=float, default=None, help="length of the follow-latency step (default 5)"
     )
     parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="start the daemons with --no-auth (to measure what the token costs, against a default run)",
+    )
+    parser.add_argument(
         "--keep-tmp", action="store_true", help="keep the temporary data dirs and daemon logs"
     )
     parser.add_argument(
@@ -1555,6 +1571,8 @@ def main() -> int:
         help="py-spy the daemon during run 1's N-job phase; write collapsed stacks to this file",
     )
     args = parser.parse_args()
+    global NO_AUTH
+    NO_AUTH = args.no_auth
     quick = args.quick
     args.jobs = args.jobs if args.jobs is not None else (100 if quick else 1000)
     args.runs = args.runs if args.runs is not None else (1 if quick else 3)

@@ -11,7 +11,9 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,7 +42,8 @@ from runner.models import (
     TaskRecord,
     WatchedStep,
 )
-from storage.errors import AlreadyExists, Gone, StorageUnavailable
+from storage.errors import AlreadyExists, Gone, StorageError, StorageUnavailable, cannot_write
+from storage.health import OutageSummary, WriteHealth, low_on_space
 from storage.schema import MIGRATIONS
 from storage.writer import BUSY_TIMEOUT_MS, WriterThread
 
@@ -49,6 +52,9 @@ log = logging.getLogger(__name__)
 # How long a patient write is retried: a status must not be lost to a passing hitch (another
 # program holding the database a few seconds), and must not be retried forever either.
 PATIENT_WRITE_S = 60.0
+# /health waits at most this long for its check of the store (a lock held elsewhere would keep
+# it busy_timeout long).
+_HEALTH_PROBE_S = 1.0
 
 _JOB_SORT_SQL = {
     JobSort.CREATED_AT: "created_at ASC, pk ASC",
@@ -675,6 +681,26 @@ class WriteTx:
             raise AlreadyExists(f"a result named {name!r} already exists for this job") from exc
 
 
+def _make_private(path: Path) -> None:
+    """The database holds secret values: its file is made 0600 before SQLite opens it. SQLite
+    would create it 0644 (less the umask) and gives its -wal and -shm files the database file's
+    mode when it creates them, so this covers all three. Files left with wider modes (by an
+    older version) are narrowed: nothing but this daemon has any business opening them."""
+    for suffix, create in (("", os.O_CREAT), ("-wal", 0), ("-shm", 0)):  # these two: after a crash
+        try:
+            fd = os.open(f"{path}{suffix}", os.O_RDONLY | os.O_CLOEXEC | create, 0o600)
+        except FileNotFoundError:
+            continue
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & 0o077:
+                os.fchmod(fd, mode & 0o700)
+        except PermissionError:  # not ours: say so, and use it as it is
+            log.warning("%s%s is open to other users (mode %o), not ours to change", path, suffix, mode)
+        finally:
+            os.close(fd)
+
+
 class Repository:
     """Typed access to the store: reads on a reader connection (aiosqlite), writes through
     `write()` on the writer's own thread."""
@@ -682,11 +708,13 @@ class Repository:
     def __init__(self, reader: aiosqlite.Connection, writer: WriterThread) -> None:
         self._conn = reader
         self._writer = writer
+        self._health = WriteHealth()
 
     @classmethod
     async def open(cls, path: Path) -> Repository:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(path)
             writer = await WriterThread.open(path)
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open the database at {path}: {exc}") from exc
@@ -721,19 +749,52 @@ class Repository:
         decides on."""
         deadline = time.monotonic() + (PATIENT_WRITE_S if patient else 0.0)
         pause = 0.1
-        while True:
+        retrying = False
+        try:
+            while True:
+                try:
+                    result = await self._writer.call(functools.partial(_unit_of_work, work))
+                except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT, or a closed writer
+                    failure = cannot_write(exc)
+                except StorageUnavailable as exc:
+                    failure = exc
+                else:
+                    self._health.succeeded()
+                    return result
+                if self._writer.closed or failure.cause is None:
+                    raise failure  # shutting down, or a bug of this write: the store is well
+                self._health.failed(failure.cause)
+                if time.monotonic() + pause > deadline:
+                    raise failure
+                if not retrying:
+                    retrying = True
+                    self._health.retry_began()
+                log.warning("write failed (%s); trying again in %.1f s", failure, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        finally:
+            if retrying:
+                self._health.retry_ended()
+
+    async def health(self) -> str | None:
+        """Why the store cannot take writes now, in words fit for anyone (None: it can). While
+        no write is waiting to try again, the cause of the last failure is checked afresh with an
+        empty write (is the lock free again?); and a file system with almost no space left
+        cannot take the next writes, whether or not one has failed yet."""
+        if self._health.cause is not None and not self._health.retrying:
             try:
-                return await self._writer.call(functools.partial(_unit_of_work, work))
-            except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT, or a closed writer
-                failure = StorageUnavailable(f"write failed: {exc}")
-                failure.__cause__ = exc
-            except StorageUnavailable as exc:
-                failure = exc
-            if self._writer.closed or time.monotonic() + pause > deadline:
-                raise failure
-            log.warning("write failed (%s); trying again in %.1f s", failure, pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)
+                await asyncio.wait_for(self.write(_nothing), _HEALTH_PROBE_S)
+            except (StorageError, TimeoutError):
+                pass  # still failing: the state says so
+        cause = self._health.cause
+        if cause is None and await asyncio.to_thread(low_on_space, self._writer.path.parent):
+            cause = "no space left on device"
+        return cause
+
+    def write_outages_since(self, since: float) -> OutageSummary | None:
+        """How long writes failed since `since` (time.monotonic()), and why: what the record of
+        a step that ran meanwhile should say."""
+        return self._health.outages_since(since)
 
     async def _run[T](self, query: _Query[T]) -> T:
         return query.build(list(await self._conn.execute_fetchall(query.sql, query.args)))
@@ -994,7 +1055,11 @@ def _unit_of_work[T](work: Callable[[WriteTx], T], conn: sqlite3.Connection) -> 
         # e.g. a row whose job was deleted meanwhile (foreign key)
         raise Gone(f"the record changed under this write: {exc}") from exc
     except sqlite3.Error as exc:
-        raise StorageUnavailable(f"write failed: {exc}") from exc
+        raise cannot_write(exc) from exc
+
+
+def _nothing(tx: WriteTx) -> None:
+    """A write of nothing: it still takes the write lock and commits."""
 
 
 async def _configure_reader(conn: aiosqlite.Connection) -> None:

@@ -92,6 +92,10 @@ class WriterThread:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
     async def call[T](self, work: Callable[[sqlite3.Connection], T], *, in_transaction: bool = True) -> T:
         """Run `work(connection)` on the writer's thread, inside the current batch's transaction
         (or alone and outside any, for migrations). Bounded: every statement waits at most

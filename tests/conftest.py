@@ -17,9 +17,11 @@ import pytest
 from runner.clock import Clock
 from runner.daemon import Daemon
 from runner.settings import ENV_PREFIX, Settings
+from tests.daemon_process import AUTH_HEADERS, TEST_TOKEN
 from web.app import Server
 
 TERMINAL = {"completed", "error", "cancelled"}
+# Every test daemon runs with TEST_TOKEN (auth is on by default); `Api` sends it.
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +33,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    base = Settings(host="127.0.0.1", port=0, data_dir=tmp_path / "data", grace_period_s=2.0)
+    base = Settings(
+        host="127.0.0.1", port=0, data_dir=tmp_path / "data", grace_period_s=2.0, token=TEST_TOKEN
+    )
     return replace(base, **overrides)
 
 
@@ -44,12 +48,18 @@ class Api:
     workspace: str = "default"
 
     @property
+    def headers(self) -> dict[str, str]:
+        """What a raw request (another client, a hand-built one) needs to be let in."""
+        return dict(AUTH_HEADERS)
+
+    @property
     def ws(self) -> str:
         return f"{self.base_url}/apis/jobs/v2/workspaces/{self.workspace}"
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         url = path if path.startswith("http") else f"{self.ws}{path}"
-        async with self.session.request(method, url, **kwargs) as resp:
+        headers = {**AUTH_HEADERS, **kwargs.pop("headers", {})}
+        async with self.session.request(method, url, headers=headers, **kwargs) as resp:
             body = await resp.read()
             if not body:
                 return resp.status, None
@@ -122,7 +132,7 @@ async def running_server(
 
 @asynccontextmanager
 async def api_for(srv: Server) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=AUTH_HEADERS) as session:
         yield Api(session=session, base_url=srv.base_url)
 
 
@@ -134,7 +144,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
 @pytest.fixture
 async def api(server: Server) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=AUTH_HEADERS) as session:
         yield Api(session=session, base_url=server.base_url)
 
 

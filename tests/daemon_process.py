@@ -27,6 +27,9 @@ import psutil
 
 from runner.settings import ENV_PREFIX
 
+# The token every test daemon runs with (LOCALJOBS_TOKEN), unless a test's env says otherwise.
+TEST_TOKEN = "test-token-0123456789abcdef"
+AUTH_HEADERS = {"Authorization": f"Bearer {TEST_TOKEN}"}
 READY = re.compile(r"^localjobs ready (http://\S+)$", re.MULTILINE)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASK_MARKER = "localjobs-task:"
@@ -69,7 +72,7 @@ class DaemonProcess:
         self.host = host
         self.port = port
         self.args = list(args)
-        self.env = dict(env or {})
+        self.env = {ENV_PREFIX + "TOKEN": TEST_TOKEN, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
         self.returncode: int | None = None
@@ -132,6 +135,15 @@ class DaemonProcess:
     def start(self, timeout_s: float = 20.0) -> str:
         self.launch()
         return self.wait_ready(timeout_s)
+
+    @property
+    def token(self) -> str:
+        return self.env.get(ENV_PREFIX + "TOKEN", "")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header a client of this daemon sends."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     # ------------------------------------------------------------------ stopping
 

@@ -15,7 +15,15 @@ import psutil
 import pytest
 
 from tests.conftest import TERMINAL
-from tests.daemon_process import DaemonProcess, launchers_of, pid_alive, task_processes_under
+from tests.daemon_process import (
+    AUTH_HEADERS as AUTH,
+)
+from tests.daemon_process import (
+    DaemonProcess,
+    launchers_of,
+    pid_alive,
+    task_processes_under,
+)
 
 WS = "/apis/jobs/v2/workspaces/default"
 
@@ -38,7 +46,7 @@ def make_daemon(tmp_path: Path) -> Iterator[MakeDaemon]:
 
 
 def _get(base_url: str, path: str) -> httpx.Response:
-    return httpx.get(base_url + path, timeout=10)
+    return httpx.get(base_url + path, timeout=10, headers=AUTH)
 
 
 def _create_job(base_url: str, name: str, *command: str) -> dict[str, Any]:
@@ -50,7 +58,7 @@ def _create_job(base_url: str, name: str, *command: str) -> dict[str, Any]:
             "steps": [{"name": "main", "executor": {"provider": "subprocess", "command": list(command)}}]
         },
     }
-    resp = httpx.post(f"{base_url}{WS}/jobs", json=body, timeout=10)
+    resp = httpx.post(f"{base_url}{WS}/jobs", json=body, timeout=10, headers=AUTH)
     assert resp.status_code == 201, resp.text
     return resp.json()  # type: ignore[no-any-return]
 
@@ -226,7 +234,7 @@ def test_keep_steps_running_on_shutdown_then_adopt_them(make_daemon: MakeDaemon,
     url = daemon.start()
     step = _get(url, f"{WS}/jobs/survivor/steps/main").json()
     assert step["status"] == "active" and step["status_details"]["pid"] == pid
-    resp = httpx.post(f"{url}{WS}/jobs/survivor/cancel", timeout=10)
+    resp = httpx.post(f"{url}{WS}/jobs/survivor/cancel", timeout=10, headers=AUTH)
     assert resp.status_code == 200
     job = _wait_job(daemon, "survivor", TERMINAL)
     assert job["status"] == "cancelled", job

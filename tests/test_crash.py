@@ -6,19 +6,28 @@ stored exactly once, and no step may have run twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import signal
+import socket
+import subprocess
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.daemon_process import AUTH_HEADERS as AUTH
 from tests.daemon_process import DaemonProcess, pid_alive
+from tests.docker_env import TEST_IMAGE, require_docker
 
 WS = "/apis/jobs/v2/workspaces/crash"
 HEARTBEAT = (
@@ -34,7 +43,7 @@ Expected = dict[str, tuple[list[dict[str, Any]], str, int | None, list[str]]]
 def _call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
-        base + path, data=data, method=method, headers={"content-type": "application/json"}
+        base + path, data=data, method=method, headers={"content-type": "application/json", **AUTH}
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -178,26 +187,31 @@ def test_sigkill_at_random_moments_loses_nothing_and_runs_nothing_twice(tmp_path
         assert daemon.stop() == 0
 
 
+def _container(name: str, script: str) -> dict[str, Any]:
+    # Each start leaves a mark in a bind-mounted folder: a step that ran twice leaves two.
+    marked = f'echo run >> "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/runs"; {script}'
+    executor = {
+        "provider": "cpu",
+        "container": {"image": TEST_IMAGE, "entrypoint": ["sh", "-c"], "command": [marked]},
+    }
+    return {"name": name, "executor": executor}
+
+
+def _runs_of(base: str, job: str) -> list[str]:
+    """The marks `_container` steps of `job` left in its job storage."""
+    _, s = _call(base, "GET", f"{WS}/jobs/{job}/steps/main")
+    storage = Path(s["status_details"]["work_dir"]).parent.parent / "job-storage"
+    return (storage / "runs").read_text().splitlines()
+
+
 @pytest.mark.timeout(240)
 def test_container_steps_survive_sigkill_of_the_daemon(tmp_path: Path) -> None:
-    from tests.docker_env import TEST_IMAGE, require_docker
-
     require_docker()
-
-    def container(name: str, script: str) -> dict[str, Any]:
-        # Each start leaves a mark in a bind-mounted folder: a step that ran twice leaves two.
-        marked = f'echo run >> "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/runs"; {script}'
-        executor = {
-            "provider": "cpu",
-            "container": {"image": TEST_IMAGE, "entrypoint": ["sh", "-c"], "command": [marked]},
-        }
-        return {"name": name, "executor": executor}
-
     counter = "; ".join(f"echo c{i}; sleep 0.05" for i in range(1, 41))
     jobs: Expected = {
-        "c-long": ([container("main", counter)], "completed", 0, [f"c{i}" for i in range(1, 41)]),
-        "c-failing": ([container("main", "echo bye; sleep 1; exit 6")], "error", 6, ["bye"]),
-        "c-short": ([container("main", "echo quick")], "completed", 0, ["quick"]),
+        "c-long": ([_container("main", counter)], "completed", 0, [f"c{i}" for i in range(1, 41)]),
+        "c-failing": ([_container("main", "echo bye; sleep 1; exit 6")], "error", 6, ["bye"]),
+        "c-short": ([_container("main", "echo quick")], "completed", 0, ["quick"]),
     }
     rng = random.Random(int(os.environ.get("LOCALJOBS_CRASH_SEED", "7")))
     with DaemonProcess(
@@ -207,7 +221,96 @@ def test_container_steps_survive_sigkill_of_the_daemon(tmp_path: Path) -> None:
         base = _kill_and_restart(daemon, rng, times=2, up_s=(0.3, 1.2))
         _check_outcomes(base, daemon, jobs, timeout_s=120)
         for name in jobs:
-            _, s = _call(base, "GET", f"{WS}/jobs/{name}/steps/main")
-            storage = Path(s["status_details"]["work_dir"]).parent.parent / "job-storage"
-            assert (storage / "runs").read_text().splitlines() == ["run"], f"{name} ran more than once"
+            assert _runs_of(base, name) == ["run"], f"{name} ran more than once"
         assert daemon.stop() == 0
+
+
+_CONTAINER_START = re.compile(rb"^POST /[^ ]*containers/[^/ ]+/start[ ?]", re.MULTILINE)
+
+
+class _EngineProxy:
+    """A unix socket in front of the Docker engine's that passes everything on, except the first
+    request to start a container: that one calls `instead` and never reaches the engine. So the
+    daemon can be killed at an exact moment: its container created, not yet started."""
+
+    def __init__(self, folder: Path, instead: Callable[[], None]) -> None:
+        self.path = folder / "engine.sock"
+        self.fired = threading.Event()
+        self._instead = instead
+        engine = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        assert engine.startswith("unix://"), f"this test needs a unix-socket engine, not {engine}"
+        self._engine = engine.removeprefix("unix://")
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.path))
+        self._listener.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                client, _ = self._listener.accept()
+                threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with client, engine, contextlib.suppress(OSError):
+            engine.connect(self._engine)
+            threading.Thread(target=_pipe, args=(engine, client), daemon=True).start()
+            while data := client.recv(65536):
+                if not self.fired.is_set() and _CONTAINER_START.search(data):
+                    self._instead()
+                    self.fired.set()
+                    return
+                engine.sendall(data)
+
+
+def _pipe(source: socket.socket, target: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            target.sendall(data)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+def _containers_of_job(job: str) -> list[dict[str, Any]]:
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=localjobs.job={job}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split()
+    if not ids:
+        return []
+    out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True, timeout=30)
+    return list(json.loads(out.stdout))
+
+
+@pytest.mark.timeout(120)
+def test_a_container_created_but_never_started_runs_once_after_a_restart(tmp_path: Path) -> None:
+    """Killed between creating a step's container and starting it: the next daemon starts it (it
+    used to wait on the never-started container, which answers at once with exit code 0: the
+    step was `completed` with no output and had never run)."""
+    require_docker()
+    with tempfile.TemporaryDirectory(prefix="lj-engine-") as folder:  # short: a socket path
+        daemon = DaemonProcess(tmp_path / "logs", data_dir=tmp_path / "data", env={})
+        proxy = _EngineProxy(Path(folder), instead=lambda: os.kill(daemon.pid, signal.SIGKILL))
+        daemon.env["DOCKER_HOST"] = f"unix://{proxy.path}"
+        lines = [f"c{i}" for i in range(1, 6)]
+        jobs: Expected = {
+            "c-created": ([_container("main", "; ".join(f"echo {x}" for x in lines))], "completed", 0, lines)
+        }
+        with daemon:
+            _submit_all(daemon.start(), jobs)
+            assert proxy.fired.wait(60), f"the daemon never started the container\n{daemon}"
+            daemon.wait(timeout_s=10)
+            states = [c["State"]["Status"] for c in _containers_of_job("c-created")]
+            assert states == ["created"], states
+            base = daemon.start()  # the proxy now passes everything on
+            _check_outcomes(base, daemon, jobs, timeout_s=60)
+            assert _runs_of(base, "c-created") == ["run"]
+            assert daemon.stop() == 0
+        proxy.close()

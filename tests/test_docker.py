@@ -188,7 +188,8 @@ async def test_malformed_quantity_is_rejected_at_submission(api: Api) -> None:
 
 async def test_container_step_can_call_the_daemon_back(api: Api) -> None:
     script = (
-        'wget -q -O - "$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID" '
+        'wget -q -O - --header "Authorization: Bearer $(cat "$NMP_WORKLOAD_IDENTITY_TOKEN_FILE")" '
+        '"$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID" '
         '| grep -o \'"name": "callback"\''
     )
     await api.create_job([container_step("call", script)], name="callback")

@@ -112,7 +112,7 @@ async def test_status_details_are_truthful_while_running(api: Api) -> None:
 
 async def test_task_put_is_a_heartbeat_and_feeds_job_status_details(api: Api) -> None:
     script = (
-        'curl -s -X PUT -H "content-type: application/json" '
+        'curl -s -X PUT -H "content-type: application/json" -H "Authorization: Bearer $(cat "$NMP_WORKLOAD_IDENTITY_TOKEN_FILE")" '
         '-d \'{"status":"active","status_details":{"percentage_done":50}}\' '
         '"$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID/steps/$NEMO_JOB_STEP/tasks/$NEMO_JOB_TASK"'
         " >/dev/null; echo reported"

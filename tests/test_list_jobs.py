@@ -106,7 +106,8 @@ async def test_defaults_and_envelope(api: Api) -> None:
     for i in range(12):
         await api.create_job([step("only", "true")], name=f"job-{i:02d}")
     page = await list_jobs(api)
-    assert set(page) == {"data", "pagination", "sort", "filter"}
+    # As the reference's (exclude_none): no filter, no `filter` key.
+    assert set(page) == {"data", "pagination", "sort"}
     assert page["pagination"] == {
         "page": 1,
         "page_size": 10,
@@ -115,7 +116,6 @@ async def test_defaults_and_envelope(api: Api) -> None:
         "total_results": 12,
     }
     assert page["sort"] == "-created_at"
-    assert page["filter"] is None
     assert names(page) == [f"job-{i:02d}" for i in range(11, 1, -1)]
     second = await list_jobs(api, "page=2")
     assert names(second) == ["job-01", "job-00"]
@@ -395,7 +395,6 @@ async def test_workspace_isolation(api: Api) -> None:
         ("filter[created_at][$gte]=notadate", ["query", "filter", "created_at", "$gte"]),
         ("filter[updated_at][$lte]=2024-13-45", ["query", "filter", "updated_at", "$lte"]),
         ("filter[created_at][$like]=x", ["query", "filter", "created_at", "$like"]),
-        ("filter[status][$like]=act", ["query", "filter", "status", "$like"]),
         ("filter=%7Bbad", ["query", "filter"]),
         ("sort=name", ["query", "sort"]),
         ("sort=status", ["query", "sort"]),

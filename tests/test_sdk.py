@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TERMINAL
-from tests.daemon_process import pid_alive
+from tests.daemon_process import TEST_TOKEN, pid_alive
 from web.app import Server
 
 if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
@@ -81,7 +81,9 @@ def _direct_mode(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def sdk(server: Server) -> AsyncIterator[Sdk]:
-    client = NeMoPlatform(base_url=server.base_url, workspace="default", max_retries=0, timeout=30)
+    client = NeMoPlatform(
+        base_url=server.base_url, workspace="default", max_retries=0, timeout=30, access_token=TEST_TOKEN
+    )
     try:
         yield Sdk(client)
     finally:
@@ -300,7 +302,9 @@ async def test_errors_map_to_sdk_exceptions(sdk: Sdk) -> None:
 
 
 async def test_async_client_auto_pagination(server: Server) -> None:
-    client = AsyncNeMoPlatform(base_url=server.base_url, workspace="default", max_retries=0, timeout=30)
+    client = AsyncNeMoPlatform(
+        base_url=server.base_url, workspace="default", max_retries=0, timeout=30, access_token=TEST_TOKEN
+    )
     try:
         spec: Any = {"steps": [sh("print", PRINT_250)]}
         await client.jobs.create(name="sdk-async", source="sdk-test", spec={}, platform_spec=spec)

@@ -491,10 +491,10 @@ async def test_create_echoes_the_normalised_spec_and_leaves_the_request_alone(ap
     status, data = await api.request("POST", "/jobs", json=payload)
     assert status == 201
     assert payload == original
-    # The echoed spec is normalised, with defaults filled in.
+    # The echoed spec is normalised, with defaults filled in (as the reference's: no variables is null).
     assert data["platform_spec"]["steps"][0] == {
         "name": "only",
-        "environment": [],
+        "environment": None,
         "executor": {"provider": "subprocess", "profile": "default", "command": ["true"]},
         "config": {},
         "lifecycle": {"staleness_timeout_seconds": 0},

@@ -13,7 +13,7 @@ from runner.clock import ManualClock
 from tests.conftest import Api, api_for, running_server, shell
 
 PUT_HEARTBEAT = (
-    'curl -s -X PUT -H "content-type: application/json" -d \'{"status":"active"}\' '
+    'curl -s -X PUT -H "content-type: application/json" -H "Authorization: Bearer $(cat "$NMP_WORKLOAD_IDENTITY_TOKEN_FILE")" -d \'{"status":"active"}\' '
     '"$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID/steps/$NEMO_JOB_STEP/tasks/$NEMO_JOB_TASK"'
     " >/dev/null"
 )

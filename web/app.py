@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import socket
+
 from aiohttp import web
 
 from runner.daemon import Daemon
 from runner.service import JobService
-from web import results_routes, secrets_routes
+from web import auth_routes, meta_routes, results_routes, secrets_routes
 from web.errors import error_middleware
 from web.routes import SERVICE, routes
+from web.security import POLICY, AccessPolicy, access_middleware
 
-_MAX_BODY_BYTES = 16 * 1024 * 1024
 
-
-def create_app(service: JobService) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=_MAX_BODY_BYTES)
+def create_app(service: JobService, policy: AccessPolicy, max_body_bytes: int) -> web.Application:
+    # The access checks come first: a refused request reaches no handler and reads no body.
+    app = web.Application(middlewares=[access_middleware, error_middleware], client_max_size=max_body_bytes)
     app[SERVICE] = service
+    app[POLICY] = policy
     app.add_routes(routes)
     app.add_routes(results_routes.routes)
     app.add_routes(secrets_routes.routes)
+    app.add_routes(auth_routes.routes)
+    app.add_routes(meta_routes.routes)
     return app
 
 
@@ -39,22 +44,47 @@ class Server:
             raise
 
     async def _serve(self) -> None:
-        self._runner = web.AppRunner(
-            create_app(self.daemon.service), access_log=None, handle_signals=False, shutdown_timeout=5
-        )
-        await self._runner.setup()
         settings = self.daemon.settings
-        site = web.TCPSite(self._runner, settings.host, settings.port)
+        # The app is made once the port is known (its origin check needs it): bind first, on a
+        # socket of our own, then serve the app on it.
+        sock = _bind(settings.host, settings.port)
+        try:
+            port = sock.getsockname()[1]
+            policy = AccessPolicy.build(self.daemon.access.token, settings.host, port, settings.allowed_hosts)
+            app = create_app(self.daemon.service, policy, settings.max_body_bytes)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+            await self._runner.setup()
+        except BaseException:
+            sock.close()
+            raise
+        site = web.SockSite(self._runner, sock)
         await site.start()
         host, port = _bound_address(self._runner)
         self.base_url = f"http://{host}:{port}"
         self.daemon.begin_running(self.base_url)
+
+    @property
+    def token(self) -> str | None:
+        return self.daemon.access.token
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         await self.daemon.stop()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _bound_address(runner: web.AppRunner) -> tuple[str, int]:

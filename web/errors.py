@@ -62,18 +62,35 @@ _STATUS_OF: list[tuple[type[Exception], int]] = [
 ]
 
 
+# The official SDK (its _base_client._should_retry) retries 408, 409, 429 and every 5xx twice, with
+# backoff, unless the answer carries `x-should-retry`. A 4xx of this daemon tells a fact about the
+# request or the state it finds (a name taken, a missing secret, a transition the status machine
+# refuses, a bad body, an unknown job): asked again at once, the answer is the same, and the two
+# retries only cost the caller ~1.3 s per ConflictError. 429 and 408 (and 503, the store busy, and
+# 500) stay retryable: those may change.
+_MAY_CHANGE = frozenset({408, 429})
+
+
+def _settled[R: web.StreamResponse](response: R) -> R:
+    if 400 <= response.status < 500 and response.status not in _MAY_CHANGE:
+        response.headers["x-should-retry"] = "false"
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
     except InvalidRequest as exc:
-        return web.json_response({"detail": exc.detail}, status=422)
+        return _settled(web.json_response({"detail": exc.detail}, status=422))
     except RunnerError as exc:
         status = next((code for kind, code in _STATUS_OF if isinstance(exc, kind)), 500)
-        return web.json_response({"detail": str(exc)}, status=status)
+        return _settled(web.json_response({"detail": str(exc)}, status=status))
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
-            return web.json_response({"detail": exc.reason}, status=exc.status, headers=_allow(exc))
+            response = web.json_response({"detail": exc.reason}, status=exc.status, headers=_allow(exc))
+            return _settled(response)
+        _settled(exc)
         raise
     except ConnectionResetError:
         raise  # the client left mid-response: nothing to answer, nothing to log as an error
@@ -83,6 +100,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response({"detail": "Internal error; see the daemon's log"}, status=500)
+    # A 4xx a handler answered itself (the token exchange's OAuth errors), unless already sent.
+    return response if response.prepared else _settled(response)
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from runner.models import JobRecord, ResultRecord, StepSort
 from runner.results import tar_gz_stream
 from web.query import parse_paging
-from web.routes import SERVICE, W, body_of, workspace_of
+from web.routes import SERVICE, W, body_of, name_of, workspace_of
 from web.serialize import timestamp
+from web.strict_json import response
 
 routes = web.RouteTableDef()
 
@@ -19,6 +20,14 @@ routes = web.RouteTableDef()
 class _CreateResult(BaseModel):
     artifact_url: str
     artifact_storage_type: Literal["fileset"]
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        # It names a file: the OS takes paths as C strings (a NUL made resolve() raise, a 500).
+        if "\x00" in value:
+            raise ValueError("artifact_url may not contain a NUL character")
+        return value
 
 
 class _ResultsQuery(BaseModel):
@@ -43,12 +52,12 @@ def _result(job: JobRecord, result: ResultRecord) -> dict[str, Any]:
 @routes.post(W + "/jobs/{job}/results/{name}")
 async def create_result(request: web.Request) -> web.Response:
     workspace = workspace_of(request)
+    name = name_of(request)
     body = await body_of(request, _CreateResult)
-    m = request.match_info
     job, result = await request.app[SERVICE].create_result(
-        workspace, m["job"], m["name"], body.artifact_url, body.artifact_storage_type
+        workspace, request.match_info["job"], name, body.artifact_url, body.artifact_storage_type
     )
-    return web.json_response(_result(job, result), status=201)
+    return response(_result(job, result), status=201)
 
 
 @routes.get(W + "/jobs/{name}/results")
@@ -56,14 +65,14 @@ async def list_results(request: web.Request) -> web.Response:
     workspace = workspace_of(request)
     query = parse_paging(_ResultsQuery, request.query)
     job, results = await request.app[SERVICE].list_results(workspace, request.match_info["name"], query.sort)
-    return web.json_response({"data": [_result(job, r) for r in results]})
+    return response({"data": [_result(job, r) for r in results]})
 
 
 @routes.get(W + "/jobs/{job}/results/{name}")
 async def get_result(request: web.Request) -> web.Response:
     m = request.match_info
     job, result = await request.app[SERVICE].get_result(workspace_of(request), m["job"], m["name"])
-    return web.json_response(_result(job, result))
+    return response(_result(job, result))
 
 
 @routes.get(W + "/jobs/{job}/results/{name}/download")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
-from runner.models import WORKSPACE_PATTERN, CreateJobRequest, StatusUpdate, TaskUpdate
+from runner.models import CreateJobRequest, StatusUpdate, TaskUpdate, check_name, check_workspace
 from runner.service import JobService
-from web import serialize
+from web import serialize, strict_json
 from web.errors import InvalidRequest, validation_detail
 from web.query import JobsQuery, StepsQuery, parse_jobs_filter, parse_paging, parse_steps_filter
 
@@ -37,21 +36,48 @@ def workspace_of(request: web.Request, allow_all: bool = False) -> str:
             "value_error",
             workspace,
         )
-    if not WORKSPACE_PATTERN.match(workspace):
+    try:
+        return check_workspace(workspace)
+    except ValueError as exc:
         raise InvalidRequest.single(
-            ["path", "workspace"],
-            "workspace may contain only letters, digits and _ - + . @ :",
-            "string_pattern_mismatch",
-            workspace,
-        )
-    return workspace
+            ["path", "workspace"], str(exc), "string_pattern_mismatch", workspace
+        ) from None
+
+
+def name_of(request: web.Request, key: str = "name") -> str:
+    """A path parameter that names something about to be created (a task, a result)."""
+    value = request.match_info[key]
+    try:
+        return check_name(value)
+    except ValueError as exc:
+        raise InvalidRequest.single(["path", key], str(exc), "string_pattern_mismatch", value) from None
+
+
+async def _read_body(request: web.Request) -> bytearray:
+    """The body, at most `client_max_size` (max_body_bytes) bytes, else 413 — as
+    `request.read()` would, without its two extra costs: a second copy of the body (it copies its
+    buffer into a bytes object) and holding that copy until the response is sent. The caller
+    parses this buffer and drops it, so a request in flight keeps only what was parsed."""
+    limit = request.client_max_size
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if limit and len(body) > limit:
+            # Told as the 413's reason, which the error middleware makes the `detail`.
+            reason = f"Request body larger than {limit} bytes (the daemon's max_body_bytes)"
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body), reason=reason)
+    return body
 
 
 async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+    raw = await _read_body(request)
+    if not raw:
+        return None
     try:
-        return json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return strict_json.loads(raw)
+    except strict_json.Refused as exc:
+        raise InvalidRequest([exc.detail(["body"])]) from None
+    except ValueError as exc:  # malformed JSON, not UTF-8, an integer beyond the digits limit
         raise InvalidRequest(
             [
                 {
@@ -76,7 +102,7 @@ async def body_of[M: BaseModel](request: web.Request, model: type[M]) -> M:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
+    return strict_json.response(data, status)
 
 
 # --------------------------------------------------------------------------------- daemon
@@ -84,7 +110,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    # Open without a token: it tells readiness and why not, in words that name nothing of the jobs.
+    problem = await _service(request).store_problem()
+    if problem is None:
+        return _json({"status": "ok"})
+    return _json({"status": "degraded", "reason": f"the store cannot write: {problem}"}, status=503)
 
 
 @routes.get(V2 + "/execution-profiles")
@@ -108,15 +138,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     paging = parse_paging(JobsQuery, request.query)
     flt, echo = parse_jobs_filter(request.query, workspace)
     page = await _service(request).list_jobs(flt, paging.sort, paging.page, paging.page_size)
-    items = [_strip_nones(serialize.job(j)) for j in page.items]
+    # As the reference's List Jobs (response_model_exclude_none): no null field at any depth.
+    items = [serialize.job(j, drop_none=True) for j in page.items]
     return _json(
         serialize.page_envelope(items, paging.page, paging.page_size, page.total, paging.sort.value, echo)
     )
-
-
-def _strip_nones(item: dict[str, Any]) -> dict[str, Any]:
-    # The reference's list routes use response_model_exclude_none.
-    return {k: v for k, v in item.items() if v is not None}
 
 
 @routes.get(W + "/jobs/{name}")
@@ -237,13 +263,14 @@ async def list_tasks(request: web.Request) -> web.Response:
 @routes.put(W + "/jobs/{job}/steps/{step}/tasks/{name}")
 async def put_task(request: web.Request) -> web.Response:
     workspace = workspace_of(request)
+    task_name = name_of(request)  # a PUT may create the task: its name is checked as any other
     data = await _json_body(request)
     try:
         update = TaskUpdate.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise InvalidRequest(validation_detail(exc, ["body"])) from None
     m = request.match_info
-    task = await _service(request).put_task(workspace, m["job"], m["step"], m["name"], update)
+    task = await _service(request).put_task(workspace, m["job"], m["step"], task_name, update)
     return _json(serialize.task(task))
 
 
@@ -263,15 +290,15 @@ async def _follow_logs(request: web.Request, workspace: str, q: _LogsQuery) -> w
         attempt=q.attempt_id,
         step_name=q.step_id,
         task_name=q.task_id,
+        tail=q.tail,
     )
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     async with aclosing(lines):
         try:
             async for line, cursor in lines:
-                await response.write(
-                    json.dumps({**serialize.log_line(line), "cursor": cursor}).encode() + b"\n"
-                )
+                item = {**serialize.log_line(line), "cursor": cursor}
+                await response.write(strict_json.dumps(item) + b"\n")
         except ConnectionResetError:
             return response  # the follower went away; it resumes with its last cursor
     await response.write_eof()

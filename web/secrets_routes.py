@@ -11,9 +11,18 @@ from runner.models import SecretRecord, check_name
 from web.query import MAX_PAGE_SIZE, Paging, parse_paging
 from web.routes import SERVICE, body_of, workspace_of
 from web.serialize import page_envelope, timestamp
+from web.strict_json import response
 
 S = "/apis/secrets/v2/workspaces/{workspace}/secrets"
 routes = web.RouteTableDef()
+
+
+def _env_value(value: str) -> str:
+    # A value becomes an environment variable of the steps that use it: a C string, where a NUL
+    # would cut it short (or fail the start of every such step).
+    if "\x00" in value:
+        raise ValueError("a secret value may not contain a NUL character")
+    return value
 
 
 class _CreateSecret(BaseModel):
@@ -26,10 +35,20 @@ class _CreateSecret(BaseModel):
     def _valid_name(cls, value: str) -> str:
         return check_name(value)
 
+    @field_validator("value")
+    @classmethod
+    def _valid_value(cls, value: str) -> str:
+        return _env_value(value)
+
 
 class _UpdateSecret(BaseModel):
     value: str | None = None
     description: str | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _valid_value(cls, value: str | None) -> str | None:
+        return None if value is None else _env_value(value)
 
 
 class _SecretsQuery(Paging):
@@ -51,7 +70,7 @@ async def create_secret(request: web.Request) -> web.Response:
     workspace = workspace_of(request)
     body = await body_of(request, _CreateSecret)
     secret = await request.app[SERVICE].secrets.create(workspace, body.name, body.value, body.description)
-    return web.json_response(_secret(secret), status=201)
+    return response(_secret(secret), status=201)
 
 
 @routes.get(S)
@@ -60,13 +79,14 @@ async def list_secrets(request: web.Request) -> web.Response:
     q = parse_paging(_SecretsQuery, request.query)
     page = await request.app[SERVICE].secrets.list_page(workspace, q.page, q.page_size)
     items = [_secret(s) for s in page.items]
-    return web.json_response(page_envelope(items, q.page, q.page_size, page.total, "-created_at", None))
+    # As the reference's List Secrets: no sort, no filter (so neither key is sent).
+    return response(page_envelope(items, q.page, q.page_size, page.total, None, None))
 
 
 @routes.get(S + "/{name}")
 async def get_secret(request: web.Request) -> web.Response:
     secret = await request.app[SERVICE].secrets.get(workspace_of(request), request.match_info["name"])
-    return web.json_response(_secret(secret))
+    return response(_secret(secret))
 
 
 @routes.patch(S + "/{name}")
@@ -76,7 +96,7 @@ async def update_secret(request: web.Request) -> web.Response:
     secret = await request.app[SERVICE].secrets.update(
         workspace, request.match_info["name"], body.value, body.description
     )
-    return web.json_response(_secret(secret))
+    return response(_secret(secret))
 
 
 @routes.delete(S + "/{name}")
@@ -88,4 +108,4 @@ async def delete_secret(request: web.Request) -> web.Response:
 @routes.get(S + "/{name}/access")
 async def access_secret(request: web.Request) -> web.Response:
     secret = await request.app[SERVICE].secrets.get(workspace_of(request), request.match_info["name"])
-    return web.json_response({"name": secret.name, "workspace": secret.workspace, "value": secret.value})
+    return response({"name": secret.name, "workspace": secret.workspace, "value": secret.value})

@@ -1,4 +1,13 @@
-"""Stored records -> the wire shapes of jobs-openapi.yaml. Field names and order follow the reference."""
+"""Stored records -> the wire shapes of jobs-openapi.yaml, exactly as the reference serializes them.
+
+The reference answers through FastAPI with its pydantic models: a single object is dumped whole, so
+every unset optional field is a `null` (nested ones too: `platform_spec.secrets`, an environment
+variable's `value`/`from_secret`, `resources.num_gpus`, ...); the list routes (List Jobs, List Steps,
+List Secrets) use `response_model_exclude_none`, which leaves out every `null` *model field* at
+every depth (the envelope's `filter`, an item's `description`, `resources.requests.cpu`, ...) but
+never a `null` inside a free-form dict (`spec`, `config`, `status_details`). `drop_none=True` is
+that list form. Field names, order and defaults follow the reference's models.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runner.log_pages import LogPage
-from runner.models import JobRecord, LogLine, PlatformJobSpec, StepRecord, StepSpec, TaskRecord
+from runner.models import (
+    ComputeResources,
+    ComputeResourceSpec,
+    EnvironmentVariable,
+    JobRecord,
+    LogLine,
+    PlatformJobSpec,
+    StepRecord,
+    StepSpec,
+    SubprocessExecutor,
+    TaskRecord,
+)
 from runner.service import StatusTree
 
 
@@ -14,12 +34,88 @@ def timestamp(us: int) -> str:
     return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _spec(spec: PlatformJobSpec | StepSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="json", exclude_none=True)
+def _model(fields: dict[str, Any], drop_none: bool) -> dict[str, Any]:
+    """One model's fields: with `drop_none`, its null fields are left out (exclude_none)."""
+    return {key: value for key, value in fields.items() if value is not None} if drop_none else fields
 
 
-def job(record: JobRecord) -> dict[str, Any]:
-    return {
+def _resources(spec: ComputeResourceSpec | None, drop_none: bool) -> dict[str, Any]:
+    # The reference's default is an empty ComputeResourceSpec, never null.
+    return _model({"cpu": spec.cpu if spec else None, "memory": spec.memory if spec else None}, drop_none)
+
+
+def _compute(resources: ComputeResources, drop_none: bool) -> dict[str, Any]:
+    return _model(
+        {
+            "requests": _resources(resources.requests, drop_none),
+            "limits": _resources(resources.limits, drop_none),
+            "num_nodes": resources.num_nodes,
+            "num_gpus": resources.num_gpus,
+            "shm_size": resources.shm_size,
+        },
+        drop_none,
+    )
+
+
+def _variable(variable: EnvironmentVariable, drop_none: bool) -> dict[str, Any]:
+    secret = variable.from_secret
+    return _model(
+        {
+            "name": variable.name,
+            "value": variable.value,
+            "from_secret": {"name": secret.name} if secret is not None else None,
+        },
+        drop_none,
+    )
+
+
+def step_spec(spec: StepSpec, drop_none: bool = False) -> dict[str, Any]:
+    """`PlatformJobStepSpec` in the reference's normalised form (defaults filled in)."""
+    executor = spec.executor
+    if isinstance(executor, SubprocessExecutor):
+        shown: dict[str, Any] = {
+            "provider": executor.provider,
+            "profile": executor.profile,
+            "command": executor.command,
+        }
+    else:
+        container = executor.container
+        shown = {
+            "provider": executor.provider,
+            "profile": executor.profile,
+            "container": _model(
+                {"image": container.image, "entrypoint": container.entrypoint, "command": container.command},
+                drop_none,
+            ),
+            "resources": _compute(executor.resources, drop_none),
+        }
+    return _model(
+        {
+            "name": spec.name,
+            # Stored as a list whether it was sent or not; the reference's default (and what it
+            # echoes for a step sent without variables) is null.
+            "environment": [_variable(v, drop_none) for v in spec.environment] or None,
+            "executor": shown,
+            "config": spec.config,
+            "lifecycle": {"staleness_timeout_seconds": spec.lifecycle.staleness_timeout_seconds},
+        },
+        drop_none,
+    )
+
+
+def platform_spec(spec: PlatformJobSpec, drop_none: bool = False) -> dict[str, Any]:
+    secrets = None
+    if spec.secrets is not None:
+        # An inline secret's `value` is never stored, so never shown (README, differences).
+        secrets = [
+            _model({"name": s.name, "value": None, "ref_id": s.ref_id}, drop_none) for s in spec.secrets
+        ]
+    return _model({"steps": [step_spec(s, drop_none) for s in spec.steps], "secrets": secrets}, drop_none)
+
+
+def job(record: JobRecord, drop_none: bool = False) -> dict[str, Any]:
+    """`PlatformJobResponse`; `drop_none` for List Jobs."""
+    fields = {
         "id": record.id,
         "attempt_id": record.attempt_id,
         "name": record.name,
@@ -28,7 +124,7 @@ def job(record: JobRecord) -> dict[str, Any]:
         "description": record.description,
         "source": record.source,
         "spec": record.spec,
-        "platform_spec": _spec(record.platform_spec),
+        "platform_spec": platform_spec(record.platform_spec, drop_none),
         "fileset": record.fileset,
         "output_location": record.output_location,
         "status": record.status.value,
@@ -39,6 +135,7 @@ def job(record: JobRecord) -> dict[str, Any]:
         "ownership": record.ownership,
         "custom_fields": record.custom_fields,
     }
+    return _model(fields, drop_none)
 
 
 def _entity(pk_id: str, created_at: int, updated_at: int, parent: str) -> dict[str, Any]:
@@ -79,7 +176,7 @@ def step_with_context(record: StepRecord) -> dict[str, Any]:
         "artifact_base_path": f"jobs/{record.job_name}" if record.output_location else None,
         "workspace": record.workspace,
         "name": record.name,
-        "step_spec": _spec(record.spec),
+        "step_spec": step_spec(record.spec, drop_none=True),
         "status": record.status.value,
         "status_details": record.status_details,
         "error_details": record.error_details or {},
@@ -88,7 +185,7 @@ def step_with_context(record: StepRecord) -> dict[str, Any]:
         "updated_at": timestamp(record.updated_at),
     }
     # Field order is the reference model's; nulls are left out as in the reference's lists.
-    return {key: value for key, value in item.items() if value is not None}
+    return _model(item, drop_none=True)
 
 
 def task(record: TaskRecord) -> dict[str, Any]:
@@ -167,10 +264,17 @@ def log_page(page: LogPage) -> dict[str, Any]:
 
 
 def page_envelope(
-    items: list[dict[str, Any]], page: int, page_size: int, total: int, sort: str, flt: dict[str, Any] | None
+    items: list[dict[str, Any]],
+    page: int,
+    page_size: int,
+    total: int,
+    sort: str | None,
+    flt: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    return {
-        "data": items,
+    """The list routes' `Page`, with exclude_none as the reference's: a null `sort` or `filter` is
+    left out, and so is every null field of an item (serialized items drop their nested ones)."""
+    envelope = {
+        "data": [_model(item, drop_none=True) for item in items],
         "pagination": {
             "page": page,
             "page_size": page_size,
@@ -181,3 +285,4 @@ def page_envelope(
         "sort": sort,
         "filter": flt,
     }
+    return _model(envelope, drop_none=True)

@@ -65,6 +65,8 @@ class VisiblePaths:
     config_dir: str
     config_file: str
     persistent_dir: str
+    # The owner's token, for the workload's calls back (None: the API needs no token).
+    token_file: str | None = None
 
 
 @dataclass(frozen=True)

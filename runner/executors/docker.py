@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -31,6 +33,8 @@ from runner.settings import Settings
 log = logging.getLogger(__name__)
 
 MOUNT_ROOT = "/var/run/scratch"
+# The owner's token (read-only), named by NMP_WORKLOAD_IDENTITY_TOKEN_FILE inside the container.
+TOKEN_MOUNT = "/var/run/secrets/localjobs/token"
 _PROBE_TIMEOUT_S = 5.0
 _API_TIMEOUT_S = 60.0
 _LOG_DRAIN_S = 5.0
@@ -177,23 +181,32 @@ async def _stream_logs(container: DockerContainer, stream: str, paths: TaskPaths
     Writing the whole history each time (truncating first) keeps the file byte-identical across
     daemon restarts, so the stored read offsets stay valid after a re-attach."""
     target = paths.stdout_file if stream == "stdout" else paths.stderr_file
-    with open(target, "wb", buffering=0) as out:  # noqa: ASYNC230 - small local appends
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # private
+    with os.fdopen(fd, "wb", buffering=0) as out:
         lines = container.log(stdout=stream == "stdout", stderr=stream == "stderr", follow=True)
         async for chunk in lines:
             out.write(chunk.encode("utf-8", "surrogateescape"))
 
 
 class DockerExecutor:
-    def __init__(self, client: aiodocker.Docker, settings: Settings, owner: str, version: dict[str, Any]):
+    def __init__(
+        self,
+        client: aiodocker.Docker,
+        settings: Settings,
+        owner: str,
+        version: dict[str, Any],
+        token_file: Path | None,
+    ):
         self._client = client
         self._settings = settings
         self._owner = owner
+        self._token_file = token_file
         self.engine_description = (
             f"Docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')})"
         )
 
     @classmethod
-    async def connect(cls, settings: Settings, owner: str) -> DockerExecutor:
+    async def connect(cls, settings: Settings, owner: str, token_file: Path | None) -> DockerExecutor:
         try:
             client = aiodocker.Docker()
         except (aiodocker.DockerError, ValueError, OSError) as exc:
@@ -203,7 +216,7 @@ class DockerExecutor:
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             await client.close()
             raise DockerUnavailable(_engine_reason(exc)) from exc
-        return cls(client, settings, owner, version)
+        return cls(client, settings, owner, version, token_file)
 
     async def close(self) -> None:
         await self._client.close()
@@ -217,6 +230,7 @@ class DockerExecutor:
             config_dir=f"{MOUNT_ROOT}/config",
             config_file=f"{MOUNT_ROOT}/config/job_step_config.json",
             persistent_dir=f"{MOUNT_ROOT}/job",
+            token_file=TOKEN_MOUNT if self._token_file is not None else None,
         )
 
     def callback_url(self, base_url: str) -> str:
@@ -311,6 +325,10 @@ class DockerExecutor:
             "NetworkMode": network or "host",
             **resource_config(executor.provider, executor.resources),
         }
+        if self._token_file is not None:
+            host["Mounts"].append(
+                {"Type": "bind", "Source": str(self._token_file), "Target": TOKEN_MOUNT, "ReadOnly": True}
+            )
         if network:
             host["ExtraHosts"] = ["host.docker.internal:host-gateway"]
         config: dict[str, Any] = {
@@ -362,6 +380,18 @@ class DockerExecutor:
             containers.append(container)
         image = str(containers[0]["Config"].get("Image", ""))
         network = handle.get("network") or (f"lj-{step.id.lower()}"[:60] if len(containers) > 1 else None)
+        unstarted = [c for c in containers if (c["State"] or {}).get("Status") == "created"]
+        if unstarted:
+            # The daemon died between creating a container and starting it: nothing of it ran, and
+            # waiting on it would answer at once with exit code 0 (a silent "completed" without
+            # output). The start was recorded before the create, so finishing it runs nothing twice.
+            try:
+                for container in unstarted:
+                    await asyncio.wait_for(container.start(), _API_TIMEOUT_S)
+            except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
+                await DockerWorkload.remove(self._client, containers, network)
+                reason = f"could not start the container: {_engine_reason(exc)}"
+                return ExitStatus(exit_code=None, reason=reason)
         return DockerWorkload(self._client, containers, paths, network, image)
 
     async def _labelled(self, labels: dict[str, str]) -> list[DockerContainer]:

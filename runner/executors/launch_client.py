@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import runner
+from runner.executors import launcher as launcher_module
 from runner.executors.base import ExecutorError
 from runner.executors.exits import ExitWatcher
 from runner.executors.launcher import MAX_MESSAGE
@@ -35,8 +35,11 @@ _ANSWER_TIMEOUT_S = 30.0
 _EXIT_WAIT_S = 5.0
 _LAUNCHER_FD = 3
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-# The folder holding the `runner` package, so that `python -S` finds it wherever it is installed.
-_IMPORT_ROOT = str(Path(runner.__file__).resolve().parent.parent)
+# Run as `python -m <its module>`: `runner.executors.launcher` in a checkout,
+# `localjobs.runner.executors.launcher` when installed from the wheel.
+LAUNCHER_MODULE = launcher_module.__name__
+# The folder holding the top package, so that `python -S` finds it wherever it is installed.
+_IMPORT_ROOT = str(Path(launcher_module.__file__).resolve().parents[LAUNCHER_MODULE.count(".")])
 
 
 def signal_task_group(pid: int, pidfd: int, sig: int) -> None:
@@ -76,10 +79,21 @@ class Started:
 
 
 class LauncherClient:
-    def __init__(self, exits: ExitWatcher, log_file: Path, idle_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        exits: ExitWatcher,
+        log_file: Path,
+        idle_s: float = 30.0,
+        *,
+        leftover_grace_s: float | None = None,
+    ) -> None:
+        """`leftover_grace_s`: what a task leaves running when its main process ends gets SIGTERM,
+        this long, then SIGKILL, and its exit is told only once they are gone (the launcher sees
+        them: runner/executors/leftovers.py); None leaves them running."""
         self._exits = exits
         self._log_file = log_file
         self._idle_s = idle_s
+        self._leftover_grace_s = leftover_grace_s
         self._sock: socket.socket | None = None
         self._launcher_ended: asyncio.Future[Any] | None = None
         self._launching: asyncio.Task[socket.socket] | None = None
@@ -88,7 +102,9 @@ class LauncherClient:
         self._unanswered: set[int] = set()
         self._all_answered = asyncio.Event()
         self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._running: dict[int, asyncio.Future[int | None]] = {}
+        # By pid and start ticks: a task is told ended only once its leftovers are gone, by
+        # which time the launcher may have started another under the same pid.
+        self._running: dict[tuple[int, int | None], asyncio.Future[int | None]] = {}
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -117,6 +133,20 @@ class LauncherClient:
         finally:
             # An answer that comes after this is given up is handled in _on_answer.
             self._answers.pop(request_id, None)
+
+    def stop(self, started: Started, grace_s: float) -> bool:
+        """Ask the launcher to end the task's whole tree: SIGTERM now, SIGKILL after `grace_s`.
+        False when it cannot (it does not end leftovers, or this task is no longer its own)."""
+        sock = self._sock
+        key = (started.pid, started.start_ticks)
+        if self._leftover_grace_s is None or sock is None or key not in self._running:
+            return False
+        message = {"stop": started.pid, "start_ticks": started.start_ticks, "grace_s": grace_s}
+        try:
+            self._send(sock, 0, json.dumps(message).encode())  # 0: no request waits for an answer
+        except (ExecutorError, RequestTooLarge):
+            return False
+        return True
 
     @staticmethod
     def _abandon_if_answered(answer: asyncio.Future[Started]) -> None:
@@ -180,9 +210,10 @@ class LauncherClient:
             "-S",
             "-P",
             "-m",
-            "runner.executors.launcher",
+            LAUNCHER_MODULE,
             str(_LAUNCHER_FD),
             str(self._idle_s),
+            "keep" if self._leftover_grace_s is None else str(self._leftover_grace_s),
         ]
         try:
             # Only its end of the pair, as fd 3 (dup2 clears close-on-exec; every other fd of the
@@ -241,7 +272,7 @@ class LauncherClient:
                     self._lost(sock, "idle", quietly=True)
                     return
             elif "exited" in message:
-                ended = self._running.pop(message["exited"], None)
+                ended = self._running.pop((message["exited"], message["start_ticks"]), None)
                 if ended is not None and not ended.done():
                     ended.set_result(message["code"])
             else:
@@ -268,7 +299,7 @@ class LauncherClient:
             )
             return
         exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._running[answer["pid"]] = exited
+        self._running[(answer["pid"], answer["start_ticks"])] = exited
         waiting.set_result(Started(answer["pid"], answer["start_ticks"], fds[0], exited))
 
     def _answered(self, request_id: int) -> None:

@@ -15,10 +15,17 @@ standard library only (no site, no pydantic), so it starts in tens of millisecon
                        "stdout", "stderr", "exit_file"}
   launcher -> daemon: {"id", "pid", "start_ticks"} with a pidfd of the process attached
                       (SCM_RIGHTS: no pid-reuse race), or {"id", "error"};
-                      later {"exited": pid, "code": N}, once N is in the exit-status file;
+                      later {"exited": pid, "start_ticks", "code": N}, once N is in the
+                      exit-status file and whatever the task left running has been ended;
+  daemon -> launcher: {"stop": pid, "start_ticks", "grace_s"}: SIGTERM to the task's whole tree
+                      (what left its group and session too), SIGKILL after grace_s;
                       {"idle": true} after IDLE seconds with no task and no request: the
                       daemon then closes its end if it has nothing in flight, and the launcher
                       exits (an idle daemon holds no launcher: ~12 MB less).
+
+Run as `... FD IDLE GRACE`, it is a child subreaper and ends what a task leaves running once its
+main process has ended: SIGTERM, GRACE seconds, SIGKILL (runner/executors/leftovers.py); with
+GRACE `keep` (or absent) such processes are left alone, as the reference does.
 
 Exit statuses are written as a shell reports them (`128+S` for signal S), the format the
 daemon has always read. When the daemon goes away (closes its end, or dies) the launcher stops
@@ -40,6 +47,7 @@ import sys
 import time
 
 from runner.executors.folders import make_task_folders
+from runner.executors.leftovers import TASK_MARKER_VARIABLE, Leftovers, become_child_subreaper
 from runner.executors.procfs import start_ticks
 from runner.executors.spawn import spawn_in_new_session
 
@@ -77,22 +85,35 @@ def _start(request: dict[str, object]) -> int:
 
 
 class Launcher:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, leftovers: Leftovers | None = None) -> None:
         self.sock: socket.socket | None = sock
-        self.exit_files: dict[int, str] = {}
+        self.exit_files: dict[int, tuple[str, int | None]] = {}  # with the start ticks
+        self.leftovers = leftovers
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.exit_files) or (self.leftovers is not None and self.leftovers.busy)
 
     def answer(self, data: bytes) -> None:
         request_id: object = None
         try:
             request = json.loads(data)
+            if "stop" in request:
+                if self.leftovers is not None:
+                    grace_s = float(request["grace_s"])
+                    self.leftovers.stop(int(request["stop"]), request["start_ticks"], grace_s)
+                return
             request_id = request["id"]
             pid = _start(request)
         except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
             self.tell({"id": request_id, "error": str(exc) or type(exc).__name__})
             return
-        self.exit_files[pid] = str(request["exit_file"])
         # Before any reaping: the pid and the pidfd are surely this process's.
-        reply = json.dumps({"id": request_id, "pid": pid, "start_ticks": start_ticks(pid)}).encode()
+        ticks = start_ticks(pid)
+        self.exit_files[pid] = (str(request["exit_file"]), ticks)
+        if self.leftovers is not None:
+            self.leftovers.started(pid, ticks, request["env"].get(TASK_MARKER_VARIABLE))
+        reply = json.dumps({"id": request_id, "pid": pid, "start_ticks": ticks}).encode()
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:  # e.g. out of file descriptors: nobody could watch it, end it
@@ -110,28 +131,39 @@ class Launcher:
 
     def reap(self) -> None:
         """Record, then reap, every task that ended: until its status is in its file the task
-        stays a zombie, so a restarted daemon always finds one or the other."""
+        stays a zombie, so a restarted daemon always finds one or the other. Its exit is told
+        once what it left running has been ended too (at once when it left nothing)."""
+        leftovers = self.leftovers
         while True:
             try:
                 ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
-                return
+                break
             if ended is None:
-                return
+                break
             pid = ended.si_pid
-            path = self.exit_files.pop(pid, None)
-            if path is not None:
+            task = self.exit_files.pop(pid, None)
+            if task is not None:
+                path, ticks = task
                 exited = ended.si_code == os.CLD_EXITED
                 code = ended.si_status if exited else 128 + ended.si_status
                 self._record(path, code)
-                self.tell({"exited": pid, "code": code})
+                if leftovers is None:
+                    self.tell({"exited": pid, "start_ticks": ticks, "code": code})
+                else:
+                    leftovers.main_ended(pid, code)  # told by step(), below
+            elif leftovers is not None:
+                leftovers.reaped(pid)  # something a task left behind, re-parented to us
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+        if leftovers is not None:
+            for pid, ticks, code in leftovers.step():
+                self.tell({"exited": pid, "start_ticks": ticks, "code": code})
 
     @staticmethod
     def _record(path: str, code: int) -> None:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, f"{code}\n".encode())
             finally:
@@ -148,22 +180,30 @@ class Launcher:
             self.sock = None
 
 
-def serve(sock: socket.socket, idle_s: float) -> None:
+def serve(sock: socket.socket, idle_s: float, leftover_grace_s: float | None = None) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    launcher = Launcher(sock)
+    leftovers = None
+    if leftover_grace_s is not None:
+        leftovers = Leftovers(leftover_grace_s)
+        # Orphans of the tasks come to the launcher, not to init: so it sees what a task left.
+        if not become_child_subreaper():  # (Linux < 3.4) stops still end the whole tree
+            print("launcher: not a child subreaper: leftovers that left a task go unseen", file=sys.stderr)
+    launcher = Launcher(sock, leftovers)
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
     busy_at, idle_said = time.monotonic(), False
-    while launcher.sock is not None or launcher.exit_files:
-        if launcher.exit_files:
+    while launcher.sock is not None or launcher.busy:
+        if launcher.busy:
             busy_at, idle_said = time.monotonic(), False
         elif not idle_said and time.monotonic() - busy_at >= idle_s:
             launcher.tell({"idle": True})
             idle_said = True
-        for key, _ in selector.select(timeout=min(_REAP_EVERY_S, idle_s)):
+        due = leftovers.due_in() if leftovers is not None else None
+        timeout = min(_REAP_EVERY_S, idle_s, _REAP_EVERY_S if due is None else due)
+        for key, _ in selector.select(timeout=timeout):
             if key.fd == wake_r:
                 _drain(wake_r)
                 continue
@@ -206,7 +246,8 @@ def main() -> None:
                 os.close(int(name))
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
-    serve(sock, float(sys.argv[2]))
+    grace = sys.argv[3] if len(sys.argv) > 3 else "keep"
+    serve(sock, float(sys.argv[2]), None if grace == "keep" else float(grace))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.executors.base import Executor, ExecutorError
@@ -22,11 +23,17 @@ _REPROBE_AFTER_S = 30.0
 
 
 class ExecutorRegistry:
-    def __init__(self, settings: Settings, owner: str) -> None:
+    def __init__(self, settings: Settings, owner: str, token_file: Path | None) -> None:
         self._settings = settings
         self._owner = owner
+        self._token_file = token_file
         self.subprocess = SubprocessExecutor(
-            settings.python_executable, owner, launcher_log=settings.data_dir / "launcher.log"
+            settings.python_executable,
+            owner,
+            launcher_log=settings.data_dir / "launcher.log",
+            token_file=token_file,
+            # What a step leaves running when its main process ends: ended after the grace period.
+            leftover_grace_s=None if settings.keep_leftover_processes else settings.grace_period_s,
         )
         self._docker: DockerExecutor | None = None
         self._docker_checked_at: float | None = None
@@ -56,7 +63,7 @@ class ExecutorRegistry:
                 from runner.executors.docker import DockerExecutor, DockerUnavailable
 
                 try:
-                    self._docker = await DockerExecutor.connect(self._settings, self._owner)
+                    self._docker = await DockerExecutor.connect(self._settings, self._owner, self._token_file)
                 except DockerUnavailable as exc:
                     self._docker_error = str(exc)
                     log.info("container steps unavailable: %s", exc)

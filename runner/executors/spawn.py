@@ -100,7 +100,8 @@ def spawn_in_new_session(
     default_signals: Sequence[int] = DEFAULT_SIGNALS,
 ) -> int:
     """Start `program` as the leader of a new session, stdin/stdout/stderr opened from the given
-    paths, `default_signals` reset to their default action, no signal blocked. Returns the pid;
+    paths (output files the spawn creates are 0600: they may show what the workload was given),
+    `default_signals` reset to their default action, no signal blocked. Returns the pid;
     raises OSError (e.g. ENOENT) when it cannot start."""
     if _LIBC is None:
         return os.posix_spawn(
@@ -109,8 +110,8 @@ def spawn_in_new_session(
             dict(env),
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, stdin, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, stdout, output_flags, 0o644),
-                (os.POSIX_SPAWN_OPEN, 2, stderr, output_flags, 0o644),
+                (os.POSIX_SPAWN_OPEN, 1, stdout, output_flags, 0o600),
+                (os.POSIX_SPAWN_OPEN, 2, stderr, output_flags, 0o600),
             ],
             setsid=True,
             setsigdef=tuple(default_signals),
@@ -138,7 +139,7 @@ def spawn_in_new_session(
                 (1, stdout, output_flags),
                 (2, stderr, output_flags),
             ):
-                _check(libc.fa_addopen(actions, fd, os.fsencode(path), flags, 0o644), "addopen")
+                _check(libc.fa_addopen(actions, fd, os.fsencode(path), flags, 0o600), "addopen")
             libc.sigemptyset(defaults)
             for sig in default_signals:
                 libc.sigaddset(defaults, int(sig))

@@ -1,0 +1,251 @@
+"""The `localjobs` client commands through their real entry point (a subprocess) against a real
+daemon: exit codes, streaming, --json, finding the daemon, clear errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_process import DaemonProcess, clean_environment, localjobs_command
+
+Result = subprocess.CompletedProcess[str]
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    with DaemonProcess(tmp_path / "logs", data_dir=tmp_path / "data") as process:
+        process.start()
+        yield process
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    # Only the data dir: the URL and token must be found there.
+    return clean_environment({"LOCALJOBS_DATA_DIR": str(data_dir), "NO_COLOR": "1", **extra})
+
+
+def cli(data_dir: Path, *args: str, timeout_s: float = 60, **extra: str) -> Result:
+    return subprocess.run(
+        [*localjobs_command(), *args],
+        env=_env(data_dir, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _data(daemon: DaemonProcess) -> Path:
+    assert daemon.data_dir is not None
+    return daemon.data_dir
+
+
+def test_run_completed_streams_output_and_exits_0(daemon: DaemonProcess) -> None:
+    result = cli(
+        _data(daemon), "run", "--name", "ok-job", "--", "sh", "-c", "echo one; echo two >&2; echo three"
+    )
+    assert result.returncode == 0, result
+    assert result.stdout == "one\nthree\n"
+    assert "two\n" in result.stderr and "[stderr]" not in result.stderr
+    assert "job ok-job completed in" in result.stderr
+
+
+def test_run_exits_with_the_failed_steps_exit_code(daemon: DaemonProcess) -> None:
+    result = cli(_data(daemon), "run", "--", "sh", "-c", "echo failing >&2; exit 3")
+    assert result.returncode == 3, result
+    assert "failing" in result.stderr
+    assert "error in" in result.stderr and "exit" in result.stderr and "code 3" in result.stderr
+
+
+def test_a_cancelled_job_exits_75_for_run_and_wait(daemon: DaemonProcess) -> None:
+    data = _data(daemon)
+    detached = cli(data, "run", "--detach", "--name", "long-job", "--", "sleep", "30")
+    assert detached.returncode == 0 and detached.stdout.strip() == "long-job", detached
+    attached = subprocess.Popen(
+        [*localjobs_command(), "wait", "long-job"],
+        env=_env(data),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _until(lambda: _job(data, "long-job")["status"] == "active")
+    cancel = cli(data, "cancel", "long-job")
+    assert cancel.returncode == 0, cancel
+    out, err = attached.communicate(timeout=30)
+    assert attached.returncode == 75, (out, err)
+    assert "cancelled" in err
+    assert cli(data, "wait", "long-job").returncode == 75
+
+
+def test_ctrl_c_without_a_terminal_cancels_the_job(daemon: DaemonProcess) -> None:
+    data = _data(daemon)
+    proc = subprocess.Popen(
+        [*localjobs_command(), "run", "--name", "interrupted", "--", "sh", "-c", "echo started; sleep 30"],
+        env=_env(data),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _until(lambda: _job(data, "interrupted")["status"] == "active")
+    time.sleep(0.3)  # the client is following by now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, (out, err)
+    assert "cancelling interrupted" in err
+    assert _job(data, "interrupted")["status"] == "cancelled"
+
+
+def test_logs_follow_ends_when_the_job_ends(daemon: DaemonProcess) -> None:
+    data = _data(daemon)
+    script = "for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done"
+    assert cli(data, "run", "--detach", "--name", "slow-printer", "--", "sh", "-c", script).returncode == 0
+    started = time.monotonic()
+    follow = cli(data, "logs", "-f", "slow-printer")
+    assert follow.returncode == 0, follow
+    assert follow.stdout.splitlines() == [f"line {i}" for i in range(1, 6)]
+    assert time.monotonic() - started < 30
+    assert _job(data, "slow-printer")["status"] == "completed"
+    tail = cli(data, "logs", "--tail", "2", "slow-printer")
+    assert tail.stdout.splitlines() == ["line 4", "line 5"]
+    follow_tail = cli(data, "logs", "-f", "--tail", "1", "slow-printer")
+    assert follow_tail.stdout.splitlines() == ["line 5"]
+    as_json = cli(data, "logs", "--json", "slow-printer")
+    lines = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [line["message"] for line in lines] == [f"line {i}" for i in range(1, 6)]
+
+
+def test_json_output_of_reading_commands(daemon: DaemonProcess) -> None:
+    data = _data(daemon)
+    assert cli(data, "run", "--name", "json-job", "--", "true").returncode == 0
+    listed = json.loads(cli(data, "ls", "--json").stdout)
+    assert [job["name"] for job in listed] == ["json-job"]
+    tree = json.loads(cli(data, "status", "--json", "json-job").stdout)
+    assert tree["status"] == "completed" and tree["steps"][0]["name"] == "main"
+    waited = cli(data, "wait", "--json", "json-job")
+    assert waited.returncode == 0 and json.loads(waited.stdout)["status"] == "completed"
+    table = cli(data, "ls")
+    assert "json-job" in table.stdout and "completed" in table.stdout and "NAME" in table.stdout
+    status = cli(data, "status", "json-job")
+    assert "step main completed" in status.stdout
+
+
+def test_wait_timeout_exits_124(daemon: DaemonProcess) -> None:
+    data = _data(daemon)
+    assert cli(data, "run", "-d", "--name", "sleeper", "--", "sleep", "20").returncode == 0
+    result = cli(data, "wait", "--timeout", "0.5", "sleeper")
+    assert result.returncode == 124, result
+    assert cli(data, "cancel", "sleeper").returncode == 0
+
+
+def test_a_refused_job_prints_the_fields_and_exits_65(daemon: DaemonProcess) -> None:
+    result = cli(_data(daemon), "run", "--name", "Not A Name", "--", "true")
+    assert result.returncode == 65, result
+    assert "refused (422)" in result.stderr and "name" in result.stderr
+
+
+def test_job_files_yaml_and_json(daemon: DaemonProcess, tmp_path: Path) -> None:
+    data = _data(daemon)
+    yaml_file = tmp_path / "job.yaml"
+    yaml_file.write_text(
+        "name: from-yaml\n"
+        "platform_spec:\n"
+        "  steps:\n"
+        "    - name: hello\n"
+        "      executor: {provider: subprocess, command: [sh, -c, 'echo from yaml; exit 4']}\n"
+    )
+    result = cli(data, "run", str(yaml_file))
+    assert result.returncode == 4 and result.stdout == "from yaml\n", result
+    json_file = tmp_path / "job.json"
+    body = {
+        "platform_spec": {
+            "steps": [{"name": "hi", "executor": {"provider": "subprocess", "command": ["echo", "j"]}}]
+        }
+    }
+    json_file.write_text(json.dumps(body))
+    result = cli(data, "run", str(json_file))
+    assert result.returncode == 0 and result.stdout == "j\n", result
+
+
+def test_secrets_and_results(daemon: DaemonProcess, tmp_path: Path) -> None:
+    data = _data(daemon)
+    setter = subprocess.run(
+        [*localjobs_command(), "secrets", "set", "api-key"],
+        input="hunter2-value\n",
+        env=_env(data),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert setter.returncode == 0, setter
+    listed = json.loads(cli(data, "secrets", "ls", "--json").stdout)
+    assert [s["name"] for s in listed] == ["api-key"] and "hunter2" not in json.dumps(listed)
+    script = (
+        'mkdir -p "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/out" && echo weights > "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/out/model.bin"'
+        ' && curl -s -o /dev/null -w "%{http_code}" -XPOST'
+        ' "$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID/results/model"'
+        ' -H "Authorization: Bearer $(cat "$NMP_WORKLOAD_IDENTITY_TOKEN_FILE")" -H "content-type: application/json"'
+        ' -d "{\\"artifact_url\\": \\"$NEMO_JOB_WORKSPACE/$NEMO_JOB_FILESET#out/model.bin\\", \\"artifact_storage_type\\": \\"fileset\\"}"'
+    )
+    result = cli(data, "run", "--name", "with-result", "--", "sh", "-c", script)
+    assert result.returncode == 0 and result.stdout.strip() == "201", result
+    listed_results = json.loads(cli(data, "results", "--json", "with-result").stdout)
+    assert [r["name"] for r in listed_results] == ["model"]
+    out = tmp_path / "downloaded.bin"
+    got = cli(data, "results", "with-result", "get", "model", "-o", str(out))
+    assert got.returncode == 0, got
+    assert out.read_text() == "weights\n"
+    assert cli(data, "secrets", "rm", "api-key").returncode == 0
+    assert json.loads(cli(data, "secrets", "ls", "--json").stdout) == []
+
+
+def test_no_daemon_is_a_clear_error_with_its_own_exit_code(tmp_path: Path) -> None:
+    result = cli(tmp_path / "nothing-here", "ls")
+    assert result.returncode == 69, result
+    assert "no localjobs daemon found" in result.stderr and str(tmp_path / "nothing-here") in result.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    closed = cli(tmp_path, "ls", LOCALJOBS_URL=f"http://127.0.0.1:{port}")
+    assert closed.returncode == 69 and "does not answer" in closed.stderr, closed
+
+
+def test_a_client_started_with_the_daemon_waits_for_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with DaemonProcess(tmp_path / "logs", data_dir=data) as process:
+        process.launch()  # not waiting for its ready line: the client does
+        result = cli(data, "run", "--", "echo", "hi")
+        assert result.returncode == 0, (result, str(process))
+        assert result.stdout == "hi\n"
+
+
+def test_a_wrong_token_says_how_to_pass_one(daemon: DaemonProcess) -> None:
+    result = cli(_data(daemon), "ls", LOCALJOBS_TOKEN="not-the-token-at-all")
+    assert result.returncode == 65 and "401" in result.stderr and "--token" in result.stderr
+
+
+def test_client_commands_do_not_import_the_daemon() -> None:
+    # Not a timing assertion (this machine is noisy): the client must not import the daemon.
+    code = "import sys, web.cli; print(sorted(m for m in ('aiohttp', 'aiosqlite', 'runner.daemon') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _job(data: Path, name: str) -> dict[str, Any]:
+    result = cli(data, "status", "--json", name)
+    return json.loads(result.stdout) if result.returncode == 0 else {"status": "?"}  # type: ignore[no-any-return]
+
+
+def _until(condition: Any, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)

@@ -1,0 +1,355 @@
+"""What the daemon says about itself: its API contract (`/openapi.json`) and health probes.
+
+`/openapi.json` is the contract localjobs implements: the reference's own OpenAPI documents (Jobs
+v2 and Secrets v2, shipped unchanged in `web/openapi_reference.py`) with localjobs' additions laid
+over them here, in code: the bearer-token security scheme, `follow=true` NDJSON logs (and `tail`
+with it), the `stream` of a log line and a page's `dropped_lines`, the auth discovery and token
+exchange the SDK uses inside a workload, the health probes, the fields the reference's published
+document leaves without their `null` (nullability is stripped there; the daemon does send them),
+and the operations localjobs does not serve taken out (the admin key rotation).
+
+`/health/live` and `/health/ready` answer as the reference's platform does: `{"status": "live"}`,
+`{"status": "ready"}`, or 503 `{"detail": {"status": "not_ready"}}` when the store cannot write.
+All three stay open without a token (web/security.py OPEN_PATHS).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+from aiohttp import web
+
+from web import openapi_reference, strict_json
+from web.routes import SERVICE
+
+routes = web.RouteTableDef()
+
+OPENAPI_PATH = "/openapi.json"
+# Served by the reference's document but not by localjobs (an admin operation of its secrets store).
+_NOT_SERVED = frozenset({"/apis/secrets/v2/rotate-encryption-keys"})
+# Open without a token: every other operation takes the bearer token.
+_OPEN = ("/health", "/health/live", "/health/ready", OPENAPI_PATH, "/apis/auth/discovery", "/apis/auth/token")
+_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+@routes.get(OPENAPI_PATH)
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_contract_bytes(), content_type="application/json")
+
+
+@routes.get("/health/live")
+async def health_live(request: web.Request) -> web.Response:
+    return strict_json.response({"status": "live"})
+
+
+@routes.get("/health/ready")
+async def health_ready(request: web.Request) -> web.Response:
+    if await request.app[SERVICE].store_problem() is None:
+        return strict_json.response({"status": "ready"})
+    return strict_json.response({"detail": {"status": "not_ready"}}, status=503)
+
+
+@cache
+def _contract_bytes() -> bytes:
+    return json.dumps(contract(), separators=(",", ":")).encode()
+
+
+def contract() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of what this daemon serves (a fresh copy)."""
+    jobs = json.loads(openapi_reference.JOBS)
+    secrets = json.loads(openapi_reference.SECRETS)
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "localjobs: NeMo Platform Jobs API v2 and Secrets API v2",
+            "description": (
+                "The contract of a localjobs daemon: the NeMo Platform (nemo-platform 0.6.0) Jobs v2 "
+                "and Secrets v2 operations as the reference documents them, with localjobs' additions "
+                "(bearer-token security, `follow=true` NDJSON logs, log line `stream`, page "
+                "`dropped_lines`, the SDK's auth discovery and token exchange, health probes) and "
+                "the `null` of every field the daemon may send as null."
+            ),
+            "version": _version(),
+        },
+        "paths": {},
+        "components": {"schemas": {}},
+    }
+    for reference in (jobs, secrets):
+        for path, item in reference["paths"].items():
+            if path not in _NOT_SERVED:
+                doc["paths"][path] = item
+        for name, schema in reference["components"]["schemas"].items():
+            doc["components"]["schemas"].setdefault(name, schema)
+    _drop_unused_schemas(doc)
+    for name, fields in openapi_reference.NULLABLE.items():
+        properties = doc["components"]["schemas"].get(name, {}).get("properties", {})
+        for field in fields:
+            if field in properties:
+                properties[field] = _nullable(properties[field])
+    _logs(doc)
+    _status_details(doc)
+    _extra_paths(doc)
+    _security(doc)
+    return copy.deepcopy(doc)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("localjobs")
+    except metadata.PackageNotFoundError:  # a checkout that was never installed
+        return "0.0.0"
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, or null (OpenAPI 3.1: a JSON Schema type list, or an anyOf with null)."""
+    schema = {k: v for k, v in schema.items() if k != "nullable"}
+    kind = schema.get("type")
+    if isinstance(kind, str) and not ({"$ref", "allOf", "anyOf", "oneOf", "enum", "const"} & set(schema)):
+        return {**schema, "type": [kind, "null"]}
+    if "anyOf" in schema:
+        if {"type": "null"} in schema["anyOf"]:
+            return schema
+        return {**schema, "anyOf": [*schema["anyOf"], {"type": "null"}]}
+    annotations: dict[str, Any] = {
+        k: schema.pop(k) for k in ("title", "description", "default", "readOnly") if k in schema
+    }
+    return {**annotations, "anyOf": [schema, {"type": "null"}]}
+
+
+def _drop_unused_schemas(doc: dict[str, Any]) -> None:
+    """Keep the component schemas the served operations reach (the key rotation's go)."""
+    schemas = doc["components"]["schemas"]
+    reached: set[str] = set()
+    pending = [doc["paths"]]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+                name = ref.rsplit("/", 1)[1]
+                if name not in reached:
+                    reached.add(name)
+                    pending.append(schemas[name])
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    doc["components"]["schemas"] = {name: s for name, s in schemas.items() if name in reached}
+
+
+_LOGS = "/apis/jobs/v2/workspaces/{workspace}/jobs/{name}/logs"
+
+
+def _logs(doc: dict[str, Any]) -> None:
+    schemas = doc["components"]["schemas"]
+    schemas["PlatformJobLog"]["properties"]["stream"] = {
+        "type": "string",
+        "enum": ["stdout", "stderr"],
+        "title": "Stream",
+        "description": "localjobs: the stream the line was printed on (stderr lines also keep the "
+        "reference's `[stderr] ` prefix in `message`).",
+    }
+    schemas["PlatformJobLogPage"]["properties"]["dropped_lines"] = {
+        "type": "integer",
+        "title": "Dropped Lines",
+        "description": "localjobs: lines of this scope dropped by the per-task log size limit.",
+    }
+    schemas["LocaljobsFollowedLogLine"] = {
+        "title": "LocaljobsFollowedLogLine",
+        "description": "localjobs: one line of `follow=true` output (one JSON object per line). "
+        "Reconnect with `page_cursor=<cursor>&follow=true` to resume after it.",
+        "type": "object",
+        "properties": {
+            **schemas["PlatformJobLog"]["properties"],
+            "cursor": {"type": "string", "title": "Cursor"},
+        },
+        "required": [*schemas["PlatformJobLog"]["required"], "stream", "cursor"],
+    }
+    operation = doc["paths"][_LOGS]["get"]
+    operation["description"] = (
+        "Get paginated logs for a platform job. localjobs: with `follow=true` the answer is "
+        "`application/x-ndjson`, one line per log line as it is printed, ending once the job has "
+        "finished and every line was sent."
+    )
+    parameters = operation["parameters"]
+    for parameter in parameters:
+        if parameter["name"] == "tail":
+            parameter["description"] = parameter["schema"]["description"] = (
+                "Number of newest log lines to return (with `follow=true`: the lines to start from)"
+            )
+        if parameter["name"] == "attempt_id":
+            # Attempt ids are strings; localjobs takes the attempt's sequence number or its id.
+            parameter["description"] = parameter["schema"]["description"] = (
+                "Filter logs by job attempt: its sequence number (0) or its id"
+            )
+            parameter["schema"] = {**parameter["schema"], "type": "string"}
+    parameters.append(
+        {
+            "name": "follow",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "boolean", "default": False, "title": "Follow"},
+            "description": "localjobs: stream the lines (NDJSON) until the job has finished",
+        }
+    )
+    operation["responses"]["200"]["content"]["application/x-ndjson"] = {
+        "schema": {"$ref": "#/components/schemas/LocaljobsFollowedLogLine"}
+    }
+
+
+def _status_details(doc: dict[str, Any]) -> None:
+    # Documented as any value; the reference (and localjobs) answers JSON null.
+    patch = doc["paths"]["/apis/jobs/v2/workspaces/{workspace}/jobs/{name}/status-details"]["patch"]
+    patch["responses"]["200"]["content"]["application/json"]["schema"] = {"type": "null"}
+
+
+def _json(schema: dict[str, Any], description: str = "Successful Response") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _object(required: list[str], **properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required}
+
+
+_STRING = {"type": "string"}
+_OAUTH_ERROR = _object(["error"], error=_STRING, error_description=_STRING)
+
+
+def _extra_paths(doc: dict[str, Any]) -> None:
+    health = ["Health"]
+    doc["paths"].update(
+        {
+            "/health/live": {
+                "get": {
+                    "tags": health,
+                    "summary": "Liveness",
+                    "operationId": "health_live",
+                    "responses": {"200": _json(_object(["status"], status={"const": "live"}))},
+                }
+            },
+            "/health/ready": {
+                "get": {
+                    "tags": health,
+                    "summary": "Readiness",
+                    "description": "Ready when the daemon's store can take writes.",
+                    "operationId": "health_ready",
+                    "responses": {
+                        "200": _json(_object(["status"], status={"const": "ready"})),
+                        "503": _json(
+                            _object(["detail"], detail=_object(["status"], status={"const": "not_ready"})),
+                            "Not ready",
+                        ),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "tags": health,
+                    "summary": "Health",
+                    "description": "localjobs: `ok`, or 503 `degraded` with the reason in words.",
+                    "operationId": "health",
+                    "responses": {
+                        "200": _json(_object(["status"], status={"const": "ok"})),
+                        "503": _json(
+                            _object(["status", "reason"], status={"const": "degraded"}, reason=_STRING),
+                            "The store cannot take writes",
+                        ),
+                    },
+                }
+            },
+            OPENAPI_PATH: {
+                "get": {
+                    "tags": ["Meta"],
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": _json({"type": "object"})},
+                }
+            },
+            "/apis/auth/discovery": {
+                "get": {
+                    "tags": ["Auth"],
+                    "summary": "Auth discovery",
+                    "description": "What the official SDK asks inside a workload before it exchanges "
+                    "the file named by NMP_WORKLOAD_IDENTITY_TOKEN_FILE for its bearer token.",
+                    "operationId": "auth_discovery",
+                    "responses": {
+                        "200": _json(
+                            _object(
+                                ["auth_enabled"],
+                                auth_enabled={"type": "boolean"},
+                                oidc=_object(
+                                    ["token_endpoint"],
+                                    client_id=_STRING,
+                                    token_endpoint=_STRING,
+                                    workload_token_exchange_enabled={"type": "boolean"},
+                                    workload_client_id=_STRING,
+                                    workload_token_endpoint=_STRING,
+                                ),
+                            )
+                        )
+                    },
+                }
+            },
+            "/apis/auth/token": {
+                "post": {
+                    "tags": ["Auth"],
+                    "summary": "Token exchange (RFC 8693)",
+                    "description": "Exchanges the workload token file's content for the bearer token "
+                    "(the daemon's own token: only whoever presents it gets it back).",
+                    "operationId": "auth_token_exchange",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": _object(
+                                    ["grant_type", "subject_token"],
+                                    grant_type={"const": "urn:ietf:params:oauth:grant-type:token-exchange"},
+                                    subject_token=_STRING,
+                                    subject_token_type=_STRING,
+                                )
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            _object(
+                                ["access_token", "issued_token_type", "token_type", "expires_in"],
+                                access_token=_STRING,
+                                issued_token_type=_STRING,
+                                token_type={"const": "Bearer"},
+                                expires_in={"type": "integer"},
+                            )
+                        ),
+                        "400": _json(_OAUTH_ERROR, "Not a token-exchange request"),
+                        "401": _json(_OAUTH_ERROR, "Not this daemon's token"),
+                    },
+                }
+            },
+        }
+    )
+
+
+def _security(doc: dict[str, Any]) -> None:
+    doc["components"]["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The daemon owner's token: the file `token` in the data dir (or "
+            "LOCALJOBS_TOKEN); a workload reads it from NMP_WORKLOAD_IDENTITY_TOKEN_FILE.",
+        }
+    }
+    doc["security"] = [{"bearer": []}]
+    unauthorized = _json(
+        _object(["detail"], detail=_STRING), "Missing or wrong `Authorization: Bearer` token"
+    )
+    for path, item in doc["paths"].items():
+        for method in _METHODS:
+            if method not in item:
+                continue
+            if path in _OPEN:
+                item[method]["security"] = []
+            else:
+                item[method]["responses"].setdefault("401", unauthorized)

@@ -1,0 +1,163 @@
+"""Who may talk to the daemon: the checks every request passes before any handler runs.
+
+A job is "run this command on my machine", so the port is guarded in layers, each closing one
+way in:
+
+- Host allow-list (DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1
+  sends `Host: evil.example`): loopback names and addresses, this machine's own name and
+  addresses, the bound address and `--allowed-host` values; anything else is 403.
+- Origin (cross-site requests from a page the user visits): a request that carries an `Origin`
+  other than the daemon's own (or an allowed host's on this port) is 403, whatever the method.
+- Content type (a cross-site form or `text/plain` POST needs no preflight): a POST, PUT or PATCH
+  with a body must say `application/json` (or `*+json`), else 415. No CORS header is ever sent,
+  so a browser never lets another origin read an answer or send a preflighted request.
+- The owner's token on every `/apis/...` request (`Authorization: Bearer <token>`), compared in
+  constant time: 401 without it. `/health` and the SDK's auth discovery stay open and tell nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import psutil
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Open without a token: readiness, and what the official SDK asks before it has a token.
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/openapi.json", "/apis/auth/discovery"})
+# Takes the RFC 8693 form body (application/x-www-form-urlencoded) that the SDK sends.
+TOKEN_EXCHANGE_PATH = "/apis/auth/token"
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """`token` None: no authentication (--no-auth, loopback only)."""
+
+    token: str | None
+    allowed_hosts: frozenset[str]
+    port: int
+
+    @classmethod
+    def build(cls, token: str | None, bound_host: str, port: int, extra_hosts: Iterable[str]) -> AccessPolicy:
+        hosts = {"localhost", "127.0.0.1", "::1", bound_host.strip("[]").lower()}
+        hosts.update(h.strip().strip("[]").lower() for h in extra_hosts if h.strip())
+        if bound_host in ("0.0.0.0", "::", ""):
+            # Listening everywhere: this machine's own names and addresses are its own too (an IP
+            # literal cannot be rebound; a name the owner did not list could be).
+            hosts.update(_own_addresses())
+        hosts.update(_own_names())
+        hosts.discard("0.0.0.0")
+        hosts.discard("::")
+        return cls(token=token, allowed_hosts=frozenset(hosts), port=port)
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if not host_header:
+            return False
+        host = _host_part(host_header)
+        return host in self.allowed_hosts or host.endswith(".localhost")
+
+    def origin_allowed(self, origin: str) -> bool:
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or parts.hostname is None:
+            return False  # includes "null" (sandboxed frames, file:// pages)
+        if (port or (443 if parts.scheme == "https" else 80)) != self.port:
+            return False
+        host = parts.hostname.lower()
+        return host in self.allowed_hosts or host.endswith(".localhost")
+
+    def token_ok(self, presented: str | None) -> bool:
+        if self.token is None:
+            return True
+        if presented is None:
+            return False
+        return hmac.compare_digest(presented.encode(), self.token.encode())
+
+
+def _host_part(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        return host.rsplit(":", 1)[0]
+    return host
+
+
+def _own_names() -> set[str]:
+    names = set()
+    for name in (socket.gethostname(), socket.getfqdn()):
+        if name:
+            names.add(name.lower())
+    return names
+
+
+def _own_addresses() -> set[str]:
+    found = set()
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family in (socket.AF_INET, socket.AF_INET6):
+                found.add(address.address.split("%")[0].lower())
+    return found
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+POLICY = web.AppKey("access_policy", AccessPolicy)
+
+
+def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"detail": detail}, status=status, headers=headers)
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    policy = request.app[POLICY]
+    if not policy.host_allowed(request.headers.get("Host")):
+        return _refuse(403, "this Host is not allowed; start the daemon with --allowed-host to add it")
+    origin = request.headers.get("Origin")
+    if origin is not None and not policy.origin_allowed(origin):
+        return _refuse(403, "cross-origin requests are not allowed")
+    if request.method == "OPTIONS":
+        # No CORS: nothing is allowed to another origin, so a preflight gets nothing.
+        return _refuse(405, "Method Not Allowed")
+    path = request.path
+    if path in OPEN_PATHS:
+        return await handler(request)
+    # An empty body carries nothing to act on, whatever its type says (aiohttp's client labels
+    # one application/octet-stream): only a body that exists must be JSON.
+    body_not_json = request.can_read_body and not _is_json(request.content_type)
+    if request.method in _BODY_METHODS and path != TOKEN_EXCHANGE_PATH and body_not_json:
+        return _refuse(415, "the request body must be JSON (Content-Type: application/json)")
+    if (
+        path.startswith("/apis/")
+        and path != TOKEN_EXCHANGE_PATH
+        and not policy.token_ok(bearer_token(request))
+    ):
+        return _refuse(
+            401,
+            "missing or wrong token: send 'Authorization: Bearer <token>' (the token is in the "
+            "daemon's data dir, file 'token', or LOCALJOBS_TOKEN)",
+            {"WWW-Authenticate": 'Bearer realm="localjobs"'},
+        )
+    return await handler(request)
