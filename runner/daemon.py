@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, lock: datadir.DataDirLock | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self._store: Repository | None = None
@@ -32,7 +34,9 @@ class Daemon:
         self._service: JobService | None = None
         self._executors: ExecutorRegistry | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._lock: datadir.DataDirLock | None = None
+        # Claimed by the entry point before the daemon's modules load (a second `serve` on the
+        # same dir is refused at once), else by start().
+        self._lock: datadir.DataDirLock | None = lock
         self._access: Access | None = None
         # Set when a supervised loop dies: the entry point then stops the daemon instead of
         # serving an API whose statuses would silently stop moving.
@@ -54,9 +58,10 @@ class Daemon:
         return self._access
 
     async def start(self) -> None:
-        datadir.prepare(self.settings.data_dir)
-        # First, before anything is opened or started: a second daemon on this dir touches nothing.
-        self._lock = datadir.DataDirLock.claim(self.settings.data_dir)
+        if self._lock is None:
+            datadir.prepare(self.settings.data_dir)
+            # First, before anything is opened or started: a second daemon here touches nothing.
+            self._lock = datadir.DataDirLock.claim(self.settings.data_dir)
         self._access = resolve_access(self.settings)
         with contextlib.suppress(FileExistsError):
             self.settings.work_dir.mkdir(mode=0o700)

@@ -6,18 +6,40 @@ in about a tenth of a second. Each command returns its exit code (web/cli/outcom
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
-from web.cli.jobs import COMMANDS as JOB_COMMANDS
 from web.cli.outcome import INTERRUPTED, USAGE
-from web.cli.results import results
-from web.cli.secrets import secrets
-from web.cli.serve import serve
+
+_JOBS = ("run", "wait", "ls", "status", "logs", "cancel", "pause", "resume", "rm")
+# Each command's module is imported only when that command runs: `serve` loads no client code,
+# a client command no daemon code.
+_MODULES = {"serve": "web.cli.serve", "results": "web.cli.results", "secrets": "web.cli.secrets"}
+_MODULES.update(dict.fromkeys(_JOBS, "web.cli.jobs"))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _MODULES:
+            return None
+        module = importlib.import_module(_MODULES[cmd_name].replace("web.", f"{_ROOT}.", 1))
+        command: click.Command = module.BY_NAME[cmd_name] if cmd_name in _JOBS else getattr(module, cmd_name)
+        return command
+
+
+# `web` in a checkout, `localjobs.web` when installed from the wheel.
+_ROOT = __name__.rsplit(".", 1)[0]
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="localjobs", message="localjobs %(version)s")
 def cli() -> None:
     """A local NeMo Platform Jobs API v2 daemon (`serve`) and its command line.
@@ -25,11 +47,6 @@ def cli() -> None:
     Client commands find the daemon by themselves: --url/LOCALJOBS_URL and --token/LOCALJOBS_TOKEN
     when given, else the daemon running on --data-dir/LOCALJOBS_DATA_DIR (default: the same as
     `serve`'s)."""
-
-
-cli.add_command(serve)
-for command in (*JOB_COMMANDS, results, secrets):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

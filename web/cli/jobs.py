@@ -501,3 +501,4 @@ COMMANDS = (
     _control("resume", "resume"),
     _control("rm", "delete"),
 )
+BY_NAME = {command.name: command for command in COMMANDS}

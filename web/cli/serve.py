@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from runner.datadir import DataDirLock
     from runner.settings import Settings
 
 log = logging.getLogger("localjobs")
@@ -81,16 +82,26 @@ def serve(log_level: str, keep_running: bool | None, allowed_hosts: tuple[str, .
     except ValueError as exc:
         click.echo(f"localjobs: {exc}", err=True)
         return 2
-    return asyncio.run(_serve(settings))
+    from runner import datadir
+    from runner.errors import CannotStart
+
+    # Before the daemon's modules load: a second `serve` on this data dir is refused at once.
+    try:
+        datadir.prepare(settings.data_dir)
+        lock = datadir.DataDirLock.claim(settings.data_dir)
+    except (CannotStart, OSError) as exc:
+        click.echo(f"localjobs: cannot start: {exc}", err=True)
+        return 1
+    return asyncio.run(_serve(settings, lock))
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, lock: DataDirLock) -> int:
     from runner.daemon import Daemon
     from runner.errors import CannotStart
     from storage import StorageError
     from web.app import Server
 
-    server = Server(Daemon(settings))
+    server = Server(Daemon(settings, lock=lock))
     # Handlers first: a signal that arrives while steps are being adopted still stops cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
