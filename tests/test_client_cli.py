@@ -95,8 +95,9 @@ def test_ctrl_c_without_a_terminal_cancels_the_job(daemon: DaemonProcess) -> Non
         stderr=subprocess.PIPE,
         text=True,
     )
-    _until(lambda: _job(data, "interrupted")["status"] == "active")
-    time.sleep(0.3)  # the client is following by now
+    assert proc.stdout is not None
+    # The job's first line has reached the client's stdout: it is following the job now.
+    assert proc.stdout.readline() == "started\n"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 75, (out, err)

@@ -26,7 +26,7 @@ from runner.settings import default_data_dir
 # `localjobs serve &` then a client at once: the daemon needs a moment to bind and say where.
 DISCOVERY_WAIT_S = 15.0
 # ...and before it has even taken the data dir (python's start-up).
-START_WAIT_S = 3.0
+START_WAIT_S = 5.0
 _REQUEST_TIMEOUT_S = 30.0
 
 

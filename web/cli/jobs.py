@@ -130,12 +130,15 @@ def run(
     if name:
         body["name"] = name
     api = connect()
-    job = api.call("POST", api.jobs_path, body)
+    try:
+        job = api.call("POST", api.jobs_path, body)
+    except KeyboardInterrupt:
+        click.echo("\nlocaljobs: interrupted while submitting: see `localjobs ls`", err=True)
+        return outcome.INTERRUPTED
     job_name = job["name"]
     if detach:
         click.echo(job_name)
         return 0
-    click.echo(f"localjobs: job {job_name} submitted", err=True)
     return _attach(api, job_name)
 
 
@@ -143,9 +146,13 @@ def _attach(api: Api, name: str) -> int:
     """Stream the job's logs until it ends; Ctrl-C asks (cancel or detach)."""
     cursor: str | None = None
     cancelled = False
+    announced = False
     with _progress(api, name):
         while True:
             try:
+                if not announced:
+                    click.echo(f"localjobs: job {name} submitted", err=True)
+                    announced = True
                 cursor = _follow(api, name, cursor)
                 job = _job_when_finished(api, name)
                 if job is not None:
