@@ -251,3 +251,20 @@ async def test_a_silent_container_goes_stale_and_is_removed(tmp_path: Any) -> No
                 break
             await asyncio.sleep(0.1)
         assert _owned_containers(srv) == []
+
+
+async def test_execution_profiles_are_the_references_shape(api: Api) -> None:
+    from nemo_platform_plugin.jobs.execution_profiles import (
+        DockerJobExecutionProfile,
+        SubprocessJobExecutionProfileConfig,
+    )
+
+    _, profiles = await api.request("GET", f"{api.base_url}/apis/jobs/v2/execution-profiles")
+    for profile in profiles:
+        if profile["backend"] == "docker":
+            reference = DockerJobExecutionProfile.model_validate(profile, strict=True).model_dump(mode="json")
+            assert reference == profile  # no missing or extra key, same values
+            assert list(reference["config"]) == list(profile["config"])
+        else:
+            config = SubprocessJobExecutionProfileConfig.model_validate(profile["config"], strict=True)
+            assert config.model_dump(mode="json") == profile["config"]

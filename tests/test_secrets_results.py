@@ -156,6 +156,18 @@ async def test_result_folder_downloads_as_tar_gz(api: Api) -> None:
         assert a_txt is not None and a_txt.read() == b"hello\n"
 
 
+async def test_a_folder_result_keeps_the_folders_own_name_inside(api: Api) -> None:
+    await api.create_job([shell("make", _publish("folder"))], name="res-named")
+    job = await api.wait_job("res-named")
+    body = {"artifact_url": f"default/{job['fileset']}#out/report", "artifact_storage_type": "fileset"}
+    assert (await api.request("POST", "/jobs/res-named/results/bundle", json=body))[0] == 201
+    async with api.session.get(f"{api.ws}/jobs/res-named/results/bundle/download") as resp:
+        assert 'filename="bundle.tar.gz"' in resp.headers["Content-Disposition"]
+        data = await resp.read()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        assert sorted(tar.getnames())[0] == "report"  # the folder's name, not the result's
+
+
 async def test_result_paths_that_leave_the_fileset_are_refused(api: Api) -> None:
     script = 'ln -s /etc "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/escape"; ln -s /etc/passwd "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/pw"'
     await api.create_job([shell("links", script)], name="escapes")

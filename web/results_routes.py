@@ -94,7 +94,8 @@ async def download_result(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    async for chunk in tar_gz_stream(artifact.path, result.name):
+    # As the reference: the archive holds the artifact folder itself, under its own name.
+    async for chunk in tar_gz_stream(artifact.path, artifact.path.name or result.name):
         await response.write(chunk)
     await response.write_eof()
     return response

@@ -74,21 +74,26 @@ class ExecutorRegistry:
 
     async def profiles(self) -> list[dict[str, Any]]:
         s = self._settings
-        limits = {
-            "ttl_seconds_before_active": s.ttl_seconds_before_active,
-            "ttl_seconds_active": s.ttl_seconds_active,
-            "ttl_seconds_after_finished": s.ttl_seconds_after_finished,
-            "launcher_tool_path": "",
-            "env": {},
-        }
+
+        # Field by field as the reference's profile models serialize (their order too).
+        def common(cleanup: bool) -> dict[str, Any]:
+            return {
+                "ttl_seconds_before_active": s.ttl_seconds_before_active,
+                "ttl_seconds_active": s.ttl_seconds_active,
+                "ttl_seconds_after_finished": s.ttl_seconds_after_finished,
+                "cleanup_completed_jobs_immediately": cleanup,
+                "launcher_tool_path": "",  # no launcher tool: localjobs starts tasks itself
+                "default_task_image": None,  # a container step must name its image
+                "env": {},
+            }
+
         profiles: list[dict[str, Any]] = [
             {
                 "provider": "subprocess",
                 "profile": "default",
                 "backend": "subprocess",
                 "config": {
-                    **limits,
-                    "cleanup_completed_jobs_immediately": False,
+                    **common(False),
                     "working_directory": str(s.work_dir),
                     "graceful_shutdown_timeout_seconds": int(s.grace_period_s),
                 },
@@ -107,10 +112,14 @@ class ExecutorRegistry:
                         "profile": "default",
                         "backend": "docker",
                         "config": {
-                            **limits,
-                            "cleanup_completed_jobs_immediately": not s.keep_containers,
+                            **common(not s.keep_containers),
+                            # Task folders are bind mounts of the data dir: no named volume.
+                            "storage": {
+                                "volume_name": "",
+                                "volume_permissions_image": "",
+                                "additional_volume_mounts": [],
+                            },
                             "networking": {"job_container_network": docker.network_for(provider)},
-                            "engine": docker.engine_description,
                         },
                     }
                 )
