@@ -281,7 +281,7 @@ class Scheduler:
 
     async def _mark_active(self, step: StepRecord, tasks: list[_TaskRef], workload: Workload) -> None:
         now = self._clock.now_us()
-        details = {"message": "Running", **workload.details, "work_dir": tasks[0].paths.work_dir}
+        details = {"message": "Job is running", **workload.details, **_folder_details(step, tasks[0].paths)}
         handle = _handle(workload, tasks)
 
         def record_active(tx: WriteTx) -> None:
@@ -292,7 +292,9 @@ class Scheduler:
             else:  # cancelling or pausing meanwhile: the status waits, the handle must not
                 tx.set_step_handle(step.pk, handle)
             for task in tasks:
-                record_task_status(tx, task.pk, JobStatus.ACTIVE, details, None, None, now)
+                record_task_status(
+                    tx, task.pk, JobStatus.ACTIVE, details, None, None, now, job_pk=step.job_pk
+                )
 
         await self._store.write(record_active, patient=True)
         limits = [self._settings.ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
@@ -373,14 +375,14 @@ class Scheduler:
                 errors = fresh.error_details
             elif fresh.status == JobStatus.CANCELLING:
                 final = JobStatus.CANCELLED
-                details["message"] = "Cancelled"
+                details["message"] = "Job was cancelled" + _with_code(status)
             elif shutdown:
                 final = JobStatus.ERROR
                 details["message"] = "Stopped because the localjobs daemon shut down"
                 errors = {"message": details["message"], **status.as_details()}
             elif status.succeeded:
                 final = JobStatus.COMPLETED
-                details["message"] = "Completed"
+                details["message"] = "Job completed successfully with exit code 0"
             else:
                 final = JobStatus.ERROR
                 details["message"] = message or status.describe()
@@ -391,7 +393,7 @@ class Scheduler:
                 settle_step(tx, fresh, final, now=now, status_details=details, error_details=errors)
             stack = "\n".join(tail) if final == JobStatus.ERROR and tail else None
             for task in tasks:
-                record_task_status(tx, task.pk, final, details, errors, stack, now)
+                record_task_status(tx, task.pk, final, details, errors, stack, now, job_pk=step.job_pk)
 
         await self._store.write(record_outcome, patient=True)
         self.log_signal.notify(step.job_pk)
@@ -426,7 +428,9 @@ class Scheduler:
         def record_running(tx: WriteTx) -> None:
             step = tx.get_step_by_pk(run.step_pk)
             if step is not None and step.status == JobStatus.RESUMING:
-                transition_step(tx, step, JobStatus.ACTIVE, now=now, status_details={"message": "Running"})
+                transition_step(
+                    tx, step, JobStatus.ACTIVE, now=now, status_details={"message": "Job is running"}
+                )
 
         await self._store.write(record_running, patient=True)
         self.on_active(None)  # its deadlines run again from now
@@ -530,7 +534,7 @@ class Scheduler:
         def record_restart(tx: WriteTx) -> None:
             for task in tasks:
                 message = {"message": "Never started: the daemon stopped first"}
-                record_task_status(tx, task.pk, JobStatus.ERROR, message, None, None, now)
+                record_task_status(tx, task.pk, JobStatus.ERROR, message, None, None, now, job_pk=step.job_pk)
             tx.set_step_handle(step.pk, None)
             tx.update_step_state(
                 step.pk,
@@ -554,7 +558,9 @@ class Scheduler:
                 return
             settle_step(tx, fresh, final, now=now, error_details=errors)
             for task in tasks:
-                record_task_status(tx, task.pk, final, {"message": why}, errors, None, now)
+                record_task_status(
+                    tx, task.pk, final, {"message": why}, errors, None, now, job_pk=step.job_pk
+                )
 
         await self._store.write(record_lost, patient=True)
 
@@ -604,3 +610,17 @@ async def _finish_collecting(collectors: list[OutputCollector], step: StepRecord
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _folder_details(step: StepRecord, paths: TaskPaths) -> dict[str, str]:
+    """Where the task's files are, under the keys the reference's subprocess backend uses."""
+    if step.spec.executor.provider == "subprocess":
+        return {
+            "subprocess_work_dir": paths.work_dir,
+            "subprocess_persistent_storage_path": paths.persistent_dir,
+        }
+    return {"work_dir": paths.work_dir}
+
+
+def _with_code(status: ExitStatus) -> str:
+    return f" with exit code {status.exit_code}" if status.exit_code is not None else ""

@@ -315,6 +315,9 @@ class JobService:
         step = await self.get_step(workspace, job_name, step_name)
         masker = await self.secrets.masker_for_job(await self.get_job(workspace, job_name))
         status_details, error_details = masker.json(status_details), masker.json(error_details)
+        if "message" not in status_details and status != step.status:
+            # The step's old message ("Job is running") would no longer be true.
+            status_details = {**status_details, "message": f"Status set to {status.value} through the API"}
         live = self._workloads.is_running(step.pk)
         now = self._clock.now_us()
 

@@ -190,18 +190,24 @@ def record_task_status(
     errors: dict[str, Any] | None,
     stack: str | None,
     now: int,
+    *,
+    job_pk: int,
 ) -> None:
     """The daemon's own bookkeeping write: it never counts as a heartbeat. A task whose status
-    cannot move to `status` (the table forbids it) keeps its status; details still merge."""
+    cannot move to `status` (the table forbids it) keeps its status; details still merge, into
+    the task and (as every task update does in the reference) into the job's status_details."""
+    kept = {k: v for k, v in details.items() if v is not None}
     tx.record_task_outcome(
         task_pk,
         status=status,
         allowed_from=[s for s in JobStatus if s.can_transition_to(status)],
-        details={k: v for k, v in details.items() if v is not None},
+        details=kept,
         errors=errors or None,
         stack=stack,
         now=now,
     )
+    if kept:
+        tx.merge_job_status_details(job_pk, kept)
 
 
 def note_output_error(tx: WriteTx, task_pk: int, note: str, *, now: int) -> None:
@@ -211,6 +217,7 @@ def note_output_error(tx: WriteTx, task_pk: int, note: str, *, now: int) -> None
     if task is None:
         return  # the job was deleted meanwhile
     step = tx.get_step_by_pk(task.step_pk)
-    if step is not None:
-        transition_step(tx, step, step.status, now=now, status_details={OUTPUT_ERROR: note})
-    record_task_status(tx, task_pk, task.status, {OUTPUT_ERROR: note}, None, None, now)
+    if step is None:
+        return
+    transition_step(tx, step, step.status, now=now, status_details={OUTPUT_ERROR: note})
+    record_task_status(tx, task_pk, task.status, {OUTPUT_ERROR: note}, None, None, now, job_pk=step.job_pk)

@@ -155,7 +155,9 @@ class Watchdog:
                 return False
             for task in tx.tasks_of_step(step.pk):
                 if not task.status.is_terminal:
-                    record_task_status(tx, task.pk, JobStatus.ERROR, errors, errors, None, now)
+                    record_task_status(
+                        tx, task.pk, JobStatus.ERROR, errors, errors, None, now, job_pk=fresh.job_pk
+                    )
             return fresh
 
         verdict = await self._store.write(record_verdict)

@@ -450,6 +450,14 @@ class WriteTx:
             (status.value, _dump(status_details), _dump(error_details), now, pk),
         )
 
+    def merge_job_status_details(self, pk: int, details: dict[str, Any]) -> None:
+        """Shallow: each key replaces the job's (a nested object is not merged into)."""
+        row = self._conn.execute("SELECT status_details FROM jobs WHERE pk = ?", (pk,)).fetchone()
+        if row is None:
+            return
+        merged = {**json.loads(row[0]), **details}
+        self._conn.execute("UPDATE jobs SET status_details = ? WHERE pk = ?", (_dump(merged), pk))
+
     def update_step_state(
         self,
         pk: int,

@@ -41,7 +41,7 @@ async def _run(api: Api, name: str, config: dict[str, str] | None = None) -> tup
     job = await api.wait_job(name)
     assert job["status"] == "completed", job
     _, step = await api.request("GET", f"/jobs/{name}/steps/main")
-    return step["status_details"]["work_dir"], await api.logs(name)
+    return step["status_details"]["subprocess_work_dir"], await api.logs(name)
 
 
 def _assert_task_files_private(work_dir: str, work_root: Path) -> None:

@@ -177,3 +177,21 @@ async def test_a_database_locked_by_another_program_delays_the_record_but_loses_
         await holder
         assert job["status"] == "completed"
         assert await api.logs("locked") == ["printed while locked"]
+
+
+async def test_the_jobs_status_details_carry_its_tasks_details_and_true_messages(api: Api) -> None:
+    await api.create_job([shell("fail", "exit 7")], name="seven")
+    job = await api.wait_job("seven")
+    details = job["status_details"]
+    assert details["exit_code"] == 7 and details["message"] == "Job exited with code 7"
+    assert isinstance(details["pid"], int) and "/seven/" in details["subprocess_work_dir"]
+    assert details["subprocess_persistent_storage_path"].endswith("job-storage")
+    await api.create_job([shell("ok", "true")], name="fine")
+    assert (await api.wait_job("fine"))["status_details"][
+        "message"
+    ] == "Job completed successfully with exit code 0"
+    await api.create_job([shell("long", "sleep 30")], name="patched")
+    await api.wait_job("patched", {"active"})
+    status, step = await api.request("PATCH", "/jobs/patched/steps/long/status", json={"status": "error"})
+    assert status == 200, step
+    assert step["status_details"]["message"] == "Status set to error through the API"

@@ -133,7 +133,7 @@ async def test_result_file_round_trip(api: Api) -> None:
         body = await resp.read()
     _, step = await api.request("GET", "/jobs/res-file/steps/make")
     storage = os.path.join(
-        os.path.dirname(os.path.dirname(step["status_details"]["work_dir"])), "job-storage"
+        os.path.dirname(os.path.dirname(step["status_details"]["subprocess_work_dir"])), "job-storage"
     )
     with open(os.path.join(storage, "out", "model.bin"), "rb") as original:
         assert body == original.read()

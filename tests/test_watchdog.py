@@ -154,7 +154,7 @@ async def test_task_folders_removed_after_ttl_seconds_after_finished(tmp_path: P
         await api.create_job([shell("work", script)], name="tidy")
         assert (await api.wait_job("tidy"))["status"] == "completed"
         _, step = await api.request("GET", "/jobs/tidy/steps/work")
-        folder = Path(step["status_details"]["work_dir"])
+        folder = Path(step["status_details"]["subprocess_work_dir"])
         storage = folder.parent.parent / "job-storage"
         assert folder.is_dir()
         clock.advance(5)
