@@ -69,22 +69,16 @@ def _token(settings: Settings) -> str:
     if settings.token:
         return settings.token.strip()
     if settings.token_file is not None:
-        try:
-            token = settings.token_file.read_text().strip()
-        except OSError as exc:
-            raise CannotStart(f"cannot read the token file {settings.token_file}: {exc}") from exc
+        token = _read_private(settings.token_file)
         if not token:
             raise CannotStart(f"the token file {settings.token_file} is empty")
         return token
     path = settings.token_path
     token = secrets.token_urlsafe(_TOKEN_BYTES)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        try:
-            existing = path.read_text().strip()
-        except OSError as exc:
-            raise CannotStart(f"cannot read the token file {path}: {exc}") from exc
+        existing = _read_private(path)
         if existing:
             return existing
         write_private(path, token)  # an empty file (a crash mid-creation): make a new token
@@ -94,10 +88,29 @@ def _token(settings: Settings) -> str:
     return token
 
 
+def _read_private(path: Path) -> str:
+    """A token file's content, if it is a real file of ours that nobody else can read or write
+    (else another user may know the token, or have chosen it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise CannotStart(f"cannot read the token file {path}: {exc}") from exc
+    with os.fdopen(fd) as source:
+        info = os.fstat(source.fileno())
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise CannotStart(
+                f"the token file {path} must belong to this user and be private (chmod 600 {path})"
+            )
+        return source.read().strip()
+
+
 def write_private(path: Path, text: str) -> None:
     """Replace `path` with a 0600 file holding `text`, atomically (readers never see half)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover of ours; O_EXCL below refuses anything planted meanwhile
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(tmp, flags, 0o600)
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text + "\n")

@@ -42,22 +42,55 @@ def read_holder(data_dir: Path) -> Holder:
     return Holder(pid if isinstance(pid, int) else None, url if isinstance(url, str) else None)
 
 
+# What the daemon reads or writes in its data dir. In a folder others can write into, any of these
+# could have been planted (a chosen token, a database of jobs to run, a symlink to a file of ours).
+_OWN_ENTRIES = (
+    LOCK_NAME,
+    "token",
+    "workload-token",
+    "localjobs.db",
+    "localjobs.db-wal",
+    "localjobs.db-shm",
+    "launcher.log",
+    "work",
+)
+
+
 def prepare(data_dir: Path) -> None:
     """A data dir we create is 0700. One that exists is left as it is (it may be shared, like
-    /tmp); it only gets a warning when others may write into it."""
+    /tmp); it gets a warning when others may write into it, and then each of the daemon's own
+    entries in it must be a real file of ours (not a symlink, not another user's), or the
+    daemon refuses to start."""
     if not data_dir.exists():
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             data_dir.mkdir(mode=0o700)
+    info = data_dir.stat()
+    if not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and info.st_uid == os.geteuid():
         return
-    mode = data_dir.stat().st_mode
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        log.warning(
-            "data dir %s is writable by other users (mode %o): they could tamper with jobs and "
-            "secrets; use a private folder",
-            data_dir,
-            stat.S_IMODE(mode),
-        )
+    log.warning(
+        "data dir %s is writable by other users (mode %o, owner uid %d): they could tamper with "
+        "jobs and secrets; use a private folder",
+        data_dir,
+        stat.S_IMODE(info.st_mode),
+        info.st_uid,
+    )
+    for name in _OWN_ENTRIES:
+        check_own(data_dir / name)
+
+
+def check_own(path: Path) -> None:
+    """`path` is absent, or a real file or folder owned by this user and not writable by others."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise CannotStart(f"{path} is a symbolic link: refusing to follow it in a shared data dir")
+    if info.st_uid != os.geteuid():
+        raise CannotStart(f"{path} belongs to another user (uid {info.st_uid}): refusing to use it")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CannotStart(f"{path} is writable by other users: refusing to use it")
 
 
 class DataDirLock:
@@ -70,7 +103,7 @@ class DataDirLock:
     @classmethod
     def claim(cls, data_dir: Path) -> DataDirLock:
         path = data_dir / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

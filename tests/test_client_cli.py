@@ -99,7 +99,14 @@ def test_ctrl_c_without_a_terminal_cancels_the_job(daemon: DaemonProcess) -> Non
     # The job's first line has reached the client's stdout: it is following the job now.
     assert proc.stdout.readline() == "started\n"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    try:
+        out, err = proc.communicate(timeout=90)  # cancel: SIGTERM, the step's end, the stream's end
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"client still running 90 s after SIGINT: {err!r}; job {_job(data, 'interrupted')}"
+        ) from None
     assert proc.returncode == 75, (out, err)
     assert "cancelling interrupted" in err
     assert _job(data, "interrupted")["status"] == "cancelled"
@@ -250,3 +257,14 @@ def _until(condition: Any, timeout_s: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_an_explicit_url_gets_no_token_from_the_data_dir(daemon: DaemonProcess) -> None:
+    result = cli(_data(daemon), "ls", LOCALJOBS_URL=daemon.base_url)
+    assert result.returncode == 65 and "401" in result.stderr, result  # the dir's token stayed home
+
+
+def test_a_stale_lock_of_a_killed_daemon_is_not_trusted(daemon: DaemonProcess) -> None:
+    daemon.kill()  # SIGKILL: the lock file still names its pid and URL
+    result = cli(_data(daemon), "ls")
+    assert result.returncode == 69 and "no daemon runs there now" in result.stderr, result

@@ -5,7 +5,10 @@ done (no job stored, no command run)."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
+import os
 import stat
 import sys
 import time
@@ -219,7 +222,11 @@ def test_first_start_creates_a_private_token_that_clients_use(
     daemon.stop()
     other = tmp_path / "my-token"
     other.write_text("a-token-from-a-file-0123\n")
+    other.chmod(0o644)
     daemon.args = ["--token-file", str(other)]
+    daemon.launch()
+    assert daemon.wait(15) != 0 and "chmod 600" in daemon.stderr  # others could read it
+    other.chmod(0o600)
     url = daemon.start()
     assert httpx.get(url + WS + "/jobs", headers=_bearer(token), timeout=10).status_code == 401
     ok = httpx.get(url + WS + "/jobs", headers=_bearer("a-token-from-a-file-0123"), timeout=10)
@@ -356,3 +363,50 @@ def test_python_means_the_active_venv(tmp_path: Path) -> None:
     assert load_settings({}, {"VIRTUAL_ENV": str(venv)}).python_executable == str(python)
     chosen = load_settings({}, {"VIRTUAL_ENV": str(venv), "LOCALJOBS_PYTHON_EXECUTABLE": "/usr/bin/python3"})
     assert chosen.python_executable == "/usr/bin/python3"
+
+
+def test_planted_files_in_a_shared_data_dir_are_refused(daemons: list[DaemonProcess], tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    target = tmp_path / "victim-file"
+    target.write_text("precious\n")
+    (shared / "daemon.lock").symlink_to(target)
+    daemon = _daemon(daemons, tmp_path, shared)
+    daemon.launch()
+    assert daemon.wait(15) != 0
+    assert "symbolic link" in daemon.stderr and target.read_text() == "precious\n"
+    (shared / "daemon.lock").unlink()
+    if os.geteuid() == 0:  # another user's planted token (chosen by them): only root can fake one
+        planted = shared / "token"
+        planted.write_text("attacker-chosen-token-0123456789\n")
+        planted.chmod(0o600)
+        os.chown(planted, 65534, 65534)
+        daemon.env.pop("LOCALJOBS_TOKEN")
+        daemon.launch()
+        assert daemon.wait(15) != 0 and "belongs to another user" in daemon.stderr
+
+
+async def test_odd_host_and_token_bytes_are_refused_not_500(server: Server) -> None:
+    for host in ("localhost:1@evil.example", "[::1]evil.example", "127.0.0.1:x"):
+        status, _, _ = await _raw(server, "GET", "/apis/auth/discovery", headers={"Host": host})
+        assert status == 403, host
+
+    def raw_bytes_token() -> int:
+        host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.putrequest("GET", "/apis/jobs/v2/workspaces/default/jobs")
+            conn.putheader("Authorization", b"Bearer \xff\xfe")
+            conn.endheaders()
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    assert await asyncio.to_thread(raw_bytes_token) == 401
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=nonexistent"}
+    status, answer, _ = await _raw(server, "POST", "/apis/auth/token", headers=form, data=b"a=b")
+    assert status == 400, answer
+    big = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _, _ = await _raw(server, "POST", "/apis/auth/token", headers=big, data=b"a=" + b"x" * 100_000)
+    assert status == 413

@@ -17,6 +17,7 @@ _TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 _ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # The SDK exchanges again this long before it ends; the token itself does not expire.
 _EXPIRES_IN_S = 3600
+_MAX_GRANT_BYTES = 16 * 1024
 
 routes = web.RouteTableDef()
 
@@ -51,7 +52,13 @@ async def token_exchange(request: web.Request) -> web.Response:
         return _oauth_error("unsupported_grant_type", "authentication is off", 400)
     if request.content_type != "application/x-www-form-urlencoded":
         return _oauth_error("invalid_request", "send the grant as application/x-www-form-urlencoded")
-    form = await request.post()
+    # The one open route that reads a body: a grant is a few hundred bytes.
+    if request.content_length is None or request.content_length > _MAX_GRANT_BYTES:
+        return _oauth_error("invalid_request", f"a grant is at most {_MAX_GRANT_BYTES} bytes", 413)
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, LookupError):
+        return _oauth_error("invalid_request", "the form is not valid UTF-8")
     if form.get("grant_type") != _TOKEN_EXCHANGE:
         return _oauth_error("unsupported_grant_type", f"only {_TOKEN_EXCHANGE} is supported")
     subject = form.get("subject_token")

@@ -18,6 +18,7 @@ way in:
 from __future__ import annotations
 
 import hmac
+import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -80,16 +81,21 @@ class AccessPolicy:
             return True
         if presented is None:
             return False
-        return hmac.compare_digest(presented.encode(), self.token.encode())
+        # surrogateescape: a header of raw bytes is a wrong token, not an error.
+        return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.token.encode())
+
+
+# A name or an IPv4 address, or a bracketed IPv6 address, then an optional port: nothing else
+# (`localhost:1@evil.example` must not pass as localhost).
+_HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::\d{1,5})?")
 
 
 def _host_part(host_header: str) -> str:
     host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    if host.count(":") == 1:
-        return host.rsplit(":", 1)[0]
-    return host
+    match = _HOST_HEADER.fullmatch(host)
+    if match is None:
+        return ""
+    return match.group(1).strip("[]")
 
 
 def _own_names() -> set[str]:

@@ -17,7 +17,11 @@ def client_options(command: Callable[..., int]) -> Callable[..., int]:
     """Adds --url/--token/--data-dir/--workspace and hands the command an `api` (found lazily)."""
 
     @click.option("--url", envvar="LOCALJOBS_URL", help="the daemon's URL (default: found in the data dir)")
-    @click.option("--token", envvar="LOCALJOBS_TOKEN", help="the API token (default: read from the data dir)")
+    @click.option(
+        "--token",
+        envvar="LOCALJOBS_TOKEN",
+        help="the API token (default: read from the data dir; prefer LOCALJOBS_TOKEN: a flag shows in ps)",
+    )
     @click.option(
         "--data-dir",
         envvar="LOCALJOBS_DATA_DIR",

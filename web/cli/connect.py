@@ -8,8 +8,10 @@ a moment ago) is waited for, up to a bound.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import stat
 import time
 import urllib.error
 import urllib.parse
@@ -20,7 +22,7 @@ from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any
 
-from runner.datadir import read_holder
+from runner.datadir import LOCK_NAME, Holder, read_holder
 from runner.settings import default_data_dir
 
 # `localjobs serve &` then a client at once: the daemon needs a moment to bind and say where.
@@ -90,11 +92,12 @@ def find_daemon(
     token = token or environ.get("LOCALJOBS_TOKEN") or None
     folder = Path(data_dir or environ.get("LOCALJOBS_DATA_DIR") or default_data_dir(environ)).expanduser()
     if url:
-        return Target(url.rstrip("/"), token or _token_in(folder), "--url/LOCALJOBS_URL")
+        # Only a token given with it: the data dir's token is for the data dir's own daemon.
+        return Target(url.rstrip("/"), token, "--url/LOCALJOBS_URL")
     started = time.monotonic()
     while True:
-        holder = read_holder(folder)
-        starting = bool(holder.pid and _alive(holder.pid))
+        holder = _trusted_holder(folder)
+        starting = holder.pid is not None
         if starting and holder.url:
             return Target(holder.url, token or _token_in(folder), f"data dir {folder}")
         # A daemon that holds the dir but has not said its URL yet is waited for the whole bound;
@@ -103,8 +106,8 @@ def find_daemon(
         if time.monotonic() - started >= limit:
             break
         time.sleep(0.05)
-    if holder.pid and _alive(holder.pid):
-        why = f"the daemon (pid {holder.pid}) has not said where it listens"
+    if holder.pid is not None:
+        why = f"the daemon (pid {holder.pid}) has not said where it listens (on loopback)"
     elif (folder / "daemon.lock").exists():
         why = "no daemon runs there now"
     else:
@@ -116,25 +119,79 @@ def find_daemon(
     )
 
 
+def _trusted_holder(folder: Path) -> Holder:
+    """Who holds the data dir, only if that can be trusted with our token: the lock file is a real
+    file of ours, a process really holds its lock now (not a stale pid that may have been reused),
+    and the URL is on this machine's loopback."""
+    path = folder / LOCK_NAME
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return Holder(None, None)
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid():
+        return Holder(None, None)
+    holder = read_holder(folder)
+    if holder.pid is None or holder.pid not in _flock_holders(info.st_dev, info.st_ino):
+        return Holder(None, None)
+    if holder.url is not None and not _loopback_http(holder.url):
+        return Holder(holder.pid, None)
+    return holder
+
+
+def _flock_holders(device: int, inode: int) -> set[int]:
+    """Pids holding a flock on that file, from /proc/locks (reading it takes no lock itself)."""
+    wanted = f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
+    pids = set()
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                parts = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == wanted and parts[4].isdigit():
+                    pids.add(int(parts[4]))
+    except OSError:
+        pass
+    return pids
+
+
+def _loopback_http(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").strip("[]")
+    if parts.scheme != "http":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _token_in(folder: Path) -> str | None:
+    """The data dir's token, only from a private file of ours (another user's could be a trap)."""
     for name in ("workload-token", "token"):
         try:
-            token = (folder / name).read_text().strip()
+            fd = os.open(folder / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             continue
+        with os.fdopen(fd) as source:
+            info = os.fstat(source.fileno())
+            if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+                continue
+            token = source.read().strip()
         if token:
             return token
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The daemon never redirects; following one would hand the token to another host."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class Api:
@@ -215,7 +272,11 @@ class Api:
             if "filename=" in disposition:
                 suggested = disposition.split("filename=", 1)[1].strip().strip('"')
             written = 0
-            target = out / suggested if out.is_dir() and suggested else out
+            # Only a plain file name: never a path the server chose (../, /etc/...).
+            name = Path(suggested).name
+            target = out / name if out.is_dir() and name not in ("", ".", "..") else out
+            if out.is_dir() and target == out:
+                raise ApiError(500, "the daemon sent no usable file name; pass -o FILE")
             with open(target, "wb") as sink:
                 while chunk := response.read(1 << 16):
                     sink.write(chunk)

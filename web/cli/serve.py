@@ -105,7 +105,8 @@ async def _serve(settings: Settings, lock: DataDirLock) -> int:
     # Handlers first: a signal that arrives while steps are being adopted still stops cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too (its terminal closed): a clean stop releases the data dir and ends the steps.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
