@@ -395,7 +395,9 @@ class Scheduler:
             for task in tasks:
                 record_task_status(tx, task.pk, final, details, errors, stack, now, job_pk=step.job_pk)
 
-        await self._store.write(record_outcome, patient=True)
+        # Until stored: a disk full for longer than a patient write waits must not leave the step
+        # `active` for ever once space returns (shut-down cancels the wait).
+        await self._store.write(record_outcome, until_stored=True)
         self.log_signal.notify(step.job_pk)
         self.wake()
 

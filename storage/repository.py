@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import os
 import sqlite3
 import stat
@@ -742,7 +743,9 @@ class Repository:
         await self._conn.close()
         await self._writer.close()
 
-    async def write[T](self, work: Callable[[WriteTx], T], *, patient: bool = False) -> T:
+    async def write[T](
+        self, work: Callable[[WriteTx], T], *, patient: bool = False, until_stored: bool = False
+    ) -> T:
         """Run `work` in a `BEGIN IMMEDIATE` transaction on the writer's thread (possibly along
         with other callers' work, each in a savepoint of its own): its writes are committed when
         it returns, undone when it raises. Whatever it reads is current and stays so until the
@@ -754,8 +757,10 @@ class Repository:
         growing pauses, for about PATIENT_WRITE_S when the store could not take them
         (StorageUnavailable: e.g. locked by another program beyond busy_timeout, or a failed
         commit, which keeps nothing). `work` must then be safe to run again: it re-reads what it
-        decides on."""
-        deadline = time.monotonic() + (PATIENT_WRITE_S if patient else 0.0)
+        decides on. `until_stored` writes (a step's final status, which nothing would write again)
+        are tried so until they are stored, the store is closed, or the caller is cancelled."""
+        patience = math.inf if until_stored else PATIENT_WRITE_S if patient else 0.0
+        deadline = time.monotonic() + patience
         pause = 0.1
         retrying = False
         try:

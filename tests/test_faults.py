@@ -234,3 +234,40 @@ async def test_a_lock_held_by_another_program_is_told_while_it_lasts(tmp_path: P
         assert await api.logs("locked") == [f"line-{i}" for i in range(1, 41)]  # late, not lost
         _, s = await api.request("GET", "/jobs/locked/steps/printer")
         assert s["status_details"]["output_error"].endswith(": the database is locked by another program")
+
+
+async def test_a_final_status_waits_out_an_outage_longer_than_patient_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step ends while the store cannot write for longer than a patient write is retried:
+    its final status is still recorded once the store can write (not left `active`)."""
+    import storage.repository
+
+    monkeypatch.setattr(storage.repository, "PATIENT_WRITE_S", 0.5)
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        await api.create_job([shell("quick", "echo start; sleep 1; echo end")], name="outlived")
+        await _wait_logs(api, "outlived", 1)
+        holding, release = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def hold_the_lock() -> None:
+            conn = sqlite3.connect(srv.daemon.settings.db_path, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                loop.call_soon_threadsafe(holding.set)
+                asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=60)
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+
+        holder = asyncio.create_task(asyncio.to_thread(hold_the_lock))
+        await holding.wait()
+        await asyncio.sleep(12)  # the step ends ~1 s in; busy_timeout 5 s + patience 0.5 s pass
+        release.set()
+        await holder
+        job = await api.wait_job("outlived", timeout_s=30)
+        assert job["status"] == "completed", job
+        # Output, unlike the status, is patient only so long: what it could not store is told.
+        lines = await api.logs("outlived")
+        _, s = await api.request("GET", "/jobs/outlived/steps/quick")
+        assert lines == ["start", "end"] or "missing" in s["status_details"]["output_error"], (lines, s)
