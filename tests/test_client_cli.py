@@ -90,6 +90,9 @@ def test_ctrl_c_without_a_terminal_cancels_the_job(daemon: DaemonProcess) -> Non
     proc = subprocess.Popen(
         [*localjobs_command(), "run", "--name", "interrupted", "--", "sh", "-c", "echo started; sleep 30"],
         env=_env(data),
+        # As from a terminal: a shell's background job (CI scripts, `nohup`) starts with SIGINT
+        # ignored, and Python keeps an ignored SIGINT ignored, so no Ctrl-C would reach it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
