@@ -68,6 +68,8 @@ class ExecutorRegistry:
                     self._docker_error = str(exc)
                     log.info("container steps unavailable: %s", exc)
                 else:
+                    # Said in the log now that the profiles no longer carry it (the reference's shape).
+                    log.info("container steps run on %s", self._docker.engine_description)
                     if self.on_docker_connected is not None:
                         await self.on_docker_connected(self._docker)
             return self._docker

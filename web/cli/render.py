@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from web.cli.outcome import FINISHED
+
 STATUS_STYLE = {
     "completed": "green",
     "active": "cyan",
@@ -62,9 +64,6 @@ def human_duration(seconds: float | None) -> str:
     if hours < 48:
         return f"{hours}h{minutes:02d}m"
     return f"{hours // 24}d{hours % 24:02d}h"
-
-
-FINISHED = ("completed", "error", "cancelled")
 
 
 def job_times(job: dict[str, Any], now: datetime | None = None) -> tuple[float | None, float | None]:
