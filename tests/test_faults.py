@@ -9,13 +9,14 @@ deleting it. Mounting needs root (CI runs as root); elsewhere these tests are sk
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,31 @@ def test_an_outage_lasts_until_no_write_is_left_failing() -> None:
     assert health.cause is None
 
 
+@contextlib.asynccontextmanager
+async def _write_lock_held(db_path: Path, timeout_s: float) -> AsyncIterator[None]:
+    """Another program holds the database's write lock (BEGIN IMMEDIATE) for the block."""
+    holding, release = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def hold_the_lock() -> None:
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            loop.call_soon_threadsafe(holding.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=timeout_s)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    holder = asyncio.create_task(asyncio.to_thread(hold_the_lock))
+    await holding.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        await holder
+
+
 async def test_a_lock_held_by_another_program_is_told_while_it_lasts(tmp_path: Path) -> None:
     """Any store failure, not only a full disk (this one needs no root): another program holds the
     write lock beyond busy_timeout (5 s) while a step prints."""
@@ -206,28 +232,12 @@ async def test_a_lock_held_by_another_program_is_told_while_it_lasts(tmp_path: P
     async with running_server(tmp_path) as srv, api_for(srv) as api:
         await api.create_job([shell("printer", script)], name="locked")
         await _wait_logs(api, "locked", 2)
-        holding, release = asyncio.Event(), asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def hold_the_lock() -> None:
-            conn = sqlite3.connect(srv.daemon.settings.db_path, isolation_level=None)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                loop.call_soon_threadsafe(holding.set)
-                asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=30)
-                conn.execute("ROLLBACK")
-            finally:
-                conn.close()
-
-        holder = asyncio.create_task(asyncio.to_thread(hold_the_lock))
-        await holding.wait()
-        body = await _wait_health(srv, api, 503, timeout_s=15)
-        assert body == {
-            "status": "degraded",
-            "reason": "the store cannot write: the database is locked by another program",
-        }
-        release.set()
-        await holder
+        async with _write_lock_held(srv.daemon.settings.db_path, timeout_s=30):
+            body = await _wait_health(srv, api, 503, timeout_s=15)
+            assert body == {
+                "status": "degraded",
+                "reason": "the store cannot write: the database is locked by another program",
+            }
         assert await _wait_health(srv, api, 200) == {"status": "ok"}
         job = await api.wait_job("locked", timeout_s=30)
         assert job["status"] == "completed", job
@@ -247,24 +257,8 @@ async def test_a_final_status_waits_out_an_outage_longer_than_patient_writes(
     async with running_server(tmp_path) as srv, api_for(srv) as api:
         await api.create_job([shell("quick", "echo start; sleep 1; echo end")], name="outlived")
         await _wait_logs(api, "outlived", 1)
-        holding, release = asyncio.Event(), asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def hold_the_lock() -> None:
-            conn = sqlite3.connect(srv.daemon.settings.db_path, isolation_level=None)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                loop.call_soon_threadsafe(holding.set)
-                asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=60)
-                conn.execute("ROLLBACK")
-            finally:
-                conn.close()
-
-        holder = asyncio.create_task(asyncio.to_thread(hold_the_lock))
-        await holding.wait()
-        await asyncio.sleep(12)  # the step ends ~1 s in; busy_timeout 5 s + patience 0.5 s pass
-        release.set()
-        await holder
+        async with _write_lock_held(srv.daemon.settings.db_path, timeout_s=60):
+            await asyncio.sleep(12)  # the step ends ~1 s in; busy_timeout 5 s + patience 0.5 s pass
         job = await api.wait_job("outlived", timeout_s=30)
         assert job["status"] == "completed", job
         # Only the status is written until stored: output drained during the outage is patient
