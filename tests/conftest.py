@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -148,12 +149,41 @@ async def api(server: Server) -> AsyncIterator[Api]:
         yield Api(session=session, base_url=server.base_url)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _no_container_left_behind() -> Iterator[None]:
-    """After the whole suite, no container labelled by any test daemon may remain. Checked in CI
-    only: on a developer's machine a real daemon may legitimately be running containers."""
-    yield
-    from tests.docker_env import containers_with_label, docker_ready
+def _checking_containers() -> bool:
+    """Checked in CI only: on a developer's machine a real daemon may legitimately be running
+    containers."""
+    from tests.docker_env import docker_ready
 
-    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no") and docker_ready() is None:
-        assert containers_with_label("localjobs.owner") == [], "containers left behind by the suite"
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no") and docker_ready() is None
+
+
+@pytest.fixture(scope="session")
+def _containers_before_the_suite() -> set[str]:
+    """Labelled containers that were there before this run (an engine shared with another run,
+    or one killed half-way): not this run's to answer for."""
+    from tests.docker_env import describe_containers_with_label
+
+    if not _checking_containers():
+        return set()
+    before = set(describe_containers_with_label("localjobs.owner", state=False))
+    if before:
+        print(
+            f"note: labelled containers already there before the suite: {sorted(before)}", file=sys.__stderr__
+        )
+    return before
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_container_left_behind(_containers_before_the_suite: set[str]) -> Iterator[None]:
+    """After each test module, no container labelled by a test daemon of this run may remain;
+    checked per module so that a leak names the module that caused it, and the job and step."""
+    yield
+    from tests.docker_env import describe_containers_with_label
+
+    if _checking_containers():
+        left = [
+            c
+            for c in describe_containers_with_label("localjobs.owner")
+            if c.split()[0] not in _containers_before_the_suite
+        ]
+        assert left == [], f"containers left behind: {left}"

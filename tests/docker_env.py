@@ -45,3 +45,17 @@ def containers_with_label(label: str) -> list[str]:
         check=True,
     )
     return out.stdout.split()
+
+
+def describe_containers_with_label(label: str, state: bool = True) -> list[str]:
+    """Each matching container as `id name state job/step` (just `id` with state=False), so a
+    leak report says what leaked."""
+    fmt = '{{.ID}} {{.Names}} {{.State}} {{.Label "localjobs.job"}}/{{.Label "localjobs.step"}}'
+    out = subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"label={label}", "--format", fmt if state else "{{.ID}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return out.stdout.splitlines()

@@ -261,6 +261,22 @@ class SubprocessWorkload:
 
     async def pause(self) -> None:
         self._signal_group(signal.SIGSTOP)
+        # A stop signal takes effect when the process next runs in user mode: one blocked in the
+        # kernel (a write to a busy disk) can still print a line. Paused means frozen, so wait for
+        # it (bounded; after that the pause is reported anyway).
+        deadline = self._loop.time() + _FREEZE_WAIT_S
+        while not self._group_frozen() and self._loop.time() < deadline:  # noqa: ASYNC110 (no event tells)
+            await asyncio.sleep(0.01)
+
+    def _group_frozen(self) -> bool:
+        if self._ended():  # the pid may be someone else's by now
+            return True
+        try:
+            leader = psutil.Process(self._pid)
+            group = [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            return True  # gone: nothing left to print
+        return all(_frozen(proc, self._pid) for proc in group)
 
     async def resume(self) -> None:
         self._signal_group(signal.SIGCONT)
@@ -272,6 +288,27 @@ class SubprocessWorkload:
 
 
 _NOT_WATCHED = "the daemon stopped watching"
+_FREEZE_WAIT_S = 2.0
+_FROZEN = frozenset(
+    {psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD}
+)
+
+
+def _frozen(proc: psutil.Process, group: int) -> bool:
+    """Whether a member of the task's group can run no more. Members that left the group are not
+    the stop signal's to freeze. A shell that vforked (dash does) waits in the kernel, in `D`,
+    until its child execs: with that child stopped, it is as frozen as a stopped process."""
+    try:
+        if os.getpgid(proc.pid) != group:
+            return True
+        status = proc.status()
+        if status in _FROZEN:
+            return True
+        return status == psutil.STATUS_DISK_SLEEP and any(
+            child.status() in _FROZEN for child in proc.children()
+        )
+    except (psutil.Error, ProcessLookupError):
+        return True  # gone meanwhile
 
 
 def _exists(path: str) -> bool:
