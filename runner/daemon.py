@@ -14,6 +14,7 @@ from runner.clock import Clock, SystemClock
 from runner.executors.registry import ExecutorRegistry
 from runner.results import ResultService
 from runner.scheduler import Scheduler, owner_id
+from runner.secret_keys import Keyring
 from runner.secrets import SecretService
 from runner.service import JobService
 from runner.settings import Settings
@@ -62,14 +63,23 @@ class Daemon:
             datadir.prepare(self.settings.data_dir)
             # First, before anything is opened or started: a second daemon here touches nothing.
             self._lock = datadir.DataDirLock.claim(self.settings.data_dir)
+        try:
+            await self._open()
+        except BaseException:
+            await self.stop()  # a refused start leaves nothing open, the data dir's lock included
+            raise
+
+    async def _open(self) -> None:
         self._access = resolve_access(self.settings)
+        keyring = Keyring.load(self.settings.secrets_key_path)
         with contextlib.suppress(FileExistsError):
             self.settings.work_dir.mkdir(mode=0o700)
         self._store = await Repository.open(self.settings.db_path)
         self._executors = ExecutorRegistry(
             self.settings, owner_id(self.settings), self._access.workload_token_file
         )
-        secrets = SecretService(self._store, self.clock)
+        secrets = SecretService(self._store, self.clock, keyring)
+        await secrets.seal_stored()
         self._scheduler = Scheduler(self._store, self.clock, self.settings, self._executors, secrets)
         results = ResultService(self._store, self.clock, self.settings.work_dir)
         self._service = JobService(

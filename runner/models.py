@@ -534,7 +534,9 @@ class SecretRecord(BaseModel):
     workspace: str
     name: str
     description: str | None
+    # Sealed under key `key_id` (runner/secret_keys.py); None: stored before values were sealed.
     value: str
+    key_id: str | None = None
     created_at: int
     updated_at: int
 

@@ -1,9 +1,10 @@
 """The local secrets store behind `environment[].from_secret` and the Secrets API.
 
-Values live in the daemon's SQLite file inside a data folder only the daemon's user can open.
-They leave the daemon in exactly two ways: the step's environment, and the Secrets API's own
-`access` operation. Whatever a client or a workload hands over for storing (output lines, task,
-step and job status details, error details and stacks, results) goes through a `Masker` first.
+Values live in the daemon's SQLite file inside a data folder only the daemon's user can open,
+sealed under the keyring's key (runner/secret_keys.py). They leave the daemon in exactly two
+ways: the step's environment, and the Secrets API's own `access` operation. Whatever a client
+or a workload hands over for storing (output lines, task, step and job status details, error
+details and stacks, results) goes through a `Masker` first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from runner.clock import Clock
 from runner.errors import Conflict, NotFound
 from runner.models import EnvironmentVariable, JobRecord, Page, PlatformJobSpec, SecretRecord, StepRecord
+from runner.secret_keys import Keyring, SealError
 from storage import AlreadyExists, Repository, WriteTx
 
 MASK = "********"
@@ -96,32 +98,37 @@ NO_MASK = Masker()
 
 
 class SecretService:
-    def __init__(self, store: Repository, clock: Clock) -> None:
+    """Values are sealed inside the write transaction (on the writer thread), so a rotation that
+    runs between a request and its write can never leave a row sealed with a dropped key."""
+
+    def __init__(self, store: Repository, clock: Clock, keyring: Keyring) -> None:
         self._store = store
         self._clock = clock
+        self._keyring = keyring
 
     async def create(self, workspace: str, name: str, value: str, description: str | None) -> SecretRecord:
         now = self._clock.now_us()
 
         def insert(tx: WriteTx) -> SecretRecord | None:
+            sealed = self._keyring.seal(workspace, name, value)
             try:
-                tx.insert_secret(workspace, name, description, value, now)
+                tx.insert_secret(workspace, name, description, sealed.value, sealed.key_id, now)
             except AlreadyExists as exc:
                 raise Conflict(str(exc)) from exc
             return tx.get_secret(workspace, name)
 
         created = await self._store.write(insert)
         assert created is not None
-        return created
+        return self._opened(created)
 
     async def get(self, workspace: str, name: str) -> SecretRecord:
-        secret = await self._store.get_secret(workspace, name)
+        secret = await self._find(workspace, name)
         if secret is None:
             raise _no_such_secret(workspace, name)
         return secret
 
     async def list_page(self, workspace: str, page: int, page_size: int) -> Page[SecretRecord]:
-        return await self._store.list_secrets(workspace, page, page_size)
+        return await self._store.list_secrets(workspace, page, page_size)  # values stay sealed
 
     async def update(
         self, workspace: str, name: str, value: str | None, description: str | None
@@ -130,17 +137,17 @@ class SecretService:
 
         def update(tx: WriteTx) -> SecretRecord | None:
             secret = _existing_secret(tx, workspace, name)
-            tx.update_secret(
-                secret.pk,
-                description if description is not None else secret.description,
-                value if value is not None else secret.value,
-                now,
-            )
+            stored, key_id = secret.value, secret.key_id
+            if value is not None:
+                sealed = self._keyring.seal(workspace, name, value)
+                stored, key_id = sealed.value, sealed.key_id
+            description_now = description if description is not None else secret.description
+            tx.update_secret(secret.pk, description_now, stored, key_id, now)
             return tx.get_secret(workspace, name)
 
         updated = await self._store.write(update)
         assert updated is not None
-        return updated
+        return self._opened(updated)
 
     async def delete(self, workspace: str, name: str) -> None:
 
@@ -148,6 +155,56 @@ class SecretService:
             tx.delete_secret(_existing_secret(tx, workspace, name).pk)
 
         await self._store.write(delete)
+
+    async def rotate_keys(self) -> int:
+        """Re-seal every value under a new key, then forget the old ones; returns how many values."""
+        new_key = self._keyring.add_current()
+
+        def reseal(tx: WriteTx) -> int:
+            count = 0
+            for secret in tx.all_secrets():
+                plain = self._keyring.open(secret.workspace, secret.name, secret.key_id, secret.value)
+                sealed = self._keyring.seal(secret.workspace, secret.name, plain)
+                assert sealed.key_id == new_key
+                tx.reseal_secret(secret.pk, sealed.value, sealed.key_id)
+                count += 1
+            return count
+
+        rotated = await self._store.write(reseal, patient=True)
+        self._keyring.keep_only(set())
+        return rotated
+
+    async def seal_stored(self) -> None:
+        """At start: seal values stored before sealing existed, and drop keys no row uses (left by
+        a rotation that a crash interrupted)."""
+
+        def seal(tx: WriteTx) -> set[str]:
+            used = set()
+            for secret in tx.all_secrets():
+                if secret.key_id is None:
+                    sealed = self._keyring.seal(secret.workspace, secret.name, secret.value)
+                    tx.reseal_secret(secret.pk, sealed.value, sealed.key_id)
+                    used.add(sealed.key_id)
+                else:
+                    used.add(secret.key_id)
+            return used
+
+        self._keyring.keep_only(await self._store.write(seal, patient=True))
+
+    async def _find(self, workspace: str, name: str) -> SecretRecord | None:
+        secret = await self._store.get_secret(workspace, name)
+        if secret is None:
+            return None
+        try:
+            return self._opened(secret)
+        except SealError:
+            # Read just before a rotation re-sealed it and dropped the old key: read it again.
+            secret = await self._store.get_secret(workspace, name)
+            return None if secret is None else self._opened(secret)
+
+    def _opened(self, secret: SecretRecord) -> SecretRecord:
+        value = self._keyring.open(secret.workspace, secret.name, secret.key_id, secret.value)
+        return secret.model_copy(update={"value": value})
 
     async def check_references(self, workspace: str, spec: PlatformJobSpec) -> None:
         """A job naming a secret that does not exist is refused at submission (409, as the reference)."""
@@ -157,7 +214,7 @@ class SecretService:
                 if variable.from_secret is None:
                     continue
                 ws, name = split_reference(variable.from_secret.name, workspace)
-                if await self._store.get_secret(ws, name) is None:
+                if await self._store.get_secret(ws, name) is None:  # existence only: stays sealed
                     missing.append(f"{ws}/{name}")
         if missing:
             raise Conflict(
@@ -171,7 +228,7 @@ class SecretService:
             if variable.from_secret is None:
                 continue
             ws, name = split_reference(variable.from_secret.name, step.workspace)
-            secret = await self._store.get_secret(ws, name)
+            secret = await self._find(ws, name)
             if secret is None:
                 raise NotFound(f"secret {ws}/{name} (for {variable.name}) no longer exists")
             env[variable.name] = secret.value
@@ -192,7 +249,7 @@ class SecretService:
         refs = {split_reference(v.from_secret.name, workspace) for v in variables if v.from_secret}
         values = []
         for ws, name in sorted(refs):
-            secret = await self._store.get_secret(ws, name)
+            secret = await self._find(ws, name)
             if secret is not None:
                 values.append(secret.value)
         return values

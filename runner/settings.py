@@ -57,6 +57,8 @@ class Settings:
     # LOCALJOBS_TOKEN, else the file `token_file` (default <data-dir>/token, created at first start).
     token: str = field(default="", repr=False)
     token_file: Path | None = None
+    # The key that seals secret values in the database (default <data-dir>/secrets.key).
+    secrets_key_file: Path | None = None
     # No token at all: allowed on a loopback address only (refused at start otherwise).
     no_auth: bool = False
     # Host header values accepted beyond loopback names/addresses and the bound address.
@@ -72,6 +74,8 @@ class Settings:
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
         if self.token_file is not None:
             object.__setattr__(self, "token_file", Path(self.token_file).absolute())
+        if self.secrets_key_file is not None:
+            object.__setattr__(self, "secrets_key_file", Path(self.secrets_key_file).absolute())
 
     @property
     def db_path(self) -> Path:
@@ -80,6 +84,10 @@ class Settings:
     @property
     def work_dir(self) -> Path:
         return self.data_dir / "work"
+
+    @property
+    def secrets_key_path(self) -> Path:
+        return self.secrets_key_file if self.secrets_key_file is not None else self.data_dir / "secrets.key"
 
     @property
     def token_path(self) -> Path:

@@ -183,6 +183,7 @@ def _secret(row: sqlite3.Row) -> SecretRecord:
         name=row["name"],
         description=row["description"],
         value=row["value"],
+        key_id=row["key_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
@@ -656,21 +657,32 @@ class WriteTx:
 
     # ------------------------------------------------------------------------- secrets
 
-    def insert_secret(self, workspace: str, name: str, description: str | None, value: str, now: int) -> None:
+    def insert_secret(
+        self, workspace: str, name: str, description: str | None, value: str, key_id: str, now: int
+    ) -> None:
         try:
             self._conn.execute(
-                "INSERT INTO secrets (workspace, name, description, value, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?)",
-                (workspace, name, description, value, now, now),
+                "INSERT INTO secrets (workspace, name, description, value, key_id, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (workspace, name, description, value, key_id, now, now),
             )
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"a secret named {name!r} already exists in workspace {workspace!r}") from exc
 
-    def update_secret(self, pk: int, description: str | None, value: str, now: int) -> None:
+    def update_secret(
+        self, pk: int, description: str | None, value: str, key_id: str | None, now: int
+    ) -> None:
         self._conn.execute(
-            "UPDATE secrets SET description = ?, value = ?, updated_at = ? WHERE pk = ?",
-            (description, value, now, pk),
+            "UPDATE secrets SET description = ?, value = ?, key_id = ?, updated_at = ? WHERE pk = ?",
+            (description, value, key_id, now, pk),
         )
+
+    def reseal_secret(self, pk: int, value: str, key_id: str) -> None:
+        """A new sealed form of the same value: not a change a client sees (updated_at stays)."""
+        self._conn.execute("UPDATE secrets SET value = ?, key_id = ? WHERE pk = ?", (value, key_id, pk))
+
+    def all_secrets(self) -> list[SecretRecord]:
+        return [_secret(r) for r in self._conn.execute("SELECT * FROM secrets ORDER BY pk")]
 
     def delete_secret(self, pk: int) -> None:
         self._conn.execute("DELETE FROM secrets WHERE pk = ?", (pk,))

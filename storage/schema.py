@@ -199,4 +199,8 @@ MIGRATIONS: list[str] = [
             WHERE workspace = old.workspace AND job_name = old.job_name AND status = old.status;
     END;
     """,
+    # 4: secret values are sealed (runner/secret_keys.py); NULL marks a value from before.
+    """
+    ALTER TABLE secrets ADD COLUMN key_id TEXT;
+    """,
 ]

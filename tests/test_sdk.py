@@ -372,6 +372,9 @@ async def test_secrets_through_the_sdk(sdk: Sdk) -> None:
     assert (await sdk.wait_job("sdk-secret")).status == "completed"
     lines = [line.message for line in await sdk.all(sdk.jobs.get_logs, "sdk-secret")]
     assert lines == ["key=********"]
+    rotation = await sdk(secrets.admin.rotate_encryption_keys)
+    assert (rotation.rotated_secrets, rotation.success) == (1, True)
+    assert (await sdk(secrets.access, "api-key")).value == "rotated-value-456"
     await sdk(secrets.delete, "api-key")
     with pytest.raises(NotFoundError):
         await sdk(secrets.retrieve, "api-key")

@@ -29,8 +29,6 @@ from web.routes import SERVICE
 routes = web.RouteTableDef()
 
 OPENAPI_PATH = "/openapi.json"
-# Served by the reference's document but not by localjobs (an admin operation of its secrets store).
-_NOT_SERVED = frozenset({"/apis/secrets/v2/rotate-encryption-keys"})
 # Open without a token: every other operation takes the bearer token.
 _OPEN = ("/health", "/health/live", "/health/ready", OPENAPI_PATH, "/apis/auth/discovery", "/apis/auth/token")
 _METHODS = ("get", "put", "post", "delete", "patch")
@@ -80,8 +78,7 @@ def contract() -> dict[str, Any]:
     }
     for reference in (jobs, secrets):
         for path, item in reference["paths"].items():
-            if path not in _NOT_SERVED:
-                doc["paths"][path] = item
+            doc["paths"][path] = item
         for name, schema in reference["components"]["schemas"].items():
             doc["components"]["schemas"].setdefault(name, schema)
     _drop_unused_schemas(doc)

@@ -109,3 +109,10 @@ async def delete_secret(request: web.Request) -> web.Response:
 async def access_secret(request: web.Request) -> web.Response:
     secret = await request.app[SERVICE].secrets.get(workspace_of(request), request.match_info["name"])
     return response({"name": secret.name, "workspace": secret.workspace, "value": secret.value})
+
+
+@routes.post("/apis/secrets/v2/rotate-encryption-keys")
+async def rotate_encryption_keys(request: web.Request) -> web.Response:
+    # The reference's admin routine; the owner's token is the only identity, so the owner may.
+    rotated = await request.app[SERVICE].secrets.rotate_keys()
+    return response({"rotated_secrets": rotated, "success": True}, status=202)
