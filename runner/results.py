@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from runner.clock import Clock
 from runner.environment import job_storage_dir
 from runner.errors import Conflict, NotFound, Unprocessable
+from runner.fileset_ref import parse_fileset_ref
 from runner.models import JobRecord, ResultRecord, check_name, new_entity_id
 from runner.secrets import NO_MASK, Masker
 from storage import AlreadyExists, Repository, WriteTx
@@ -29,23 +30,20 @@ _CHUNK = 256 * 1024
 class Artifact:
     path: Path
     is_dir: bool
+    # The top folder of a folder's archive: the folder's own name, or the fileset's for all of it.
+    arcname: str
 
 
 def artifact_path(job: JobRecord, artifact_url: str) -> PurePosixPath:
-    """The path inside the job's fileset named by `<workspace>/<fileset>#<path>` (or a bare path)."""
-    if "#" in artifact_url:
-        fileset_ref, _, inner = artifact_url.partition("#")
-        if fileset_ref not in (f"{job.workspace}/{job.fileset}", job.fileset):
-            raise Unprocessable(
-                f"artifact_url must point into this job's fileset '{job.workspace}/{job.fileset}', "
-                f"not {fileset_ref!r}"
-            )
-    else:
-        inner = artifact_url
-    relative = PurePosixPath(inner)
-    if not inner or relative.is_absolute() or ".." in relative.parts:
-        raise Unprocessable(f"artifact path {inner!r} must be a relative path inside the job's fileset")
-    return relative
+    """The path inside the job's fileset that `artifact_url` names, in any form the reference's
+    fileset parser reads (runner/fileset_ref.py); `.` is the whole fileset."""
+    ref = parse_fileset_ref(artifact_url, job.workspace)
+    if (ref.workspace, ref.fileset) != (job.workspace, job.fileset):
+        raise Unprocessable(
+            f"artifact_url must point into this job's fileset '{job.workspace}/{job.fileset}', "
+            f"not '{ref.workspace}/{ref.fileset}'"
+        )
+    return ref.path
 
 
 def _contained(root: Path, relative: PurePosixPath) -> Path:
@@ -74,7 +72,9 @@ class ResultService:
             check_name(name)
         except ValueError as exc:
             raise Unprocessable(str(exc)) from None
-        _contained(self.fileset_dir(job), artifact_path(job, artifact_url))
+        target = _contained(self.fileset_dir(job), artifact_path(job, artifact_url))
+        if not target.exists():  # refused now rather than found missing at download
+            raise Unprocessable(f"artifact_url {artifact_url!r}: no such file or folder in the job's fileset")
         name, artifact_url = masker.text(name), masker.text(artifact_url)
         now = self._clock.now_us()
 
@@ -107,10 +107,11 @@ class ResultService:
 
     def artifact(self, job: JobRecord, result: ResultRecord) -> Artifact:
         # Checked again at download: a symlink may have been planted after the result was created.
-        path = _contained(self.fileset_dir(job), artifact_path(job, result.artifact_url))
+        relative = artifact_path(job, result.artifact_url)
+        path = _contained(self.fileset_dir(job), relative)
         if not path.exists():
             raise NotFound(f"the artifact of result {result.name!r} is missing from the job's fileset")
-        return Artifact(path=path, is_dir=path.is_dir())
+        return Artifact(path=path, is_dir=path.is_dir(), arcname=relative.name or job.fileset)
 
 
 async def tar_gz_stream(folder: Path, arcname: str) -> AsyncIterator[bytes]:

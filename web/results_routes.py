@@ -95,7 +95,7 @@ async def download_result(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     # As the reference: the archive holds the artifact folder itself, under its own name.
-    async for chunk in tar_gz_stream(artifact.path, artifact.path.name or result.name):
+    async for chunk in tar_gz_stream(artifact.path, artifact.arcname):
         await response.write(chunk)
     await response.write_eof()
     return response
