@@ -35,12 +35,12 @@ def task_environment(
 ) -> dict[str, str]:
     """Inherited allow-list < step values < identity, paths and URLs < resolved secrets."""
     env = dict(inherited)
-    for variable in step.spec.environment:
+    for variable in step.spec.variables:
         if variable.value is not None:
             env[variable.name] = variable.value
     secret_refs = [
         f"{v.name}={'/'.join(split_reference(v.from_secret.name, step.workspace))}"
-        for v in step.spec.environment
+        for v in step.spec.variables
         if v.from_secret
     ]
     env.update(

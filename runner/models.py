@@ -339,7 +339,8 @@ class StepLifecycle(_Spec):
 
 class StepSpec(_Spec):
     name: str
-    environment: list[EnvironmentVariable] = Field(default_factory=list)
+    # None when not sent (the reference echoes null then, and `[]` for an explicit empty list).
+    environment: list[EnvironmentVariable] | None = None
     executor: Executor
     config: dict[str, Any] = Field(default_factory=dict)
     lifecycle: StepLifecycle = Field(default_factory=StepLifecycle)
@@ -349,11 +350,15 @@ class StepSpec(_Spec):
     def _valid_name(cls, value: str) -> str:
         return check_name(value)
 
+    @property
+    def variables(self) -> list[EnvironmentVariable]:
+        return self.environment or []
+
     @field_validator("environment", mode="before")
     @classmethod
     def _empty_mapping_is_empty_list(cls, value: Any) -> Any:
-        # The reference coerces `{}` (and null) to an empty list.
-        return [] if value is None or value == {} else value
+        # The reference coerces `{}` to an empty list.
+        return [] if value == {} else value
 
     @field_validator("config", mode="before")
     @classmethod

@@ -210,7 +210,7 @@ class SecretService:
         """A job naming a secret that does not exist is refused at submission (409, as the reference)."""
         missing = []
         for step in spec.steps:
-            for variable in step.environment:
+            for variable in step.variables:
                 if variable.from_secret is None:
                     continue
                 ws, name = split_reference(variable.from_secret.name, workspace)
@@ -224,7 +224,7 @@ class SecretService:
     async def resolve(self, step: StepRecord) -> dict[str, str]:
         """Environment variables holding the step's secret values (raises NotFound if one vanished)."""
         env: dict[str, str] = {}
-        for variable in step.spec.environment:
+        for variable in step.spec.variables:
             if variable.from_secret is None:
                 continue
             ws, name = split_reference(variable.from_secret.name, step.workspace)
@@ -236,12 +236,12 @@ class SecretService:
 
     async def values_for(self, step: StepRecord) -> list[str]:
         """The values to mask in what this step's workload prints."""
-        return await self._existing_values(step.workspace, step.spec.environment)
+        return await self._existing_values(step.workspace, step.spec.variables)
 
     async def masker_for_job(self, job: JobRecord) -> Masker:
         """What masks anything stored for this job from a client or a workload: the values of
         the secrets named by any of its steps (a value may travel from one step to the next)."""
-        variables = [v for step in job.platform_spec.steps for v in step.environment]
+        variables = [v for step in job.platform_spec.steps for v in step.variables]
         return Masker(await self._existing_values(job.workspace, variables))
 
     async def _existing_values(self, workspace: str, variables: Iterable[EnvironmentVariable]) -> list[str]:

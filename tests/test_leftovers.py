@@ -189,15 +189,25 @@ async def test_a_container_steps_leftovers_die_with_its_container(tmp_path: Path
 
     require_docker()
     marks = ("3501", "3502", "3503")
-    script = "sleep 3501 & setsid sleep 3502 & (sleep 3503 &); sleep 0.5; echo main-done; exit 0"
+    # The main process ends only once the test has seen all three (a fixed sleep was a window
+    # a loaded machine could miss): when the file `go` appears in the job's storage.
+    script = (
+        "sleep 3501 & setsid sleep 3502 & (sleep 3503 &); i=0; "
+        'while [ ! -e "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; '
+        "echo main-done; exit 0"
+    )
     container = {"image": TEST_IMAGE, "entrypoint": ["sh", "-c"], "command": [script]}
     async with running_server(tmp_path, grace_period_s=GRACE_S) as srv, api_for(srv) as api:
         try:
             await api.create_job(
                 [{"name": "main", "executor": {"provider": "cpu", "container": container}}], name="box"
             )
-            await _until(lambda: len(_host_sleeps(*marks)) == 3, 30, "three running in the container")
-            job = await api.wait_job("box", timeout_s=30)
+            await _until(lambda: len(_host_sleeps(*marks)) == 3, 60, "three running in the container")
+            await api.wait_job("box", {"active"}, timeout_s=60)
+            _, step = await api.request("GET", "/jobs/box/steps/main")
+            task_dir = Path(step["status_details"]["work_dir"])
+            (task_dir.parent.parent / "job-storage" / "go").touch()
+            job = await api.wait_job("box", timeout_s=60)
             assert job["status"] == "completed", job
             assert await api.logs("box") == ["main-done"]
             assert _host_sleeps(*marks) == []  # gone with it, before the step counts as ended

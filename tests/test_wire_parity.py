@@ -211,7 +211,7 @@ def _bodies() -> list[dict[str, Any]]:
                     config={"k": "v", "nothing": None},
                     lifecycle={"staleness_timeout_seconds": 30},
                 ),
-                step("two", "true"),
+                step("two", "true", environment=[]),  # an explicit empty list comes back as []
             ],
             project="p",
             description="d",
@@ -357,8 +357,17 @@ async def test_platform_spec_is_the_references_normalisation_of_the_request(api:
     bodies = await _run(api)
     for body in bodies:
         await _assert_specs_match(api, body)
-    # Without variables: the reference's default, null (not an empty list).
+    # Without variables: the reference's default, null (not an empty list); an explicit [] stays.
     assert (await _get(api, "/jobs/cancelled"))["platform_spec"]["steps"][0]["environment"] is None
+    assert (await _get(api, "/jobs/done"))["platform_spec"]["steps"][1]["environment"] == []
+
+
+async def test_a_result_carries_no_project_as_the_references(api: Api) -> None:
+    await _run(api)
+    assert (await _get(api, "/jobs/done"))["project"] == "p"
+    # The reference's result response leaves `project` unset, whatever the job's.
+    assert (await _get(api, "/jobs/done/results/model"))["project"] is None
+    assert (await _get(api, "/jobs/done/results"))["data"][0].get("project") is None
 
 
 async def test_container_steps_match_the_reference(api: Api) -> None:

@@ -40,7 +40,7 @@ def _result(job: JobRecord, result: ResultRecord) -> dict[str, Any]:
         # As the reference: the job's entity id, not its name.
         "job": job.id,
         "workspace": job.workspace,
-        "project": job.project,
+        "project": None,  # the reference's result response never sets it
         "created_at": timestamp(result.created_at),
         "updated_at": timestamp(result.updated_at),
         "artifact_url": result.artifact_url,

@@ -92,9 +92,9 @@ def step_spec(spec: StepSpec, drop_none: bool = False) -> dict[str, Any]:
     return _model(
         {
             "name": spec.name,
-            # Stored as a list whether it was sent or not; the reference's default (and what it
-            # echoes for a step sent without variables) is null.
-            "environment": [_variable(v, drop_none) for v in spec.environment] or None,
+            "environment": None
+            if spec.environment is None
+            else [_variable(v, drop_none) for v in spec.environment],
             "executor": shown,
             "config": spec.config,
             "lifecycle": {"staleness_timeout_seconds": spec.lifecycle.staleness_timeout_seconds},
