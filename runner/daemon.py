@@ -12,6 +12,7 @@ from runner import datadir
 from runner.access import Access, resolve_access
 from runner.clock import Clock, SystemClock
 from runner.executors.registry import ExecutorRegistry
+from runner.profiles import ProfileCatalog
 from runner.results import ResultService
 from runner.scheduler import Scheduler, owner_id
 from runner.secret_keys import Keyring
@@ -72,6 +73,7 @@ class Daemon:
     async def _open(self) -> None:
         self._access = resolve_access(self.settings)
         keyring = Keyring.load(self.settings.secrets_key_path)
+        profiles = ProfileCatalog.load(self.settings)
         with contextlib.suppress(FileExistsError):
             self.settings.work_dir.mkdir(mode=0o700)
         self._store = await Repository.open(self.settings.db_path)
@@ -80,14 +82,16 @@ class Daemon:
         )
         secrets = SecretService(self._store, self.clock, keyring)
         await secrets.seal_stored()
-        self._scheduler = Scheduler(self._store, self.clock, self.settings, self._executors, secrets)
+        self._scheduler = Scheduler(
+            self._store, self.clock, self.settings, self._executors, secrets, profiles
+        )
         results = ResultService(self._store, self.clock, self.settings.work_dir)
         self._service = JobService(
-            self._store, self.clock, self._scheduler, secrets, results, self._scheduler.log_signal
+            self._store, self.clock, self._scheduler, secrets, results, self._scheduler.log_signal, profiles
         )
         scheduler = self._scheduler
         self.watchdog = Watchdog(
-            self._store, self.clock, self.settings, lambda pk: scheduler.request_stop(pk, 0)
+            self._store, self.clock, self.settings, profiles, lambda pk: scheduler.request_stop(pk, 0)
         )
         scheduler.on_active = self.watchdog.deadline_ahead
 

@@ -32,9 +32,12 @@ def task_environment(
     base_url: str,
     inherited: Mapping[str, str],
     secrets: Mapping[str, str],
+    profile_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Inherited allow-list < step values < identity, paths and URLs < resolved secrets."""
+    """Inherited allow-list < the profile's env < step values < identity, paths and URLs <
+    resolved secrets."""
     env = dict(inherited)
+    env.update(profile_env or {})
     for variable in step.spec.variables:
         if variable.value is not None:
             env[variable.name] = variable.value

@@ -532,6 +532,9 @@ class WatchedStep:
     staleness_timeout_s: int
     active_tasks: int
     last_beat: int | None
+    # Which profile's time limits apply.
+    provider: str = "subprocess"
+    profile: str = "default"
 
 
 class SecretRecord(BaseModel):

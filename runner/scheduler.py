@@ -23,6 +23,7 @@ from runner.executors.registry import ExecutorRegistry
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.notify import ChangeSignal
+from runner.profiles import ExecutionProfile, ProfileCatalog
 from runner.settings import Settings
 from runner.transitions import record_task_status, settle_step, transition_step
 from storage import Repository, WriteTx
@@ -80,8 +81,10 @@ class Scheduler:
         settings: Settings,
         executors: ExecutorRegistry,
         secrets: SecretSource,
+        profiles: ProfileCatalog,
     ):
         self._store = store
+        self._profiles = profiles
         self._secrets = secrets
         self._owner = owner_id(settings)
         executors.on_docker_connected = self.sweep_containers
@@ -144,7 +147,14 @@ class Scheduler:
             self._control(run, self._resume(run))
 
     async def profiles(self) -> list[dict[str, Any]]:
-        return await self._executors.profiles()
+        return await self._executors.profiles(self._profiles)
+
+    def _profile_of(self, step: StepRecord) -> ExecutionProfile:
+        """The step's profile; a step stored under a profile no longer configured (the file was
+        changed between two starts) keeps running under its provider's default."""
+        executor = step.spec.executor
+        found = self._profiles.find(executor.provider, executor.profile)
+        return found or self._profiles.get(executor.provider, "default")
 
     def _control(self, run: _Run, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=f"control-step-{run.step_pk}")
@@ -241,6 +251,9 @@ class Scheduler:
         step, tasks = started
         run.job_pk = step.job_pk
         executor_spec = step.spec.executor
+        profile = self._profile_of(step)
+        if not run.stop_requested:  # a stop asked for already keeps the grace it was given
+            run.stop_grace_s = profile.graceful_shutdown_timeout_seconds
         self._starting.discard(step.pk)
         try:
             executor = await self._executors.for_provider(executor_spec.provider)
@@ -253,11 +266,18 @@ class Scheduler:
                     paths=executor.visible_paths(task.paths),
                     base_url=executor.callback_url(self.base_url),
                     inherited=self._inherited if executor_spec.provider == "subprocess" else {},
+                    profile_env=profile.env,
                     secrets=secrets,
                 )
                 launches.append(TaskLaunch(task_name=task.name, env=env, paths=task.paths))
             workload = await executor.start(
-                Launch(step=step, argv=_argv(step), tasks=launches, labels=self._labels(step))
+                Launch(
+                    step=step,
+                    argv=_argv(step),
+                    tasks=launches,
+                    labels=self._labels(step),
+                    image=_image(step, profile),
+                )
             )
         except Exception as exc:  # whatever stops a start ends the step in error, never stuck
             if not isinstance(exc, ExecutorError | OSError | NotFound):
@@ -297,7 +317,7 @@ class Scheduler:
                 )
 
         await self._store.write(record_active, patient=True)
-        limits = [self._settings.ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
+        limits = [self._profile_of(step).ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
         positive = [limit for limit in limits if limit > 0]
         self.on_active(now + min(positive) * 1_000_000 if positive else None)
 
@@ -485,7 +505,8 @@ class Scheduler:
                 await self._settle_lost(step, tasks, "the workload vanished while the daemon was down")
             return set()
         offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
-        self._claim(step.pk, self._adopt(step, tasks, found, offsets), job_pk=step.job_pk)
+        run = self._claim(step.pk, self._adopt(step, tasks, found, offsets), job_pk=step.job_pk)
+        run.stop_grace_s = self._profile_of(step).graceful_shutdown_timeout_seconds
         return {t.name for t in tasks}
 
     async def _known_task_names(self) -> set[str]:
@@ -590,6 +611,13 @@ class Scheduler:
 def owner_id(settings: Settings) -> str:
     """Stable per data dir: labels this daemon's containers so that it only ever cleans up its own."""
     return hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:16]
+
+
+def _image(step: StepRecord, profile: ExecutionProfile) -> str | None:
+    executor = step.spec.executor
+    if executor.provider == "subprocess":
+        return None
+    return executor.container.image or profile.default_task_image
 
 
 def _argv(step: StepRecord) -> list[str]:

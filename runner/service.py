@@ -37,6 +37,7 @@ from runner.models import (
     new_entity_id,
 )
 from runner.notify import ChangeSignal
+from runner.profiles import ProfileCatalog
 from runner.results import Artifact, ResultService
 from runner.secrets import SecretService
 from runner.transitions import TransitionOutcome, settle_step, transition_step
@@ -100,8 +101,10 @@ class JobService:
         secrets: SecretService,
         results: ResultService,
         log_signal: ChangeSignal,
+        profiles: ProfileCatalog,
     ) -> None:
         self._store = store
+        self._profiles = profiles
         self._clock = clock
         self._workloads = workloads
         self.secrets = secrets
@@ -154,30 +157,26 @@ class JobService:
         return job
 
     async def _check_profiles(self, request: CreateJobRequest) -> None:
-        executors = [step.executor for step in request.platform_spec.steps]
-        if all(e.provider == "subprocess" and e.profile == "default" for e in executors):
-            return  # always offered; skip asking (and maybe probing Docker) on the hot path
-        for step in request.platform_spec.steps:
-            if step.executor.provider != "subprocess" and not step.executor.container.image:
-                raise Unprocessable(
-                    f"step {step.name!r}: container.image is required (localjobs has no default task image)"
-                )
-        offered = {(p["provider"], p["profile"]) for p in await self._workloads.profiles()}
+        """Every step's profile exists (else 422 naming the known ones), a container step has an
+        image (its own or its profile's default), and a Docker engine answers if one is needed."""
+        offered: set[tuple[str, str]] | None = None
         for step in request.platform_spec.steps:
             executor = step.executor
-            if (executor.provider, executor.profile) in offered:
-                continue
-            if not isinstance(executor, SubprocessExecutor) and not any(
-                provider == executor.provider for provider, _ in offered
-            ):
+            profile = self._profiles.get(executor.provider, executor.profile)
+            if profile.backend == "subprocess" or isinstance(executor, SubprocessExecutor):
+                continue  # always offered; no probe of Docker on the hot path
+            if not executor.container.image and not profile.default_task_image:
+                raise Unprocessable(
+                    f"step {step.name!r}: container.image is required (the profile "
+                    f"'{executor.provider}/{executor.profile}' has no default_task_image)"
+                )
+            if offered is None:
+                offered = {(p["provider"], p["profile"]) for p in await self._workloads.profiles()}
+            if (executor.provider, executor.profile) not in offered:
                 raise Unprocessable(
                     f"step {step.name!r} needs the {executor.provider!r} executor, which needs a Docker "
                     "engine, and none is reachable from this daemon"
                 )
-            raise Unprocessable(
-                f"The execution profile '{executor.provider}/{executor.profile}' specified in step "
-                f"'{step.name}' does not exist."
-            )
 
     async def get_job(self, workspace: str, name: str) -> JobRecord:
         return await _existing_job(self._store, workspace, name)

@@ -57,6 +57,8 @@ class Settings:
     # LOCALJOBS_TOKEN, else the file `token_file` (default <data-dir>/token, created at first start).
     token: str = field(default="", repr=False)
     token_file: Path | None = None
+    # More execution profiles (YAML, the reference's `jobs.executors` fields): runner/profiles.py.
+    profiles_file: Path | None = None
     # The key that seals secret values in the database (default <data-dir>/secrets.key).
     secrets_key_file: Path | None = None
     # No token at all: allowed on a loopback address only (refused at start otherwise).
@@ -74,6 +76,8 @@ class Settings:
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
         if self.token_file is not None:
             object.__setattr__(self, "token_file", Path(self.token_file).absolute())
+        if self.profiles_file is not None:
+            object.__setattr__(self, "profiles_file", Path(self.profiles_file).absolute())
         if self.secrets_key_file is not None:
             object.__setattr__(self, "secrets_key_file", Path(self.secrets_key_file).absolute())
 

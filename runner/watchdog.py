@@ -20,6 +20,7 @@ from runner.clock import Clock
 from runner.environment import task_paths
 from runner.errors import Conflict
 from runner.models import JobStatus, StepRecord, WatchedStep
+from runner.profiles import ExecutionProfile, ProfileCatalog
 from runner.settings import Settings
 from runner.transitions import record_task_status, transition_step
 from storage import Repository, WriteTx
@@ -40,7 +41,7 @@ class Verdict:
     message: str
 
 
-def verdicts(step: WatchedStep, settings: Settings, daemon_started: int = 0) -> list[Verdict]:
+def verdicts(step: WatchedStep, profile: ExecutionProfile, daemon_started: int = 0) -> list[Verdict]:
     """Every deadline that applies to the step now, each with the message it ends the step with."""
     found: list[Verdict] = []
     if step.status == JobStatus.ACTIVE and step.active_since is not None:
@@ -52,7 +53,7 @@ def verdicts(step: WatchedStep, settings: Settings, daemon_started: int = 0) -> 
             found.append(
                 Verdict(since + timeout * _US, f"Job terminated: no task updates received within {timeout} s")
             )
-        limit = settings.ttl_seconds_active
+        limit = profile.ttl_seconds_active
         found.append(
             Verdict(
                 step.active_since + limit * _US - step.active_us,
@@ -60,7 +61,7 @@ def verdicts(step: WatchedStep, settings: Settings, daemon_started: int = 0) -> 
             )
         )
     elif step.status in _BEFORE_ACTIVE and step.active_since is None:
-        limit = settings.ttl_seconds_before_active
+        limit = profile.ttl_seconds_before_active
         found.append(
             Verdict(
                 step.created_at + limit * _US,
@@ -76,11 +77,13 @@ class Watchdog:
         store: Repository,
         clock: Clock,
         settings: Settings,
+        profiles: ProfileCatalog,
         stop_workload: Callable[[int], None],
     ) -> None:
         self._store = store
         self._clock = clock
         self._settings = settings
+        self._profiles = profiles
         self._stop_workload = stop_workload
         self._wake = asyncio.Event()
         self._started = clock.now_us()
@@ -114,7 +117,10 @@ class Watchdog:
         now = self._clock.now_us()
         earliest = await self._remove_old_folders(now)
         for step in await self._store.watched_steps():
-            for verdict in verdicts(step, self._settings, self._started):
+            profile = self._profiles.find(step.provider, step.profile) or self._profiles.get(
+                step.provider, "default"
+            )
+            for verdict in verdicts(step, profile, self._started):
                 if verdict.deadline <= now:
                     if not await self._terminate(step, verdict.message):
                         earliest = now  # the step moved meanwhile: look again at once

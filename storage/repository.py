@@ -982,6 +982,8 @@ class Repository:
         rows = await self._all(
             "SELECT s.pk, s.status, s.created_at, s.updated_at, s.active_since, s.active_us,"
             " COALESCE(json_extract(s.spec, '$.lifecycle.staleness_timeout_seconds'), 0) AS staleness,"
+            " json_extract(s.spec, '$.executor.provider') AS provider,"
+            " COALESCE(json_extract(s.spec, '$.executor.profile'), 'default') AS profile,"
             " (SELECT COUNT(*) FROM tasks t WHERE t.step_pk = s.pk AND t.status = 'active') AS active_tasks,"
             " (SELECT MAX(t.heartbeat_at) FROM tasks t WHERE t.step_pk = s.pk AND t.status = 'active')"
             " AS last_beat FROM steps s WHERE s.status IN ('created', 'pending', 'active', 'resuming')",
@@ -998,6 +1000,8 @@ class Repository:
                 staleness_timeout_s=r["staleness"],
                 active_tasks=r["active_tasks"],
                 last_beat=r["last_beat"],
+                provider=r["provider"],
+                profile=r["profile"],
             )
             for r in rows
         ]

@@ -84,6 +84,8 @@ class Launch:
     argv: list[str]
     tasks: list[TaskLaunch]
     labels: dict[str, str] = field(default_factory=dict)
+    # Containers: the step's image, or its profile's default_task_image.
+    image: str | None = None
 
 
 _SIGNAL_NUMBERS = frozenset(s.value for s in signal.Signals)

@@ -255,9 +255,9 @@ class DockerExecutor:
     async def start(self, launch: Launch) -> DockerWorkload:
         executor = launch.step.spec.executor
         assert executor.provider != "subprocess"
-        image = executor.container.image
+        image = launch.image or executor.container.image
         if not image:
-            raise ExecutorError("container.image is required: localjobs has no default task image")
+            raise ExecutorError("container.image is required: the step's profile has no default_task_image")
         await self._ensure_image(image)
         for task in launch.tasks:
             # Off the event loop: file-system calls can be slow (network home folders).

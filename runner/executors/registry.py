@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.executors.base import Executor, ExecutorError
 from runner.executors.subprocess import SubprocessExecutor
+from runner.profiles import CONTAINER_PROVIDERS, ExecutionProfile, ProfileCatalog
 from runner.settings import Settings
 
 if TYPE_CHECKING:
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONTAINER_PROVIDERS = ("cpu", "gpu", "gpu_distributed")
 _REPROBE_AFTER_S = 30.0
 
 
@@ -74,58 +74,50 @@ class ExecutorRegistry:
                         await self.on_docker_connected(self._docker)
             return self._docker
 
-    async def profiles(self) -> list[dict[str, Any]]:
+    async def profiles(self, catalog: ProfileCatalog) -> list[dict[str, Any]]:
+        """The catalog's profiles as `GET /execution-profiles` lists them, field by field as the
+        reference's profile models serialize (their order too); Docker ones only while an engine
+        answers."""
         s = self._settings
 
-        # Field by field as the reference's profile models serialize (their order too).
-        def common(cleanup: bool) -> dict[str, Any]:
+        def common(profile: ExecutionProfile, cleanup: bool) -> dict[str, Any]:
             return {
-                "ttl_seconds_before_active": s.ttl_seconds_before_active,
-                "ttl_seconds_active": s.ttl_seconds_active,
-                "ttl_seconds_after_finished": s.ttl_seconds_after_finished,
+                "ttl_seconds_before_active": profile.ttl_seconds_before_active,
+                "ttl_seconds_active": profile.ttl_seconds_active,
+                "ttl_seconds_after_finished": profile.ttl_seconds_after_finished,
                 "cleanup_completed_jobs_immediately": cleanup,
                 "launcher_tool_path": "",  # no launcher tool: localjobs starts tasks itself
-                "default_task_image": None,  # a container step must name its image
-                "env": {},
+                "default_task_image": profile.default_task_image,
+                "env": dict(profile.env),
             }
 
-        profiles: list[dict[str, Any]] = [
-            {
-                "provider": "subprocess",
-                "profile": "default",
-                "backend": "subprocess",
-                "config": {
-                    **common(False),
+        listed: list[dict[str, Any]] = []
+        docker = None
+        if any(p.backend == "docker" for p in catalog.all()):
+            docker = await self.docker()
+        for profile in catalog.all():
+            head = {"provider": profile.provider, "profile": profile.profile, "backend": profile.backend}
+            if profile.backend == "subprocess":
+                config = {
+                    **common(profile, False),
                     "working_directory": str(s.work_dir),
-                    "graceful_shutdown_timeout_seconds": int(s.grace_period_s),
-                },
-            }
-        ]
-        if s.cpu_containers_as_subprocess:
-            profiles.append({**profiles[0], "provider": "cpu"})
-        docker = await self.docker()
-        if docker is not None:
-            for provider in CONTAINER_PROVIDERS:
-                if provider == "cpu" and s.cpu_containers_as_subprocess:
-                    continue
-                profiles.append(
-                    {
-                        "provider": provider,
-                        "profile": "default",
-                        "backend": "docker",
-                        "config": {
-                            **common(not s.keep_containers),
-                            # Task folders are bind mounts of the data dir: no named volume.
-                            "storage": {
-                                "volume_name": "",
-                                "volume_permissions_image": "",
-                                "additional_volume_mounts": [],
-                            },
-                            "networking": {"job_container_network": docker.network_for(provider)},
-                        },
-                    }
-                )
-        return profiles
+                    "graceful_shutdown_timeout_seconds": int(profile.graceful_shutdown_timeout_seconds),
+                }
+            elif docker is None:
+                continue
+            else:
+                config = {
+                    **common(profile, not s.keep_containers),
+                    # Task folders are bind mounts of the data dir: no named volume.
+                    "storage": {
+                        "volume_name": "",
+                        "volume_permissions_image": "",
+                        "additional_volume_mounts": [],
+                    },
+                    "networking": {"job_container_network": docker.network_for(profile.provider)},
+                }
+            listed.append({**head, "config": config})
+        return listed
 
     async def close(self) -> None:
         await self.subprocess.close()

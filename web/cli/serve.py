@@ -61,6 +61,12 @@ _FLAG_HELP = (
 )
 @click.option("--max-body-bytes", type=int, help="largest request body (default 4 MiB)")
 @click.option(
+    "--profiles",
+    "profiles_file",
+    metavar="FILE",
+    help="more execution profiles (YAML, the reference's jobs.executors fields); see the README",
+)
+@click.option(
     "--keep-leftover-processes",
     is_flag=True,
     default=None,
