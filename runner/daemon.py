@@ -11,7 +11,9 @@ from typing import Any
 from runner import datadir
 from runner.access import Access, resolve_access
 from runner.clock import Clock, SystemClock
+from runner.errors import CannotStart
 from runner.executors.registry import ExecutorRegistry
+from runner.gpus import GpuAllocator, discover
 from runner.profiles import ProfileCatalog
 from runner.results import ResultService
 from runner.scheduler import Scheduler, owner_id
@@ -74,6 +76,12 @@ class Daemon:
         self._access = resolve_access(self.settings)
         keyring = Keyring.load(self.settings.secrets_key_path)
         profiles = ProfileCatalog.load(self.settings)
+        try:
+            gpus = GpuAllocator(discover(self.settings.gpus), self.settings.gpu_backfill_s)
+        except ValueError as exc:
+            raise CannotStart(str(exc)) from exc
+        if gpus.total:
+            log.info("GPUs: %s", ", ".join(f"{g.index} ({g.uuid})" for g in gpus.gpus))
         with contextlib.suppress(FileExistsError):
             self.settings.work_dir.mkdir(mode=0o700)
         self._store = await Repository.open(self.settings.db_path)
@@ -83,11 +91,18 @@ class Daemon:
         secrets = SecretService(self._store, self.clock, keyring)
         await secrets.seal_stored()
         self._scheduler = Scheduler(
-            self._store, self.clock, self.settings, self._executors, secrets, profiles
+            self._store, self.clock, self.settings, self._executors, secrets, profiles, gpus
         )
         results = ResultService(self._store, self.clock, self.settings.work_dir)
         self._service = JobService(
-            self._store, self.clock, self._scheduler, secrets, results, self._scheduler.log_signal, profiles
+            self._store,
+            self.clock,
+            self._scheduler,
+            secrets,
+            results,
+            self._scheduler.log_signal,
+            profiles,
+            gpus,
         )
         scheduler = self._scheduler
         self.watchdog = Watchdog(

@@ -520,6 +520,15 @@ class JobState:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuDemand:
+    """A step waiting to start that needs GPUs: how many, and since when it waits (µs)."""
+
+    step_pk: int
+    count: int
+    waiting_since_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class WatchedStep:
     """The few fields of an unfinished step that its deadlines depend on."""
 

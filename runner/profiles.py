@@ -109,7 +109,7 @@ class ProfileCatalog:
         catalog = cls.defaults(settings)
         if settings.profiles_file is None:
             return catalog
-        for entry in _read_entries(settings.profiles_file, settings.cpu_containers_as_subprocess):
+        for entry in _read_entries(settings.profiles_file, settings):
             base = catalog._by_key.get((entry.provider, "default")) or _default(settings, entry.provider)
             catalog._by_key[(entry.provider, entry.profile)] = _merged(base, entry)
         return catalog
@@ -131,8 +131,18 @@ class ProfileCatalog:
         return self._by_key.get((provider, profile))
 
 
+def runs_as_host_process(settings: Settings, provider: str) -> bool:
+    """`subprocess` steps always; `cpu` and `gpu` container steps when the settings say so
+    (entrypoint + command on the host, as the reference's local mode)."""
+    return (
+        provider == "subprocess"
+        or (provider == "cpu" and settings.cpu_containers_as_subprocess)
+        or (provider == "gpu" and settings.gpu_containers_as_subprocess)
+    )
+
+
 def _default(settings: Settings, provider: str) -> ExecutionProfile:
-    as_host = provider == "subprocess" or (provider == "cpu" and settings.cpu_containers_as_subprocess)
+    as_host = runs_as_host_process(settings, provider)
     return ExecutionProfile(
         provider=provider,
         profile="default",
@@ -157,7 +167,7 @@ def _merged(base: ExecutionProfile, entry: _ProfileEntry) -> ExecutionProfile:
     return replace(base, profile=entry.profile, backend=entry.backend, env=dict(entry.config.env), **given)
 
 
-def _read_entries(path: Path, cpu_as_host: bool) -> list[_ProfileEntry]:
+def _read_entries(path: Path, settings: Settings) -> list[_ProfileEntry]:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -177,8 +187,7 @@ def _read_entries(path: Path, cpu_as_host: bool) -> list[_ProfileEntry]:
                 f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
             )
             raise CannotStart(f"the profiles file {path}, profile #{index + 1}: {problems}") from None
-        as_host = entry.provider == "subprocess" or (entry.provider == "cpu" and cpu_as_host)
-        wanted = "subprocess" if as_host else "docker"
+        wanted = "subprocess" if runs_as_host_process(settings, entry.provider) else "docker"
         if entry.backend != wanted:
             raise CannotStart(
                 f"the profiles file {path}, profile #{index + 1}: provider {entry.provider!r} runs on the "

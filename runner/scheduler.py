@@ -20,6 +20,7 @@ from runner.environment import task_environment, task_paths
 from runner.errors import NotFound
 from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskLaunch, TaskPaths, Workload
 from runner.executors.registry import ExecutorRegistry
+from runner.gpus import Gpu, GpuAllocator
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.notify import ChangeSignal
@@ -40,10 +41,11 @@ class _TaskRef:
     pk: int
     name: str
     paths: TaskPaths
+    gpus: tuple[str, ...] = ()  # device ids (UUIDs) this task holds
 
 
 def _handle(workload: Workload | None, tasks: list[_TaskRef]) -> dict[str, Any]:
-    refs = [{"task_pk": t.pk, "task_name": t.name} for t in tasks]
+    refs = [{"task_pk": t.pk, "task_name": t.name, "gpus": list(t.gpus)} for t in tasks]
     return {**(workload.handle if workload is not None else {}), "tasks": refs}
 
 
@@ -82,9 +84,11 @@ class Scheduler:
         executors: ExecutorRegistry,
         secrets: SecretSource,
         profiles: ProfileCatalog,
+        gpus: GpuAllocator,
     ):
         self._store = store
         self._profiles = profiles
+        self._gpus = gpus
         self._secrets = secrets
         self._owner = owner_id(settings)
         executors.on_docker_connected = self.sweep_containers
@@ -181,6 +185,16 @@ class Scheduler:
                     continue
                 free -= 1
                 self._claim(step_pk, self._run_step(step_pk))
+            if free > 0:
+                for step_pk in await self._admit_gpu_steps(free):
+                    self._claim(step_pk, self._run_step(step_pk))
+
+    async def _admit_gpu_steps(self, free: int) -> list[int]:
+        """The waiting GPU steps that start now (their GPUs taken), by the allocator's order."""
+        waiting = [d for d in await self._store.runnable_gpu_steps() if d.step_pk not in self._runs]
+        if not waiting:
+            return []
+        return self._gpus.admit(waiting, self._clock.now_us(), limit=free)
 
     def _claim(self, step_pk: int, coro: Any, job_pk: int | None = None) -> _Run:
         run = _Run(step_pk=step_pk, job_pk=job_pk, stop_grace_s=self._settings.grace_period_s)
@@ -192,6 +206,7 @@ class Scheduler:
         def release(task: asyncio.Task[None]) -> None:
             self._runs.pop(step_pk, None)
             self._starting.discard(step_pk)
+            self._gpus.release(step_pk)  # whatever the end: finished, cancelled, failed to start
             if run.job_pk is not None:
                 self.log_signal.notify(run.job_pk)  # followers wait for this before they end
             _log_failure(task)
@@ -215,6 +230,7 @@ class Scheduler:
             executor_spec = fresh.spec.executor
             count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
             names = [new_task_name() for _ in range(count)]
+            per_task = _split(self._gpus.held_by(step_pk), count)
             tasks = [
                 _TaskRef(
                     tx.insert_task(
@@ -230,8 +246,9 @@ class Scheduler:
                     ),
                     name,
                     task_paths(self._settings.work_dir, fresh, name),
+                    tuple(g.device_id for g in gpus),
                 )
-                for name in names
+                for name, gpus in zip(names, per_task, strict=True)
             ]
             # Recorded before the spawn: after a crash the next daemon knows where to look, and
             # never starts the step a second time.
@@ -269,7 +286,9 @@ class Scheduler:
                     profile_env=profile.env,
                     secrets=secrets,
                 )
-                launches.append(TaskLaunch(task_name=task.name, env=env, paths=task.paths))
+                if task.gpus:  # exactly the GPUs it was given (host processes; Docker gets DeviceIDs)
+                    env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(task.gpus)
+                launches.append(TaskLaunch(task_name=task.name, env=env, paths=task.paths, gpus=task.gpus))
             workload = await executor.start(
                 Launch(
                     step=step,
@@ -312,8 +331,9 @@ class Scheduler:
             else:  # cancelling or pausing meanwhile: the status waits, the handle must not
                 tx.set_step_handle(step.pk, handle)
             for task in tasks:
+                task_details = {**details, "gpus": list(task.gpus)} if task.gpus else details
                 record_task_status(
-                    tx, task.pk, JobStatus.ACTIVE, details, None, None, now, job_pk=step.job_pk
+                    tx, task.pk, JobStatus.ACTIVE, task_details, None, None, now, job_pk=step.job_pk
                 )
 
         await self._store.write(record_active, patient=True)
@@ -484,7 +504,12 @@ class Scheduler:
             return set()  # never started: the loop will start it
         handle = step.handle or {}
         tasks = [
-            _TaskRef(t["task_pk"], t["task_name"], task_paths(self._settings.work_dir, step, t["task_name"]))
+            _TaskRef(
+                t["task_pk"],
+                t["task_name"],
+                task_paths(self._settings.work_dir, step, t["task_name"]),
+                tuple(t.get("gpus", ())),
+            )
             for t in handle.get("tasks", [])
         ]
         if not tasks:
@@ -505,6 +530,8 @@ class Scheduler:
                 await self._settle_lost(step, tasks, "the workload vanished while the daemon was down")
             return set()
         offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
+        # Its GPUs are its own again before anything new is admitted (recovery runs first).
+        self._gpus.restore(step.pk, [gpu for t in tasks for gpu in t.gpus])
         run = self._claim(step.pk, self._adopt(step, tasks, found, offsets), job_pk=step.job_pk)
         run.stop_grace_s = self._profile_of(step).graceful_shutdown_timeout_seconds
         return {t.name for t in tasks}
@@ -611,6 +638,12 @@ class Scheduler:
 def owner_id(settings: Settings) -> str:
     """Stable per data dir: labels this daemon's containers so that it only ever cleans up its own."""
     return hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:16]
+
+
+def _split(gpus: list[Gpu], tasks: int) -> list[list[Gpu]]:
+    """A distributed step's GPUs, the same number for each of its tasks (nodes)."""
+    each = len(gpus) // tasks if tasks else 0
+    return [gpus[i * each : (i + 1) * each] for i in range(tasks)]
 
 
 def _image(step: StepRecord, profile: ExecutionProfile) -> str | None:

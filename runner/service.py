@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from runner.clock import Clock
 from runner.errors import BadRequest, Conflict, NotFound, Unprocessable
+from runner.gpus import GpuAllocator, gpus_needed
 from runner.log_pages import Cursor, LogPage, decode_cursor, encode_cursor, page_logs, scope_hash
 from runner.models import (
     NAME_PATTERN,
@@ -102,9 +103,11 @@ class JobService:
         results: ResultService,
         log_signal: ChangeSignal,
         profiles: ProfileCatalog,
+        gpus: GpuAllocator,
     ) -> None:
         self._store = store
         self._profiles = profiles
+        self._gpus = gpus
         self._clock = clock
         self._workloads = workloads
         self.secrets = secrets
@@ -162,6 +165,13 @@ class JobService:
         offered: set[tuple[str, str]] | None = None
         for step in request.platform_spec.steps:
             executor = step.executor
+            needed = gpus_needed(executor)
+            if needed > self._gpus.total:
+                # It could never start: refused now rather than left waiting forever.
+                raise Unprocessable(
+                    f"step {step.name!r} needs {needed} GPU{'s' if needed != 1 else ''}; this machine has "
+                    f"{self._gpus.total} (see --gpus / LOCALJOBS_GPUS)"
+                )
             profile = self._profiles.get(executor.provider, executor.profile)
             if profile.backend == "subprocess" or isinstance(executor, SubprocessExecutor):
                 continue  # always offered; no probe of Docker on the hot path

@@ -53,6 +53,11 @@ class Settings:
     # Docker: keep finished containers for debugging; run `cpu` container steps as host processes.
     keep_containers: bool = False
     cpu_containers_as_subprocess: bool = False
+    gpu_containers_as_subprocess: bool = False
+    # GPUs to schedule on: indices or UUIDs (`0,1`); empty: all that NVML finds (runner/gpus.py).
+    gpus: tuple[str, ...] = ()
+    # How long the oldest waiting GPU step lets younger ones that fit take free GPUs (backfill).
+    gpu_backfill_s: float = 300.0
     # Access: every /apis request needs `Authorization: Bearer <token>`. The token comes from
     # LOCALJOBS_TOKEN, else the file `token_file` (default <data-dir>/token, created at first start).
     token: str = field(default="", repr=False)

@@ -24,6 +24,7 @@ from typing import Any
 import aiosqlite
 
 from runner.models import (
+    GpuDemand,
     JobFilter,
     JobRecord,
     JobSort,
@@ -174,6 +175,17 @@ def _log(row: sqlite3.Row) -> LogLine:
         stream=row["stream"],
         message=row["message"],
     )
+
+
+# GPUs a step's executor asks for: `num_gpus` (1 by default on the GPU providers), on each of
+# `num_nodes` nodes for a distributed step.
+_PROVIDER = "json_extract(spec, '$.executor.provider')"
+_GPUS_NEEDED = (
+    f"(COALESCE(json_extract(spec, '$.executor.resources.num_gpus'),"
+    f" CASE WHEN {_PROVIDER} IN ('gpu', 'gpu_distributed') THEN 1 ELSE 0 END)"
+    f" * CASE WHEN {_PROVIDER} = 'gpu_distributed'"
+    " THEN COALESCE(json_extract(spec, '$.executor.resources.num_nodes'), 1) ELSE 1 END)"
+)
 
 
 def _secret(row: sqlite3.Row) -> SecretRecord:
@@ -1007,12 +1019,24 @@ class Repository:
         ]
 
     async def runnable_steps(self, limit: int) -> list[int]:
-        """Steps waiting for the scheduler, oldest first (FIFO, as the reference): their keys only."""
+        """Steps waiting for the scheduler that need no GPU, oldest first (FIFO, as the
+        reference): their keys only."""
         rows = await self._all(
-            "SELECT pk FROM steps WHERE status IN ('created','resuming') ORDER BY created_at, pk LIMIT ?",
+            f"SELECT pk FROM steps WHERE status IN ('created','resuming') AND {_GPUS_NEEDED} = 0"
+            " ORDER BY created_at, pk LIMIT ?",
             (limit,),
         )
         return [r["pk"] for r in rows]
+
+    async def runnable_gpu_steps(self) -> list[GpuDemand]:
+        """Steps waiting for the scheduler that need GPUs, oldest first, with how many."""
+        rows = await self._all(
+            f"SELECT pk, created_at, {_GPUS_NEEDED} AS gpus FROM steps"
+            f" WHERE status IN ('created','resuming') AND {_GPUS_NEEDED} > 0"
+            " ORDER BY created_at, pk LIMIT 10000",
+            (),
+        )
+        return [GpuDemand(step_pk=r["pk"], count=r["gpus"], waiting_since_us=r["created_at"]) for r in rows]
 
     # ----------------------------------------------------------------------------- logs
 

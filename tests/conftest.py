@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -157,33 +156,23 @@ def _checking_containers() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no") and docker_ready() is None
 
 
-@pytest.fixture(scope="session")
-def _containers_before_the_suite() -> set[str]:
-    """Labelled containers that were there before this run (an engine shared with another run,
-    or one killed half-way): not this run's to answer for."""
-    from tests.docker_env import describe_containers_with_label
+def _owners_of_this_run(base: Path) -> set[str]:
+    """The container owner labels of every daemon this run made: each has its data dir (with
+    its database) under pytest's base folder. Another suite sharing the engine (a second clone,
+    a CI job on the same machine) has its own."""
+    from runner.scheduler import owner_id
 
-    if not _checking_containers():
-        return set()
-    before = set(describe_containers_with_label("localjobs.owner", state=False))
-    if before:
-        print(
-            f"note: labelled containers already there before the suite: {sorted(before)}", file=sys.__stderr__
-        )
-    return before
+    return {owner_id(Settings(data_dir=db.parent)) for db in base.rglob("localjobs.db")}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_container_left_behind(_containers_before_the_suite: set[str]) -> Iterator[None]:
-    """After each test module, no container labelled by a test daemon of this run may remain;
-    checked per module so that a leak names the module that caused it, and the job and step."""
+def _no_container_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After each test module, no container of a daemon of this run may remain; checked per
+    module so that a leak names the module that caused it, and the job and step."""
     yield
     from tests.docker_env import describe_containers_with_label
 
     if _checking_containers():
-        left = [
-            c
-            for c in describe_containers_with_label("localjobs.owner")
-            if c.split()[0] not in _containers_before_the_suite
-        ]
+        ours = _owners_of_this_run(tmp_path_factory.getbasetemp())
+        left = [c for c in describe_containers_with_label("localjobs.owner") if c.split()[-1] in ours]
         assert left == [], f"containers left behind: {left}"

@@ -47,12 +47,15 @@ def containers_with_label(label: str) -> list[str]:
     return out.stdout.split()
 
 
-def describe_containers_with_label(label: str, state: bool = True) -> list[str]:
-    """Each matching container as `id name state job/step` (just `id` with state=False), so a
-    leak report says what leaked."""
-    fmt = '{{.ID}} {{.Names}} {{.State}} {{.Label "localjobs.job"}}/{{.Label "localjobs.step"}}'
+def describe_containers_with_label(label: str) -> list[str]:
+    """Each matching container as `id name state job/step owner`, so a leak report says what
+    leaked and whose it is."""
+    fmt = (
+        '{{.ID}} {{.Names}} {{.State}} {{.Label "localjobs.job"}}/{{.Label "localjobs.step"}}'
+        ' {{.Label "localjobs.owner"}}'
+    )
     out = subprocess.run(
-        ["docker", "ps", "-a", "--filter", f"label={label}", "--format", fmt if state else "{{.ID}}"],
+        ["docker", "ps", "-a", "--filter", f"label={label}", "--format", fmt],
         capture_output=True,
         text=True,
         timeout=30,

@@ -130,13 +130,6 @@ async def test_one_failing_node_fails_the_step_and_stops_the_rest(api: Api) -> N
     assert job["error_details"]["exit_code"] == 9
 
 
-async def test_gpu_step_on_an_engine_without_gpus_fails_clearly(api: Api) -> None:
-    await api.create_job([container_step("needs-gpu", "true", provider="gpu", num_gpus=1)], name="gpu")
-    job = await api.wait_job("gpu", timeout_s=60)
-    assert job["status"] == "error"
-    assert "no GPU runtime" in job["error_details"]["message"]
-
-
 async def test_missing_image_fails_with_the_engines_reason(api: Api) -> None:
     step = container_step("noimage", "true")
     step["executor"]["container"]["image"] = "localjobs-test:does-not-exist"

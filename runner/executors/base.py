@@ -74,6 +74,7 @@ class TaskLaunch:
     task_name: str
     env: dict[str, str]
     paths: TaskPaths
+    gpus: tuple[str, ...] = ()  # device ids of the GPUs this task was given
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,11 @@ def _engine_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def resource_config(provider: str, resources: ComputeResources) -> dict[str, Any]:
-    """Kubernetes-style resources -> Docker HostConfig fields (fractional CPUs kept)."""
+def resource_config(
+    provider: str, resources: ComputeResources, device_ids: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Kubernetes-style resources -> Docker HostConfig fields (fractional CPUs kept). With the
+    GPUs the daemon gave the task (`device_ids`), exactly those; else a count, as before."""
     host: dict[str, Any] = {}
     limits, requests = resources.limits, resources.requests
     if limits and limits.cpu:
@@ -67,7 +70,11 @@ def resource_config(provider: str, resources: ComputeResources) -> dict[str, Any
     gpus = resources.num_gpus
     if provider in ("gpu", "gpu_distributed") and gpus is None:
         gpus = 1  # the reference's default for GPU providers
-    if gpus:
+    if device_ids:
+        host["DeviceRequests"] = [
+            {"Driver": "nvidia", "DeviceIDs": list(device_ids), "Capabilities": [["gpu"]]}
+        ]
+    elif gpus:
         host["DeviceRequests"] = [{"Driver": "nvidia", "Count": gpus, "Capabilities": [["gpu"]]}]
     if resources.shm_size:
         host["ShmSize"] = int(parse_quantity(resources.shm_size))
@@ -282,7 +289,7 @@ class DockerExecutor:
                             "MASTER_PORT": _RENDEZVOUS_PORT,
                         }
                     )
-                config = self._container_config(launch, image, env, task.paths, network)
+                config = self._container_config(launch, image, env, task.paths, network, task.gpus)
                 config["Labels"] = {
                     **launch.labels,
                     "localjobs.task": task.task_name,
@@ -307,7 +314,13 @@ class DockerExecutor:
         return DockerWorkload(self._client, containers, [t.paths for t in launch.tasks], network, image)
 
     def _container_config(
-        self, launch: Launch, image: str, env: dict[str, str], paths: TaskPaths, network: str | None
+        self,
+        launch: Launch,
+        image: str,
+        env: dict[str, str],
+        paths: TaskPaths,
+        network: str | None,
+        gpus: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         executor = launch.step.spec.executor
         assert executor.provider != "subprocess"
@@ -323,7 +336,7 @@ class DockerExecutor:
                 )
             ],
             "NetworkMode": network or "host",
-            **resource_config(executor.provider, executor.resources),
+            **resource_config(executor.provider, executor.resources, gpus),
         }
         if self._token_file is not None:
             host["Mounts"].append(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.executors.base import Executor, ExecutorError
 from runner.executors.subprocess import SubprocessExecutor
-from runner.profiles import CONTAINER_PROVIDERS, ExecutionProfile, ProfileCatalog
+from runner.profiles import CONTAINER_PROVIDERS, ExecutionProfile, ProfileCatalog, runs_as_host_process
 from runner.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class ExecutorRegistry:
         self.on_docker_connected: Callable[[DockerExecutor], Awaitable[None]] | None = None
 
     async def for_provider(self, provider: str) -> Executor:
-        if provider == "subprocess" or (provider == "cpu" and self._settings.cpu_containers_as_subprocess):
+        if runs_as_host_process(self._settings, provider):
             return self.subprocess
         if provider in CONTAINER_PROVIDERS:
             docker = await self.docker()

@@ -1,0 +1,199 @@
+"""GPU-aware scheduling with declared GPUs (this machine has none): a step gets exactly the GPUs
+it asked for, waits in `created` until they are free, gives them back however it ends, and a
+restarted daemon knows who holds which before it starts anything new."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.gpus import Gpu, GpuAllocator, discover, gpus_needed
+from runner.models import GpuDemand, StepSpec
+from tests.conftest import Api, api_for, running_server
+
+_S = 1_000_000
+
+
+def _gpu_step(
+    name: str, script: str, gpus: int = 1, provider: str = "gpu", **resources: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "executor": {
+            "provider": provider,
+            "container": {"image": "unused-as-host-process", "entrypoint": ["sh", "-c"], "command": [script]},
+            "resources": {"num_gpus": gpus, **resources},
+        },
+    }
+
+
+def _allocator(n: int, backfill_s: float = 60) -> GpuAllocator:
+    return GpuAllocator(discover([str(i) for i in range(n)]), backfill_s)
+
+
+def test_declared_gpus_stand_for_the_machines_when_nvml_has_none() -> None:
+    gpus = discover(["0", "1", "GPU-abc"])
+    assert [g.index for g in gpus] == [0, 1, 2]
+    assert [g.uuid for g in gpus] == ["GPU-declared-0", "GPU-declared-1", "GPU-abc"]
+    assert discover([]) == []  # no NVML and nothing declared: no GPUs, not an error
+
+
+def test_a_step_gets_all_it_asks_for_or_nothing() -> None:
+    alloc = _allocator(3)
+    assert [g.index for g in alloc.take(1, 2) or []] == [0, 1]
+    assert alloc.take(2, 2) is None and alloc.held_by(2) == []
+    assert [g.index for g in alloc.take(3, 1) or []] == [2]
+    alloc.release(1)
+    assert [g.index for g in alloc.free()] == [0, 1]
+
+
+def test_backfill_lets_small_steps_use_free_gpus_for_a_bounded_time() -> None:
+    alloc = _allocator(4, backfill_s=60)
+    assert alloc.take(100, 2) is not None  # two busy
+    big = GpuDemand(step_pk=1, count=4, waiting_since_us=0)
+    small = GpuDemand(step_pk=2, count=1, waiting_since_us=5 * _S)
+    # The big one cannot fit; within the bound the younger small one may take a free GPU.
+    assert alloc.admit([big, small], now_us=10 * _S) == [2]
+    alloc.release(2)
+    # Past the bound, nothing new takes a GPU until the big one has started.
+    later = GpuDemand(step_pk=3, count=1, waiting_since_us=70 * _S)
+    assert alloc.admit([big, later], now_us=61 * _S) == []
+    alloc.release(100)
+    assert alloc.admit([big, later], now_us=62 * _S) == [1]
+    assert len(alloc.held_by(1)) == 4
+
+
+def test_first_come_first_served_among_steps_that_fit() -> None:
+    alloc = _allocator(2)
+    demands = [GpuDemand(step_pk=pk, count=1, waiting_since_us=pk) for pk in (3, 1, 2)]
+    assert alloc.admit(demands, now_us=10) == [1, 2]
+    assert alloc.admit(demands, now_us=10, limit=1) == []  # none left
+
+
+def test_restore_after_a_restart() -> None:
+    alloc = _allocator(2)
+    assert [g.uuid for g in alloc.restore(7, ["GPU-declared-1", "GPU-gone"])] == ["GPU-declared-1"]
+    assert [g.index for g in alloc.free()] == [0]
+
+
+@pytest.mark.parametrize(
+    ("executor", "needed"),
+    [
+        ({"provider": "subprocess", "command": ["true"]}, 0),
+        ({"provider": "gpu", "container": {"image": "i"}}, 1),
+        ({"provider": "gpu", "container": {"image": "i"}, "resources": {"num_gpus": 0}}, 0),
+        ({"provider": "cpu", "container": {"image": "i"}, "resources": {"num_gpus": 2}}, 2),
+        (
+            {
+                "provider": "gpu_distributed",
+                "container": {"image": "i"},
+                "resources": {"num_nodes": 2, "num_gpus": 2},
+            },
+            4,
+        ),
+    ],
+)
+def test_how_many_gpus_a_step_needs(executor: dict[str, Any], needed: int) -> None:
+    assert gpus_needed(StepSpec.model_validate({"name": "ab", "executor": executor}).executor) == needed
+
+
+def _settings(**extra: Any) -> dict[str, Any]:
+    return {"gpus": ("0", "1"), "gpu_containers_as_subprocess": True, **extra}
+
+
+async def _task_details(api: Api, job: str, step: str) -> dict[str, Any]:
+    _, tasks = await api.request("GET", f"/jobs/{job}/steps/{step}/tasks")
+    return tasks["data"][0]["status_details"]  # type: ignore[no-any-return]
+
+
+async def test_steps_get_exactly_their_gpus_and_wait_for_free_ones(tmp_path: Path) -> None:
+    async with running_server(tmp_path, **_settings()) as srv, api_for(srv) as api:
+        hold = 'echo "cuda=$CUDA_VISIBLE_DEVICES nvidia=$NVIDIA_VISIBLE_DEVICES"; sleep 60'
+        await api.create_job([_gpu_step("train", hold)], name="first")
+        await api.create_job([_gpu_step("train", hold)], name="second")
+        for name in ("first", "second"):
+            await api.wait_job(name, {"active"}, timeout_s=60)
+        held = {name: (await _task_details(api, name, "train"))["gpus"] for name in ("first", "second")}
+        assert sorted(g for ids in held.values() for g in ids) == ["GPU-declared-0", "GPU-declared-1"]
+        for name in ("first", "second"):
+            (gpu,) = held[name]
+            assert await _eventually_logs(api, name) == [f"cuda={gpu} nvidia={gpu}"]
+
+        # A third waits in `created` while both are held...
+        await api.create_job([_gpu_step("train", 'echo "cuda=$CUDA_VISIBLE_DEVICES"')], name="third")
+        _, waiting = await api.request("GET", "/jobs/third")
+        assert waiting["status"] == "created"
+        # ...and gets the one a cancelled step gives back.
+        await api.request("POST", "/jobs/first/cancel")
+        assert (await api.wait_job("third", timeout_s=60))["status"] == "completed"
+        assert await api.logs("third") == [f"cuda={held['first'][0]}"]
+
+        # A step that could never fit is refused at submission.
+        status, body = await api.request(
+            "POST",
+            "/jobs",
+            json={"source": "t", "spec": {}, "platform_spec": {"steps": [_gpu_step("big", "true", gpus=3)]}},
+        )
+        assert status == 422 and "needs 3 GPUs; this machine has 2" in body["detail"], body
+        await api.request("POST", "/jobs/second/cancel")
+        await api.wait_job("second", timeout_s=60)
+
+
+async def _eventually_logs(api: Api, name: str) -> list[str]:
+    for _ in range(600):  # 30 s at most
+        if lines := await api.logs(name):
+            return lines
+        await asyncio.sleep(0.05)
+    return []
+
+
+async def test_a_restarted_daemon_rebuilds_who_holds_which_gpu(tmp_path: Path) -> None:
+    hold = "sleep 60"
+    settings = _settings(stop_steps_on_shutdown=False)
+    async with running_server(tmp_path, **settings) as srv, api_for(srv) as api:
+        await api.create_job([_gpu_step("train", hold)], name="survivor")
+        await api.wait_job("survivor", {"active"}, timeout_s=60)
+        (gpu,) = (await _task_details(api, "survivor", "train"))["gpus"]
+    async with running_server(tmp_path, **settings) as srv, api_for(srv) as api:
+        # The survivor still holds its GPU: a new step gets the other one.
+        await api.create_job([_gpu_step("train", 'echo "$CUDA_VISIBLE_DEVICES"; sleep 60')], name="newcomer")
+        await api.wait_job("newcomer", {"active"}, timeout_s=60)
+        (other,) = (await _task_details(api, "newcomer", "train"))["gpus"]
+        assert other != gpu
+        # Both held: one more waits.
+        await api.create_job([_gpu_step("train", "true")], name="waiter")
+        assert (await api.request("GET", "/jobs/waiter"))[1]["status"] == "created"
+        await api.request("POST", "/jobs/survivor/cancel")
+        assert (await api.wait_job("waiter", timeout_s=60))["status"] == "completed"
+        await api.request("POST", "/jobs/newcomer/cancel")
+        await api.wait_job("newcomer", timeout_s=60)
+
+
+def test_gpu_objects_name_their_device() -> None:
+    assert Gpu(index=0, uuid="GPU-1").device_id == "GPU-1"
+
+
+async def test_a_gpu_step_on_a_machine_without_gpus_is_refused_at_submission(api: Api) -> None:
+    step = _gpu_step("needs-gpu", "true")
+    status, body = await api.request(
+        "POST", "/jobs", json={"source": "t", "spec": {}, "platform_spec": {"steps": [step]}}
+    )
+    assert status == 422 and "needs 1 GPU; this machine has 0" in body["detail"], body
+
+
+async def test_declared_gpus_on_an_engine_without_a_gpu_runtime_fail_clearly(tmp_path: Path) -> None:
+    """The container asks the engine for exactly the GPU it was given (DeviceIDs): an engine
+    without the NVIDIA runtime says so, and the step ends in error naming it."""
+    from tests.docker_env import TEST_IMAGE, require_docker
+
+    require_docker()
+    step = _gpu_step("needs-gpu", "true")
+    step["executor"]["container"]["image"] = TEST_IMAGE
+    async with running_server(tmp_path, gpus=("0",)) as srv, api_for(srv) as api:
+        await api.create_job([step], name="gpu")
+        job = await api.wait_job("gpu", timeout_s=60)
+        assert job["status"] == "error"
+        assert "no GPU runtime" in job["error_details"]["message"]
