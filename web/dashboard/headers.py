@@ -12,8 +12,9 @@ CONTENT_SECURITY_POLICY = (
 
 COMMON = {
     "X-Content-Type-Options": "nosniff",
-    # The login URL carries the token: no page of ours tells another site where it came from.
-    "Referrer-Policy": "no-referrer",
+    # The login URL carries the token: no page of ours tells another site where it came from (not
+    # no-referrer: with it a browser sends `Origin: null` on the login form, which is refused).
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
 

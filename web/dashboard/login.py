@@ -93,7 +93,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 def _see_other(location: str) -> web.Response:
-    headers = {"Location": location, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    headers = {"Location": location, "Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
     return web.Response(status=303, headers=headers)
 
 

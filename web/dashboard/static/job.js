@@ -213,6 +213,12 @@ function jobGone(text) {
   for (const button of buttons) button.disabled = true;
 }
 
+// What each action moves a job to when it applies.
+const MOVES_TO = {
+  cancel: ["cancelling", "cancelled"],
+  pause: ["pausing", "paused"],
+  resume: ["resuming", "pending", "active", "created"],
+};
 const VERBS = { cancel: "Cancelling", pause: "Pausing", resume: "Resuming", delete: "Deleting" };
 
 async function act(action) {
@@ -229,8 +235,13 @@ async function act(action) {
       return;
     }
     const job = await api(`${jobPath}/${action}`, { method: "POST" });
-    outcome.textContent = `${action[0].toUpperCase()}${action.slice(1)} asked: the job is ${job.status}.`;
-    outcome.classList.add("good");
+    if (MOVES_TO[action].includes(job.status)) {
+      outcome.textContent = `${action[0].toUpperCase()}${action.slice(1)} asked: the job is ${job.status}.`;
+      outcome.classList.add("good");
+    } else {
+      // The API answers a cancel, pause or resume that does not apply with the job as it is.
+      outcome.textContent = `Nothing to ${action}: the job is ${job.status}.`;
+    }
   } catch (error) {
     outcome.textContent = `Not done: ${error.message}`;
     outcome.classList.add("bad");
