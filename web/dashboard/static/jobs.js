@@ -22,6 +22,7 @@ let lastPage = 1;
 // The step a finished job failed in, per job id: it never changes once the job is finished.
 const failedStepOf = new Map();
 const rowOf = new Map();
+let lastSteps = new Map();
 
 function readState() {
   const query = new URLSearchParams(location.search);
@@ -165,12 +166,16 @@ async function refresh() {
   const request = ++latestRequest;
   try {
     const page = await api(listUrl());
-    const current = await currentSteps(page.data);
     if (request !== latestRequest) return; // the filters changed meanwhile: a newer answer is coming
+    // The rows at once (with the steps known from the last poll), then their current steps.
+    render(page, lastSteps);
+    if (!performance.getEntriesByName("jobs-rendered").length) performance.mark("jobs-rendered");
+    const current = await currentSteps(page.data);
+    if (request !== latestRequest) return;
+    lastSteps = current;
     render(page, current);
     problem.textContent = "";
     setLive(true, `live · ${new Date().toLocaleTimeString()}`);
-    if (!performance.getEntriesByName("jobs-rendered").length) performance.mark("jobs-rendered");
     findFailedSteps(page.data);
     remember(state.workspace);
   } catch (error) {
