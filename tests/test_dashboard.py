@@ -278,6 +278,39 @@ async def test_the_log_opens_on_the_tail_follows_marks_stderr_and_pages_back(
     await expect(log.locator(".line").last).to_contain_text("last line", timeout=WAIT_MS)
 
 
+_SET_HIDDEN = """hidden => {
+  Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});
+  document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+async def test_a_hidden_tab_lets_go_of_the_log_stream_and_resumes_where_it_stopped(
+    signed_in: Visit, server: Server, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    api = api_in(session, server, "hidden")
+    gate, done = tmp_path / "gate", tmp_path / "done"
+    script = (
+        f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo while hidden; "
+        f"while [ ! -e {done} ]; do sleep 0.05; done"
+    )
+    await api.create_job([shell("main", script)], name="background")
+    page = signed_in.page
+    await signed_in.open("/workspaces/hidden/jobs/background")
+    log = page.locator("#log")
+    await expect(log.locator(".line", has_text="before")).to_be_visible()
+    await page.evaluate(_SET_HIDDEN, True)
+    await expect(page.locator("#log-state")).to_contain_text("paused while the tab is hidden")
+    gate.touch()
+    await _wait_for_log_total(api, "background", 2)
+    await page.evaluate(_SET_HIDDEN, False)
+    await expect(log.locator(".line", has_text="while hidden")).to_have_count(1)
+    await expect(log.locator(".line")).to_have_count(2)  # resumed after its last line: nothing twice
+    done.touch()
+    await expect(page.locator("#log-state")).to_contain_text("finished")
+
+
 async def test_the_steps_tree_shows_statuses_and_error_details(
     signed_in: Visit, server: Server, session: aiohttp.ClientSession
 ) -> None:

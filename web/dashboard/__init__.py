@@ -16,8 +16,16 @@ from aiohttp import web
 
 from web.dashboard import assets, login, pages
 
+_ROUTE_TABLES = (login.routes, pages.routes, assets.routes)
+
 
 def add_dashboard(app: web.Application) -> None:
-    app.add_routes(login.routes)
-    app.add_routes(pages.routes)
-    app.add_routes(assets.routes)
+    for table in _ROUTE_TABLES:
+        app.add_routes(table)
+
+
+def dashboard_routes() -> frozenset[tuple[str, str]]:
+    """(path, method) of every route the dashboard adds. Pages and files, not API operations (the
+    pages' data comes through the documented API), so `/openapi.json` does not list them."""
+    routes = (route for table in _ROUTE_TABLES for route in table)
+    return frozenset((r.path, r.method) for r in routes if isinstance(r, web.RouteDef))

@@ -150,7 +150,8 @@ function render(page, current) {
   }
   for (const id of [...rowOf.keys()]) if (!seen.has(id)) rowOf.delete(id);
   if (!ordered.length) {
-    const empty = state.q || state.status ? "No job matches these filters." : "No jobs in this workspace yet.";
+    let empty = state.q || state.status ? "No job matches these filters." : "No jobs in this workspace yet.";
+    if (page.pagination.total_results > 0) empty = `Page ${state.page} is past the last page.`;
     rows.replaceChildren(el("tr", { class: "placeholder" }, el("td", { colspan: 6 }, empty)));
   } else if (ordered.length !== rows.children.length || ordered.some((row, i) => rows.children[i] !== row)) {
     rows.replaceChildren(...ordered); // only when the rows changed: a focused link keeps its focus

@@ -36,8 +36,26 @@ export class LogView {
     this.loadingOlder = false;
     this.stopped = false;
     this.dropped = 0;
+    this.parked = false;
+    this.visibleWaiters = [];
     box.addEventListener("scroll", () => this.onScroll());
     endButton.addEventListener("click", () => this.toEnd());
+    // A hidden tab lets go of its stream: a browser opens at most 6 connections to one host, and
+    // a few job pages left open in the background must not starve the others.
+    document.addEventListener("visibilitychange", () => {
+      if (document.hidden && this.controller && !this.stopped) {
+        this.parked = true;
+        this.controller.abort();
+      } else if (!document.hidden) {
+        const waiters = this.visibleWaiters;
+        this.visibleWaiters = [];
+        for (const resolve of waiters) resolve();
+      }
+    });
+  }
+
+  untilVisible() {
+    return new Promise((resolve) => (document.hidden ? this.visibleWaiters.push(resolve) : resolve()));
   }
 
   async start() {
@@ -86,6 +104,13 @@ export class LogView {
         return;
       } catch (error) {
         if (this.stopped) return;
+        if (this.parked) {
+          this.flush();
+          this.say("paused while the tab is hidden");
+          await this.untilVisible();
+          this.parked = false;
+          continue; // resumes after the last line received
+        }
         if (error instanceof ApiError && error.status < 500) {
           this.say(error.message);
           return;
