@@ -278,6 +278,36 @@ async def test_the_log_opens_on_the_tail_follows_marks_stderr_and_pages_back(
     await expect(log.locator(".line").last).to_contain_text("last line", timeout=WAIT_MS)
 
 
+async def test_a_long_followed_log_keeps_the_page_light_and_still_pages_back(
+    signed_in: Visit, server: Server, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    api = api_in(session, server, "long")
+    gate = tmp_path / "gate"
+    script = f"while [ ! -e {gate} ]; do sleep 0.05; done; seq 1 7000 | sed 's/^/row /'"
+    await api.create_job([shell("main", script)], name="long-log")
+    page = signed_in.page
+    await signed_in.open("/workspaces/long/jobs/long-log")
+    await expect(page.locator("#log-state")).to_contain_text("following")
+    gate.touch()  # 7,000 lines arrive while the page follows
+    log = page.locator("#log")
+    await expect(log.locator(".line").last).to_contain_text("row 7000")
+    assert await log.locator(".line").count() <= 5000  # the oldest went
+    assert await log.locator(".msg", has_text=re.compile(r"^row 1$")).count() == 0
+    for _ in range(80):
+        if await log.locator(".log-start").count():
+            break
+        await log.evaluate("box => { box.scrollTop = 0; box.dispatchEvent(new Event('scroll')); }")
+        await page.wait_for_timeout(200)
+    await expect(log.locator(".log-start")).to_be_visible()
+    await expect(log.locator(".line").first.locator(".msg")).to_have_text("row 1")
+    # Every line once, in order, from the first to where the trimmed view began.
+    texts = await log.locator(".msg").all_text_contents()
+    numbers = [int(t.split()[1]) for t in texts]
+    assert numbers == list(range(1, len(numbers) + 1)) and numbers[-1] == 7000
+
+
 _SET_HIDDEN = """hidden => {
   Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});
   document.dispatchEvent(new Event('visibilitychange'));
