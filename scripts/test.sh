@@ -4,6 +4,8 @@
 #
 # The Docker engine (scripts/setup_docker.sh) is set up when running as root or under CI=true.
 # Outside CI a failed Docker setup only warns and sets LOCALJOBS_SKIP_DOCKER=1; in CI it fails.
+# Chromium for the dashboard's browser tests (scripts/setup_browser.sh) likewise, with
+# LOCALJOBS_SKIP_BROWSER=1.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -30,6 +32,20 @@ elif [ "$(id -u)" -eq 0 ]; then
 elif ! timeout 15 docker info >/dev/null 2>&1; then
     echo "WARNING: no Docker engine answers and this is not root: Docker tests will be skipped" >&2
     export LOCALJOBS_SKIP_DOCKER=1
+fi
+
+if [ "$IN_CI" -eq 1 ]; then
+    step "browser (CI: required)"
+    bash scripts/setup_browser.sh
+elif [ "$(id -u)" -eq 0 ]; then
+    step "browser"
+    if ! bash scripts/setup_browser.sh; then
+        echo "WARNING: Chromium setup failed; browser tests will be skipped (LOCALJOBS_SKIP_BROWSER=1)" >&2
+        export LOCALJOBS_SKIP_BROWSER=1
+    fi
+elif ! command -v "${LOCALJOBS_CHROMIUM:-chromium}" >/dev/null 2>&1; then
+    echo "WARNING: no Chromium and this is not root: browser tests will be skipped" >&2
+    export LOCALJOBS_SKIP_BROWSER=1
 fi
 
 step "ruff check"

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,7 @@ def test_the_wheel_installs_beside_web_py_and_works_in_a_project_with_its_own_pa
             time.sleep(0.05)
         ran = _run([str(venv / "bin" / "localjobs"), "run", "--", "echo", "hi from the wheel"], project, env)
         assert ran == "hi from the wheel\n"
+        _dashboard_is_served(READY.search(out_path.read_text()).group(1))  # type: ignore[union-attr]
     finally:
         serve.terminate()
         serve.wait(timeout=30)
@@ -111,3 +114,12 @@ def test_the_wheel_installs_beside_web_py_and_works_in_a_project_with_its_own_pa
 
     _run([python, "-m", "pip", "uninstall", "-y", "-q", "web.py"], tmp_path)
     assert "Usage" in _run([str(venv / "bin" / "localjobs"), "--help"], project, env)
+
+
+def _dashboard_is_served(url: str) -> None:
+    """The dashboard's pages and files are package data: the wheel must carry them."""
+    with urllib.request.urlopen(f"{url}/static/jobs.js", timeout=30) as resp:
+        assert resp.status == 200 and b"List Jobs" in resp.read()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/", timeout=30)
+    assert refused.value.code == 401 and b'action="/login"' in refused.value.read()

@@ -299,7 +299,8 @@ async def _follow_logs(request: web.Request, workspace: str, q: _LogsQuery) -> w
             async for line, cursor in lines:
                 item = {**serialize.log_line(line), "cursor": cursor}
                 await response.write(strict_json.dumps(item) + b"\n")
+            # In the try too: a follower (a closed dashboard tab) may leave after the last line.
+            await response.write_eof()
         except ConnectionResetError:
             return response  # the follower went away; it resumes with its last cursor
-    await response.write_eof()
     return response

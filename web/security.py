@@ -13,10 +13,17 @@ way in:
   so a browser never lets another origin read an answer or send a preflighted request.
 - The owner's token on every `/apis/...` request (`Authorization: Bearer <token>`), compared in
   constant time: 401 without it. `/health` and the SDK's auth discovery stay open and tell nothing.
+- The dashboard's session cookie (web/dashboard) stands in for the bearer header, and only on the
+  page's own requests: the cookie is HttpOnly and SameSite=Strict (no cross-site request carries
+  it); a same-site page on another port of this host does send it, so the Origin check above still
+  refuses that page's writes, a write without an `Origin` is refused, and a request the browser
+  labels `Sec-Fetch-Site: same-site` or `cross-site` is not let in by the cookie. The cookie holds a
+  value derived from the token (HMAC), never the token itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import socket
@@ -34,6 +41,14 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/openapi.json", "/apis/auth/discovery"})
 # Takes the RFC 8693 form body (application/x-www-form-urlencoded) that the SDK sends.
 TOKEN_EXCHANGE_PATH = "/apis/auth/token"
+# The dashboard's login form: a browser form posts application/x-www-form-urlencoded.
+LOGIN_PATH = "/login"
+_FORM_BODY_PATHS = frozenset({TOKEN_EXCHANGE_PATH, LOGIN_PATH})
+_SESSION_CONTEXT = b"localjobs dashboard session v1"
+# What a browser says of the page's own requests (`same-origin`) and of what the user typed or
+# bookmarked (`none`); `same-site` (another port of this host) and `cross-site` get no cookie access.
+_OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True)
@@ -81,8 +96,30 @@ class AccessPolicy:
             return True
         if presented is None:
             return False
-        # surrogateescape: a header of raw bytes is a wrong token, not an error.
-        return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.token.encode())
+        return _same(presented, self.token)
+
+    @property
+    def session_cookie(self) -> str:
+        # A browser sends a host's cookies to every port of it: the port keeps two daemons apart.
+        return f"localjobs_session_{self.port}"
+
+    def session_value(self) -> str | None:
+        """What the dashboard's cookie holds: derived from the token, so that the cookie is not the
+        token (it opens no bearer header) and a new token ends every session. None without auth."""
+        if self.token is None:
+            return None
+        return hmac.new(self.token.encode(), _SESSION_CONTEXT, hashlib.sha256).hexdigest()
+
+    def session_ok(self, presented: str | None) -> bool:
+        expected = self.session_value()
+        if expected is None:
+            return True
+        return presented is not None and _same(presented, expected)
+
+
+def _same(presented: str, expected: str) -> bool:
+    # Constant time; surrogateescape: a header of raw bytes is a wrong value, not an error.
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 # A name or an IPv4 address, or a bracketed IPv6 address, then an optional port: nothing else
@@ -123,6 +160,17 @@ def bearer_token(request: web.Request) -> str | None:
     return None
 
 
+def session_allows(request: web.Request, policy: AccessPolicy) -> bool:
+    """The dashboard's cookie, on a request its own page made (see the module's docstring)."""
+    if not policy.session_ok(request.cookies.get(policy.session_cookie)):
+        return False
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in _OWN_FETCH_SITES:
+        return False
+    # Browsers send Origin with every write; one without it is not the page's (the Origin itself,
+    # when present, was checked before).
+    return request.method in _SAFE_METHODS or "Origin" in request.headers
+
+
 def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
@@ -153,12 +201,13 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     # An empty body carries nothing to act on, whatever its type says (aiohttp's client labels
     # one application/octet-stream): only a body that exists must be JSON.
     body_not_json = request.can_read_body and not _is_json(request.content_type)
-    if request.method in _BODY_METHODS and path != TOKEN_EXCHANGE_PATH and body_not_json:
+    if request.method in _BODY_METHODS and path not in _FORM_BODY_PATHS and body_not_json:
         return _refuse(415, "the request body must be JSON (Content-Type: application/json)")
     if (
         path.startswith("/apis/")
         and path != TOKEN_EXCHANGE_PATH
         and not policy.token_ok(bearer_token(request))
+        and not session_allows(request, policy)
     ):
         return _refuse(
             401,

@@ -68,6 +68,8 @@ def _pyproject(text: str, packages: list[str]) -> str:
     text = re.sub(r"^packages = \[.*\]$", f"packages = {packages!r}".replace("'", '"'), text, flags=re.M)
     for package in PACKAGES:
         text = re.sub(rf'^(\w+ = "){package}([.:])', rf"\g<1>{PARENT}.{package}\2", text, flags=re.M)
+        # package-data keys: `"web.dashboard" = [...]`
+        text = re.sub(rf'^"{package}([."])', rf'"{PARENT}.{package}\1', text, flags=re.M)
     return text
 
 

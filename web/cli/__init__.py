@@ -16,7 +16,12 @@ from web.cli.outcome import INTERRUPTED, USAGE
 _JOBS = ("run", "wait", "ls", "status", "logs", "cancel", "pause", "resume", "rm")
 # Each command's module is imported only when that command runs: `serve` loads no client code,
 # a client command no daemon code.
-_MODULES = {"serve": "web.cli.serve", "results": "web.cli.results", "secrets": "web.cli.secrets"}
+_MODULES = {
+    "serve": "web.cli.serve",
+    "results": "web.cli.results",
+    "secrets": "web.cli.secrets",
+    "dashboard": "web.cli.dashboard",
+}
 _MODULES.update(dict.fromkeys(_JOBS, "web.cli.jobs"))
 
 

@@ -127,6 +127,7 @@ async def _serve(settings: Settings, lock: DataDirLock) -> int:
         log.info("API token: %s (clients send 'Authorization: Bearer <token>')", source)
     # Printed on stdout for scripts and tests that start the daemon on port 0.
     print(f"localjobs ready {server.base_url}", flush=True)
+    _tell_dashboard(server.base_url, server.token)
     waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(server.daemon.failed.wait())]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for waiter in waiters:
@@ -134,6 +135,23 @@ async def _serve(settings: Settings, lock: DataDirLock) -> int:
     log.info("stopping")
     await server.stop()
     return 1 if server.daemon.failed.is_set() else 0
+
+
+def _tell_dashboard(base_url: str, token: str | None) -> None:
+    """The dashboard's login URL on stderr, with the token in it only when stderr is a terminal:
+    the owner's own screen (as Jupyter's), never a file or a journal that keeps what a redirected
+    stderr says. Printed, not logged: no log handler ever sees it."""
+    from web.cli.dashboard_url import login_url
+
+    if token is None or sys.stderr.isatty():
+        print(f"localjobs dashboard: {login_url(base_url, token)}", file=sys.stderr, flush=True)
+    else:
+        print(
+            f"localjobs dashboard: {login_url(base_url, None)} "
+            "(log in with the token; `localjobs dashboard` prints a login URL)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _keep_inherited_descriptors() -> None:
