@@ -100,8 +100,12 @@ async def test_pause_freezes_and_resume_continues_progress(api: Api) -> None:
     status, job = await api.request("POST", "/jobs/counter/resume")
     assert status == 200
     await api.wait_job("counter", {"active"})
-    await asyncio.sleep(0.3)
-    later = [int(x) for x in await api.logs("counter")]
+    # It prints again: more lines get stored (polled, not a fixed sleep hoping one was printed).
+    deadline = time.monotonic() + 20
+    while len(resumed := await api.logs("counter")) <= len(frozen):
+        assert time.monotonic() < deadline, f"no line stored within 20 s of the resume: {len(resumed)}"
+        await asyncio.sleep(0.05)
+    later = [int(x) for x in resumed]
     assert later[: len(frozen)] == [int(x) for x in frozen]
     assert len(later) > len(frozen)
     assert later == list(range(1, len(later) + 1))  # continued where it stopped, never restarted
@@ -122,9 +126,14 @@ async def test_cancel_a_paused_step(api: Api) -> None:
 
 
 async def test_workload_that_handles_sigterm_is_still_cancelled(api: Api) -> None:
-    script = "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.05; done"
+    script = "trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.05; done"
     await api.create_job([shell("graceful", script)], name="graceful")
     await api.wait_job("graceful", {"active"})
+    # Cancelled only once its trap is set (it says so): else SIGTERM could beat the trap.
+    deadline = time.monotonic() + 20
+    while "ready" not in await api.logs("graceful"):
+        assert time.monotonic() < deadline, "the trap was not set within 20 s"
+        await asyncio.sleep(0.05)
     await api.request("POST", "/jobs/graceful/cancel")
     job = await api.wait_job("graceful")
     assert job["status"] == "cancelled"
@@ -145,6 +154,21 @@ async def test_client_patch_to_terminal_status_ends_the_workload(api: Api) -> No
     job = await api.wait_job("patched")
     assert job["error_details"]["message"] == "by hand"
     await _eventually(lambda: _gone(pid))
+
+
+def _stopped(pid: int) -> bool:
+    """Frozen by the pause: stopped, or (dash vforks) waiting in the kernel, in `D`, for a
+    stopped child to exec."""
+    proc = psutil.Process(pid)
+    status = proc.status()
+    if status == psutil.STATUS_STOPPED:
+        return True
+    if status != psutil.STATUS_DISK_SLEEP:
+        return False
+    try:
+        return any(child.status() == psutil.STATUS_STOPPED for child in proc.children())
+    except psutil.NoSuchProcess:  # the child exec'd and ended meanwhile: not frozen
+        return False
 
 
 def _gone(pid: int) -> bool:
@@ -203,9 +227,9 @@ async def test_client_patch_to_paused_and_back_freezes_and_thaws(api: Api) -> No
     pid = s["status_details"]["pid"]
     status, _ = await api.request("PATCH", "/jobs/patch-pause/steps/ticker/status", json={"status": "paused"})
     assert status == 200
-    await _eventually(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+    await _eventually(lambda: _stopped(pid))
     status, _ = await api.request("PATCH", "/jobs/patch-pause/steps/ticker/status", json={"status": "active"})
     assert status == 200
-    await _eventually(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED)
+    await _eventually(lambda: not _stopped(pid))
     await api.request("POST", "/jobs/patch-pause/cancel")
     assert (await api.wait_job("patch-pause"))["status"] == "cancelled"

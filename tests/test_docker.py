@@ -112,11 +112,12 @@ async def test_two_node_distributed_step_sees_its_ranks(api: Api) -> None:
 async def test_distributed_nodes_reach_each_other(api: Api) -> None:
     script = (
         'if [ "$NODE_RANK" = 0 ]; then echo ready | nc -l -p "$MASTER_PORT"; echo served; '
-        'else for i in $(seq 1 50); do nc "$MASTER_ADDR" "$MASTER_PORT" && break; sleep 0.1; done; fi'
+        # Rank 1 tries for a minute or more: rank 0 may start listening seconds later on a loaded machine.
+        'else for i in $(seq 1 600); do nc "$MASTER_ADDR" "$MASTER_PORT" && break; sleep 0.1; done; fi'
     )
     s = container_step("rdzv", script, provider="gpu_distributed", num_nodes=2, num_gpus=0)
     await api.create_job([s], name="rdzv")
-    job = await api.wait_job("rdzv", timeout_s=60)
+    job = await api.wait_job("rdzv", timeout_s=120)
     assert job["status"] == "completed", job
     assert sorted(await api.logs("rdzv")) == ["ready", "served"]
 
@@ -147,21 +148,54 @@ async def test_empty_entrypoint_and_command_keep_the_images_own(api: Api) -> Non
     assert job["status"] == "completed", job
 
 
+async def _docker_last_line(container_id: str) -> str:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["docker", "logs", "--tail", "1", container_id],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+async def _logs_until(api: Api, job: str, done: Any, what: str, timeout_s: float = 30) -> list[str]:
+    """The job's stored lines once `done(lines)` holds (polled, bounded)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not done(lines := await api.logs(job)):
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{what}: not within {timeout_s} s ({len(lines)} lines)"
+        )
+        await asyncio.sleep(0.05)
+    return lines
+
+
 async def test_pause_and_resume_a_container(api: Api) -> None:
     counter = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done"
     await api.create_job([container_step("count", counter)], name="cpause")
     await api.wait_job("cpause", {"active"}, timeout_s=60)
-    await asyncio.sleep(0.5)
+    _, s = await api.request("GET", "/jobs/cpause/steps/count")
+    (container_id,) = s["status_details"]["container_ids"]
+    await _logs_until(api, "cpause", lambda lines: len(lines) >= 5, "it counts")
     await api.request("POST", "/jobs/cpause/pause")
-    await api.wait_job("cpause", {"paused"})
-    await asyncio.sleep(0.4)
-    frozen = await api.logs("cpause")
-    await asyncio.sleep(0.4)
+    await api.wait_job("cpause", {"paused"}, timeout_s=60)
+    # Frozen: the collector stores what was printed before the freeze, up to the counter's last
+    # number as the engine has it (read again each time: it may still be taking in the last
+    # lines), and no more (fixed sleeps assumed it had caught up by then).
+    deadline = asyncio.get_running_loop().time() + 30
+    while (last := await _docker_last_line(container_id)) != str(len(frozen := await api.logs("cpause"))):
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{len(frozen)} lines stored, the engine's last: {last}"
+        )
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert await _docker_last_line(container_id) == last  # nothing printed while paused
     assert await api.logs("cpause") == frozen
     await api.request("POST", "/jobs/cpause/resume")
-    await api.wait_job("cpause", {"active"})
-    await asyncio.sleep(0.5)
-    later = [int(x) for x in await api.logs("cpause")]
+    await api.wait_job("cpause", {"active"}, timeout_s=60)
+    resumed = await _logs_until(api, "cpause", lambda lines: len(lines) > len(frozen), "it counts on")
+    later = [int(x) for x in resumed]
     assert len(later) > len(frozen)
     assert later == list(range(1, len(later) + 1))
     await api.request("POST", "/jobs/cpause/cancel")

@@ -24,6 +24,7 @@ import pytest
 
 from storage.health import WriteHealth
 from tests.conftest import Api, api_for, running_server, shell, step
+from tests.daemon_process import pid_alive
 from web.app import Server
 
 FULL = "no space left on device"
@@ -81,6 +82,20 @@ async def _wait_logs(api: Api, job: str, count: int, timeout_s: float = 20) -> N
     deadline = time.monotonic() + timeout_s
     while len(await api.logs(job)) < count:
         assert time.monotonic() < deadline, f"fewer than {count} lines of {job} stored"
+        await asyncio.sleep(0.02)
+
+
+async def _pid(api: Api, job: str, step_name: str) -> int:
+    await api.wait_job(job, {"active"})
+    _, s = await api.request("GET", f"/jobs/{job}/steps/{step_name}")
+    return int(s["status_details"]["pid"])
+
+
+async def _wait_gone(pid: int, timeout_s: float = 20) -> None:
+    """Until the task's process has ended (a zombie counts: it runs no more)."""
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} still running after {timeout_s} s"
         await asyncio.sleep(0.02)
 
 
@@ -143,9 +158,10 @@ async def test_a_step_killed_by_the_full_disk_ends_in_error_naming_it(
     async with running_server(tmp_path, data_dir=small_disk / "data") as srv, api_for(srv) as api:
         await api.create_job([step("writer", "python", "-c", script)], name="writer")
         await _wait_logs(api, "writer", 5)
+        pid = await _pid(api, "writer", "writer")
         filler = await asyncio.to_thread(_fill, small_disk)
         await _wait_health(srv, api, 503)
-        await asyncio.sleep(0.5)  # the task dies of it meanwhile
+        await _wait_gone(pid)  # the task dies of it (not a fixed sleep hoping it had)
         filler.unlink()
         job = await api.wait_job("writer", timeout_s=30)
         assert job["status"] == "error", job
@@ -168,9 +184,10 @@ async def test_a_silent_step_whose_one_write_fails_on_the_full_disk_says_so(
     async with running_server(tmp_path, data_dir=small_disk / "data") as srv, api_for(srv) as api:
         await api.create_job([quiet], name="quiet")
         await api.wait_job("quiet", {"active"})
+        pid = await _pid(api, "quiet", "quiet")
         filler = await asyncio.to_thread(_fill, small_disk)
         go.touch()
-        await asyncio.sleep(0.5)  # it fails to write and ends meanwhile
+        await _wait_gone(pid)  # it fails to write and ends (not a fixed sleep hoping it had)
         filler.unlink()
         job = await api.wait_job("quiet", timeout_s=30)
         assert job["status"] == "error", job

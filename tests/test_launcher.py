@@ -72,11 +72,16 @@ async def test_many_starts_at_once_all_get_their_answer(tmp_path: Path) -> None:
 
 
 async def test_an_idle_launcher_leaves_and_the_next_start_brings_a_new_one(tmp_path: Path) -> None:
+    go = tmp_path / "go"
     async with _client(tmp_path, idle_s=0.2) as client:
-        first = await client.start(_request(tmp_path / "first", ["/bin/true"]))
+        # The first task runs until the test has taken its launcher (which can not leave while
+        # it runs): once it ends, the launcher is idle and may leave before a next look.
+        wait = f'i=0; while [ ! -e "{go}" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done'
+        first = await client.start(_request(tmp_path / "first", ["/bin/sh", "-c", wait]))
         os.close(first.pidfd)
-        assert await asyncio.wait_for(first.exited, 10) == 0
         (launcher,) = _launchers()
+        go.touch()
+        assert await asyncio.wait_for(first.exited, 30) == 0
         deadline = asyncio.get_running_loop().time() + 10
         while _alive(launcher):
             assert asyncio.get_running_loop().time() < deadline, "the idle launcher stayed"
@@ -94,11 +99,16 @@ async def test_a_failed_start_is_the_step_error(api: Api) -> None:
 
 
 async def test_steps_go_on_when_the_launcher_is_killed(api: Api) -> None:
-    await api.create_job([shell("main", "sleep 1; exit 3")], name="running")
+    # The task ends only once its launcher is gone (a fixed sleep had to outlast killing it).
+    wait = 'i=0; while [ ! -e "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done'
+    await api.create_job([shell("main", f"{wait}; exit 3")], name="running")
     await api.wait_job("running", {"active"})
+    _, s = await api.request("GET", "/jobs/running/steps/main")
+    storage = Path(s["status_details"]["subprocess_work_dir"]).parent.parent / "job-storage"
     (launcher,) = _launchers()
     launcher.send_signal(signal.SIGKILL)
     launcher.wait(10)
+    (storage / "go").touch()
     # The task it started ran on, but nobody was left to hear its exit status: said so.
     job = await api.wait_job("running")
     assert job["status"] == "error"

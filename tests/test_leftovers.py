@@ -72,35 +72,59 @@ async def _until(predicate: Any, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _main_pid(api: Api, job: str) -> int:
-    await api.wait_job(job, {"active"})
+def _wait_for(name: str) -> str:
+    """Shell: wait (bounded, ~60 s) until the test creates `name` in the job's storage. A step
+    that must run until the test has seen something waits so, not for a fixed time (a loaded
+    machine misses such windows)."""
+    return (
+        f'i=0; while [ ! -e "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/{name}" ] && [ $i -lt 1200 ]; '
+        "do sleep 0.05; i=$((i+1)); done; "
+    )
+
+
+def _storage_of(step: dict[str, Any]) -> Path:
+    """The job's storage on the host: the workload's $NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH."""
+    details = step["status_details"]
+    return Path(details.get("work_dir") or details["subprocess_work_dir"]).parent.parent / "job-storage"
+
+
+async def _job_storage(api: Api, job: str) -> Path:
+    await api.wait_job(job, {"active"}, timeout_s=60)
     _, step = await api.request("GET", f"/jobs/{job}/steps/main")
-    return int(step["status_details"]["pid"])
+    return _storage_of(step)
 
 
 async def test_fifty_left_behind_are_all_gone_within_the_grace_period(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     marks = ("3001", "3002", "3003", "3004", "3005")
     async with running_server(tmp_path, grace_period_s=GRACE_S) as srv, api_for(srv) as api:
-        await api.create_job([shell("main", FIFTY + "echo spawned; sleep 1; exit 0")], name="fifty")
-        pid = await _main_pid(api, "fifty")
-        await _until(lambda: len(_sleeps(data_dir, *marks)) == 50, 10, "50 background processes")
-        await _until(lambda: not pid_alive(pid), 10, "the main process ends")
+        script = FIFTY + "echo spawned; " + _wait_for("go") + "exit 0"
+        await api.create_job([shell("main", script)], name="fifty")
+        storage = await _job_storage(api, "fifty")
+        await _until(lambda: len(_sleeps(data_dir, *marks)) == 50, 30, "50 background processes")
+        (storage / "go").touch()  # the main process ends now: the grace period starts after this
         main_ended = time.monotonic()
-        job = await api.wait_job("fifty", timeout_s=GRACE_S + 10)
+        job = await api.wait_job("fifty", timeout_s=GRACE_S + 20)
         took = time.monotonic() - main_ended
         assert job["status"] == "completed", job  # the main process's exit code counts
         assert _sleeps(data_dir, *marks) == []  # ended before the step counts as ended
-        # The five that ignore SIGTERM had their grace period, then SIGKILL.
-        assert GRACE_S * 0.8 <= took <= GRACE_S + 2.5, took
+        # The five that ignore SIGTERM had their grace period, then SIGKILL (the upper bound is
+        # only there to catch a grace period not kept: far above what a loaded machine takes).
+        assert GRACE_S * 0.8 <= took <= GRACE_S + 10, took
 
 
 async def test_what_a_leftover_prints_after_the_main_process_ended_is_stored(tmp_path: Path) -> None:
+    # Each leftover marks (in the job's storage) that its trap is set; the main process ends
+    # only once all three did (a fixed sleep was the only guarantee before).
     script = (
-        "(trap '' TERM; sleep 0.5; echo late-from-the-group; exec sleep 3101) & "
-        "setsid sh -c 'trap \"\" TERM; sleep 0.5; echo late-from-its-own-session >&2; exec sleep 3102' & "
-        "(sh -c 'trap \"echo double-forked-got-sigterm; exit 0\" TERM; while :; do sleep 0.05; done' &); "
-        "sleep 0.2; echo main-done"
+        "s=$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH; "
+        "(trap '' TERM; touch \"$s/group\"; sleep 0.5; echo late-from-the-group; exec sleep 3101) & "
+        'setsid sh -c \'trap "" TERM; touch "$1/session"; sleep 0.5; echo late-from-its-own-session >&2; '
+        'exec sleep 3102\' sh "$s" & '
+        '(sh -c \'trap "echo double-forked-got-sigterm; exit 0" TERM; touch "$1/double"; '
+        'while :; do sleep 0.05; done\' sh "$s" &); '
+        'i=0; until [ -e "$s/group" ] && [ -e "$s/session" ] && [ -e "$s/double" ] || [ $i -ge 1200 ]; '
+        "do sleep 0.05; i=$((i+1)); done; echo main-done"
     )
     async with running_server(tmp_path, grace_period_s=GRACE_S) as srv, api_for(srv) as api:
         await api.create_job([shell("main", script)], name="late")
@@ -119,13 +143,25 @@ async def test_one_that_left_the_session_and_cleared_its_environment_is_ended_to
     (here also `other`, running when it was first seen), never taken for a running task's."""
     async with running_server(tmp_path, grace_period_s=GRACE_S) as srv, api_for(srv) as api:
         try:
-            await api.create_job([shell("main", "sleep 1.5")], name="other")
-            await api.wait_job("other", {"active"})
-            await api.create_job([shell("main", "setsid env -i sleep 3601 & sleep 0.2")], name="anon")
+            # Both end only when the test says so (fixed sleeps were windows a loaded machine missed).
+            await api.create_job([shell("main", _wait_for("go") + "exit 0")], name="other")
+            other = await _job_storage(api, "other")
+            await api.create_job(
+                [shell("main", "setsid env -i sleep 3601 & " + _wait_for("go"))], name="anon"
+            )
+            anon = await _job_storage(api, "anon")
+            # Exec'd as `sleep` (not `setsid ... sleep 3601` any more): it left the session.
+            await _until(
+                lambda: [p.info["cmdline"] for p in _host_sleeps("3601")] == [["sleep", "3601"]],
+                30,
+                "it left the session",
+            )
+            (anon / "go").touch()
             assert (await api.wait_job("anon"))["status"] == "completed"
             assert len(_host_sleeps("3601")) == 1  # `other` still runs: it may be its
+            (other / "go").touch()
             assert (await api.wait_job("other"))["status"] == "completed"
-            await _until(lambda: not _host_sleeps("3601"), GRACE_S + 3, "ended")
+            await _until(lambda: not _host_sleeps("3601"), 10, "ended")
         finally:
             _kill(_host_sleeps("3601"))
 
@@ -134,7 +170,9 @@ async def test_a_cancel_ends_the_whole_tree_with_one_sigterm_each(tmp_path: Path
     """Cancelled while it runs: its tree (what left the group and session included) gets one
     SIGTERM from the stop; once the main process has ended, none of its leftovers gets another."""
     # Inside the outer script's double quotes: `\$` reaches the inner shell as `$`.
-    counter = "trap 'n=\\$((n+1)); echo {name}-sigterm-\\$n' TERM; while :; do sleep 0.05; done"
+    counter = (
+        "trap 'n=\\$((n+1)); echo {name}-sigterm-\\$n' TERM; echo {name}-ready; while :; do sleep 0.05; done"
+    )
     script = (
         f'(sh -c "{counter.format(name="double-forked")}" &); '
         f'setsid sh -c "{counter.format(name="own-session")}" & '
@@ -143,13 +181,18 @@ async def test_a_cancel_ends_the_whole_tree_with_one_sigterm_each(tmp_path: Path
     async with running_server(tmp_path, grace_period_s=GRACE_S) as srv, api_for(srv) as api:
         await api.create_job([shell("main", script)], name="tree")
         await api.wait_job("tree", {"active"})
-        await asyncio.sleep(0.5)  # both loops running
+        # Both traps set (each says so after its trap), not a fixed sleep that hoped they were.
+        ready = {"double-forked-ready", "own-session-ready"}
+        deadline = time.monotonic() + 20
+        while not ready <= set(lines := await api.logs("tree")):
+            assert time.monotonic() < deadline, f"not both ready within 20 s: {lines}"
+            await asyncio.sleep(0.05)
         started = time.monotonic()
         status, _ = await api.request("POST", "/jobs/tree/cancel")
         assert status == 200
-        job = await api.wait_job("tree", timeout_s=GRACE_S + 10)
+        job = await api.wait_job("tree", timeout_s=GRACE_S + 20)
         assert job["status"] == "cancelled"
-        assert time.monotonic() - started <= GRACE_S + 2.5
+        assert time.monotonic() - started <= GRACE_S + 10  # one grace period, not more
         lines = await api.logs("tree")
         assert sorted(line for line in lines if "sigterm" in line) == [
             "double-forked-sigterm-1",
@@ -160,17 +203,19 @@ async def test_a_cancel_ends_the_whole_tree_with_one_sigterm_each(tmp_path: Path
 async def test_the_keep_setting_leaves_them_running(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     script = "sleep 3201 & setsid sleep 3202 & (sleep 3203 &); exit 0"
+    # A long grace period, so that "nothing waited for them" is told apart from a loaded machine.
+    grace_s = 30.0
     async with (
-        running_server(tmp_path, grace_period_s=GRACE_S, keep_leftover_processes=True) as srv,
+        running_server(tmp_path, grace_period_s=grace_s, keep_leftover_processes=True) as srv,
         api_for(srv) as api,
     ):
         started = time.monotonic()
         await api.create_job([shell("main", script)], name="kept")
-        job = await api.wait_job("kept")
+        job = await api.wait_job("kept", timeout_s=grace_s)
         assert job["status"] == "completed"
-        assert time.monotonic() - started < GRACE_S  # nothing waited for them
-        await asyncio.sleep(0.5)
-        assert len(_sleeps(data_dir, "3201", "3202", "3203")) == 3
+        assert time.monotonic() - started < grace_s / 2  # nothing waited for them
+        # All three running (the double-forked one may exec only after the step ended).
+        await _until(lambda: len(_sleeps(data_dir, "3201", "3202", "3203")) == 3, 10, "three left running")
 
 
 def _host_sleeps(*marks: str) -> list[psutil.Process]:
@@ -191,11 +236,7 @@ async def test_a_container_steps_leftovers_die_with_its_container(tmp_path: Path
     marks = ("3501", "3502", "3503")
     # The main process ends only once the test has seen all three (a fixed sleep was a window
     # a loaded machine could miss): when the file `go` appears in the job's storage.
-    script = (
-        "sleep 3501 & setsid sleep 3502 & (sleep 3503 &); i=0; "
-        'while [ ! -e "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; '
-        "echo main-done; exit 0"
-    )
+    script = "sleep 3501 & setsid sleep 3502 & (sleep 3503 &); " + _wait_for("go") + "echo main-done; exit 0"
     container = {"image": TEST_IMAGE, "entrypoint": ["sh", "-c"], "command": [script]}
     async with running_server(tmp_path, grace_period_s=GRACE_S) as srv, api_for(srv) as api:
         try:
@@ -203,10 +244,7 @@ async def test_a_container_steps_leftovers_die_with_its_container(tmp_path: Path
                 [{"name": "main", "executor": {"provider": "cpu", "container": container}}], name="box"
             )
             await _until(lambda: len(_host_sleeps(*marks)) == 3, 60, "three running in the container")
-            await api.wait_job("box", {"active"}, timeout_s=60)
-            _, step = await api.request("GET", "/jobs/box/steps/main")
-            task_dir = Path(step["status_details"]["work_dir"])
-            (task_dir.parent.parent / "job-storage" / "go").touch()
+            (await _job_storage(api, "box") / "go").touch()
             job = await api.wait_job("box", timeout_s=60)
             assert job["status"] == "completed", job
             assert await api.logs("box") == ["main-done"]
@@ -363,14 +401,20 @@ def test_leftovers_of_a_task_whose_launcher_died_are_swept(daemon: DaemonProcess
     the restarted daemon cannot know the step's exit status, and sweeps what it left."""
     data_dir = tmp_path / "data"
     daemon.start()
-    _submit(daemon, "orphaned", "sleep 3301 & setsid sleep 3302 & (sleep 3303 &); sleep 1; exit 0")
+    # The main process ends only once both are gone (a fixed sleep had to outlast killing them).
+    _submit(
+        daemon, "orphaned", "sleep 3301 & setsid sleep 3302 & (sleep 3303 &); " + _wait_for("go") + "exit 0"
+    )
     _wait(daemon, "orphaned", {"active"})
-    _wait_until(lambda: len(_sleeps(data_dir, *THREE)) == 3, 5, "three running")
+    step = _call(daemon, "GET", "/jobs/orphaned/steps/main")
+    pid = int(step["status_details"]["pid"])
+    _wait_until(lambda: len(_sleeps(data_dir, *THREE)) == 3, 20, "three running")
     (launcher,) = launchers_of(daemon.pid)
     daemon.stop(signal.SIGKILL)
     launcher.kill()
     launcher.wait(10)
-    time.sleep(1.5)  # the main process ends
+    (_storage_of(step) / "go").touch()
+    _wait_until(lambda: not pid_alive(pid), 20, "the main process ends")
     assert len(_sleeps(data_dir, *THREE)) == 3
     daemon.start()
     job = _wait(daemon, "orphaned", TERMINAL)

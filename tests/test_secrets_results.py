@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import Api, shell
@@ -91,10 +92,17 @@ async def test_missing_secret_is_refused_at_submission(api: Api) -> None:
 
 async def test_secret_deleted_before_the_step_runs_fails_the_step(api: Api) -> None:
     await _secret_api(api, "POST", json={"name": "short-lived", "value": "value-123"})
-    first = shell("first", "sleep 0.5")
+    # The first step ends only once the secret is deleted (a fixed sleep had to outlast the DELETE).
+    wait = 'i=0; while [ ! -e "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done'
+    first = shell("first", wait)
     second = shell("second", "echo $X", environment=[{"name": "X", "from_secret": {"name": "short-lived"}}])
     await api.create_job([first, second], name="vanishing")
-    await _secret_api(api, "DELETE", "/short-lived")
+    await api.wait_job("vanishing", {"active"})
+    _, s = await api.request("GET", "/jobs/vanishing/steps/first")
+    storage = Path(s["status_details"]["subprocess_work_dir"]).parent.parent / "job-storage"
+    status, _ = await _secret_api(api, "DELETE", "/short-lived")
+    assert status == 204
+    (storage / "go").touch()
     job = await api.wait_job("vanishing")
     assert job["status"] == "error"
     assert "short-lived" in job["error_details"]["message"]

@@ -127,20 +127,24 @@ async def test_before_active_time_limit(tmp_path: Path) -> None:
         await api.request("POST", "/jobs/hog/cancel")
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(120)
 async def test_staleness_in_real_time(tmp_path: Path) -> None:
     """Real clock: a heartbeating workload outlives the timeout; a silent one is ended promptly."""
     async with running_server(tmp_path) as srv, api_for(srv) as api:
-        lifecycle = {"staleness_timeout_seconds": 1}
-        beating = f"for i in 1 2 3 4 5 6 7 8 9 10 11 12; do {PUT_HEARTBEAT}; sleep 0.2; done"
+        # The beating one beats every ~0.2 s for 8 s and more (its sleeps alone), well past its
+        # 4 s timeout; 4 s, not 1 s, since a loaded machine can hold a beat up for over a second.
+        beating = f"for i in $(seq 40); do {PUT_HEARTBEAT}; sleep 0.2; done"
+        lifecycle = {"staleness_timeout_seconds": 4}
         await api.create_job([shell("beats", beating, lifecycle=lifecycle)], name="beating")
-        await api.create_job([shell("silent", "sleep 60", lifecycle=lifecycle)], name="silent")
+        silent = shell("silent", "sleep 60", lifecycle={"staleness_timeout_seconds": 1})
+        await api.create_job([silent], name="silent")
         started = time.monotonic()
-        job = await api.wait_job("silent")
+        job = await api.wait_job("silent", timeout_s=40)
         assert job["status"] == "error"
         # Ended by the watchdog (deadline 1 s after it became active), not by its own exit.
-        assert time.monotonic() - started < 8  # far before the 60 s sleep would end
-        job = await api.wait_job("beating")
+        assert time.monotonic() - started < 30  # far before the 60 s sleep would end
+        assert job["error_details"]["message"] == "Job terminated: no task updates received within 1 s"
+        job = await api.wait_job("beating", timeout_s=90)
         assert job["status"] == "completed", job
 
 
