@@ -20,7 +20,7 @@ from runner.environment import task_environment, task_paths
 from runner.errors import NotFound
 from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskLaunch, TaskPaths, Workload
 from runner.executors.registry import ExecutorRegistry
-from runner.gpus import Gpu, GpuAllocator
+from runner.gpus import Gpu, GpuAllocator, gpus_needed
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.notify import ChangeSignal
@@ -185,7 +185,7 @@ class Scheduler:
                     continue
                 free -= 1
                 self._claim(step_pk, self._run_step(step_pk))
-            if free > 0:
+            if free > 0 and self._gpus.total:  # (none: GPU steps are refused, or settled at start)
                 for step_pk in await self._admit_gpu_steps(free):
                     self._claim(step_pk, self._run_step(step_pk))
 
@@ -501,6 +501,9 @@ class Scheduler:
     async def _recover_step(self, step: StepRecord) -> set[str]:
         """The names of the tasks handed to a run of this daemon (none when settled here)."""
         if step.status in _STARTABLE and not step.handle:
+            needed = gpus_needed(step.spec.executor)
+            if needed > self._gpus.total:  # the machine (or --gpus) changed since it was accepted
+                await self._settle_unfit(step, needed)
             return set()  # never started: the loop will start it
         handle = step.handle or {}
         tasks = [
@@ -596,6 +599,24 @@ class Scheduler:
             )
 
         await self._store.write(record_restart, patient=True)
+
+    async def _settle_unfit(self, step: StepRecord, needed: int) -> None:
+        message = f"Job cannot start: it needs {needed} GPUs; this machine now has {self._gpus.total}"
+        now = self._clock.now_us()
+
+        def record_unfit(tx: WriteTx) -> None:
+            fresh = tx.get_step_by_pk(step.pk)
+            if fresh is not None and fresh.status in _STARTABLE:
+                settle_step(
+                    tx,
+                    fresh,
+                    JobStatus.ERROR,
+                    now=now,
+                    status_details={"message": message},
+                    error_details={"message": message},
+                )
+
+        await self._store.write(record_unfit, patient=True)
 
     async def _settle_lost(self, step: StepRecord, tasks: list[_TaskRef], why: str) -> None:
         now = self._clock.now_us()

@@ -197,3 +197,18 @@ async def test_declared_gpus_on_an_engine_without_a_gpu_runtime_fail_clearly(tmp
         job = await api.wait_job("gpu", timeout_s=60)
         assert job["status"] == "error"
         assert "no GPU runtime" in job["error_details"]["message"]
+
+
+async def test_a_waiting_step_that_no_longer_fits_after_a_restart_ends_in_error(tmp_path: Path) -> None:
+    settings = _settings(stop_steps_on_shutdown=False)
+    async with running_server(tmp_path, **settings) as srv, api_for(srv) as api:
+        await api.create_job([_gpu_step("train", "sleep 60")], name="holder")
+        await api.wait_job("holder", {"active"}, timeout_s=60)
+        await api.create_job([_gpu_step("train", "true", gpus=2)], name="pair")  # waits: one is held
+        assert (await api.request("GET", "/jobs/pair"))[1]["status"] == "created"
+    async with running_server(tmp_path, **{**settings, "gpus": ("0",)}) as srv, api_for(srv) as api:
+        job = await api.wait_job("pair", timeout_s=30)
+        assert job["status"] == "error"
+        assert "needs 2 GPUs; this machine now has 1" in job["error_details"]["message"]
+        await api.request("POST", "/jobs/holder/cancel")
+        await api.wait_job("holder", timeout_s=60)
