@@ -91,17 +91,26 @@ def _token(settings: Settings) -> str:
 def _read_private(path: Path) -> str:
     """A token file's content, if it is a real file of ours that nobody else can read or write
     (else another user may know the token, or have chosen it)."""
+    text = read_private(path, "token file")
+    if text is None:
+        raise CannotStart(f"cannot read the token file {path}: it does not exist")
+    return text.strip()
+
+
+def read_private(path: Path, what: str) -> str | None:
+    """The content of a private file of ours (None if there is none); one that another user
+    could read or write, or a symlink, refuses the start."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
     except OSError as exc:
-        raise CannotStart(f"cannot read the token file {path}: {exc}") from exc
+        raise CannotStart(f"cannot read the {what} {path}: {exc}") from exc
     with os.fdopen(fd) as source:
         info = os.fstat(source.fileno())
         if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-            raise CannotStart(
-                f"the token file {path} must belong to this user and be private (chmod 600 {path})"
-            )
-        return source.read().strip()
+            raise CannotStart(f"the {what} {path} must belong to this user and be private (chmod 600 {path})")
+        return source.read()
 
 
 def write_private(path: Path, text: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from runner.access import write_private
+from runner.access import read_private, write_private
 from runner.errors import CannotStart, Conflict
 
 _PREFIX = "lj1:"
@@ -61,22 +60,12 @@ class Keyring:
     @classmethod
     def load(cls, path: Path) -> Keyring:
         """The keyring at `path`, made (with one new key) if there is none yet."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
+        text = read_private(path, "secrets key file")
+        if text is None:
             key_id = _new_id()
             keys = _Keys(current=key_id, keys={key_id: AESGCM.generate_key(bit_length=256)})
             write_private(path, _encode(keys))
             return cls(path, keys)
-        except OSError as exc:
-            raise CannotStart(f"cannot read the secrets key file {path}: {exc}") from exc
-        with os.fdopen(fd) as source:
-            info = os.fstat(source.fileno())
-            if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-                raise CannotStart(
-                    f"the secrets key file {path} must belong to this user and be private (chmod 600 {path})"
-                )
-            text = source.read()
         return cls(path, _decode(path, text))
 
     @property
