@@ -163,3 +163,39 @@ class GpuAllocator:
             elif blocked_since is None:
                 blocked_since = demand.waiting_since_us
         return admitted
+
+
+@dataclass(frozen=True)
+class StepRef:
+    workspace: str
+    job: str
+    step: str
+
+
+@dataclass(frozen=True)
+class GpuUse:
+    gpu: Gpu
+    held_by: StepRef | None
+
+
+@dataclass(frozen=True)
+class GpuWait:
+    step: StepRef
+    needed: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class GpuUsage:
+    """What `GET /apis/localjobs/v1/gpus` shows: every GPU and who holds it, and who waits."""
+
+    gpus: list[GpuUse]
+    waiting: list[GpuWait]
+
+    @property
+    def free(self) -> int:
+        return sum(1 for use in self.gpus if use.held_by is None)
+
+
+def wait_reason(needed: int, free: int) -> str:
+    return f"waiting for {needed} GPU{'s' if needed != 1 else ''}; {free} free"

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from runner.clock import Clock
 from runner.errors import BadRequest, Conflict, NotFound, Unprocessable
-from runner.gpus import GpuAllocator, gpus_needed
+from runner.gpus import GpuAllocator, GpuUsage, GpuUse, GpuWait, StepRef, gpus_needed, wait_reason
 from runner.log_pages import Cursor, LogPage, decode_cursor, encode_cursor, page_logs, scope_hash
 from runner.models import (
     NAME_PATTERN,
@@ -117,6 +117,31 @@ class JobService:
 
     async def profiles(self) -> list[dict[str, Any]]:
         return await self._workloads.profiles()
+
+    async def gpu_usage(self) -> GpuUsage:
+        """Every GPU with the step holding it, and the GPU steps waiting, with why."""
+        refs: dict[int, StepRef | None] = {}
+
+        async def ref(step_pk: int) -> StepRef | None:
+            if step_pk not in refs:
+                step = await self._store.get_step_by_pk(step_pk)
+                refs[step_pk] = None if step is None else StepRef(step.workspace, step.job_name, step.name)
+            return refs[step_pk]
+
+        holder = {g.uuid: pk for pk, held in self._gpus.in_use().items() for g in held}
+        uses = [
+            GpuUse(gpu=g, held_by=await ref(holder[g.uuid]) if g.uuid in holder else None)
+            for g in self._gpus.gpus
+        ]
+        free = sum(1 for use in uses if use.held_by is None)
+        waiting = []
+        for demand in await self._store.runnable_gpu_steps():
+            step_ref = await ref(demand.step_pk)
+            if step_ref is not None and demand.step_pk not in holder.values():
+                waiting.append(
+                    GpuWait(step=step_ref, needed=demand.count, reason=wait_reason(demand.count, free))
+                )
+        return GpuUsage(gpus=uses, waiting=waiting)
 
     async def store_problem(self) -> str | None:
         """Why the store cannot take writes now (None: it can); plain words, no names or paths."""

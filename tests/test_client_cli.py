@@ -271,3 +271,34 @@ def test_a_stale_lock_of_a_killed_daemon_is_not_trusted(daemon: DaemonProcess) -
     daemon.kill()  # SIGKILL: the lock file still names its pid and URL
     result = cli(_data(daemon), "ls")
     assert result.returncode == 69 and "no daemon runs there now" in result.stderr, result
+
+
+def test_gpus_shows_holders_and_why_steps_wait(tmp_path: Path) -> None:
+    env = {"LOCALJOBS_GPUS": "0", "LOCALJOBS_GPU_CONTAINERS_AS_SUBPROCESS": "true"}
+    with DaemonProcess(tmp_path / "logs", data_dir=tmp_path / "data", env=env) as process:
+        process.start()
+        data = tmp_path / "data"
+        gpu_step = {
+            "name": "train",
+            "executor": {
+                "provider": "gpu",
+                "container": {"image": "x", "entrypoint": ["sh", "-c"], "command": ["sleep 60"]},
+                "resources": {"num_gpus": 1},
+            },
+        }
+        job = tmp_path / "job.json"
+        job.write_text(json.dumps({"platform_spec": {"steps": [gpu_step]}}))
+        assert cli(data, "run", "--name", "holder", "--detach", str(job)).returncode == 0
+        deadline = time.monotonic() + 60
+        while json.loads(cli(data, "status", "holder", "--json").stdout)["status"] != "active":
+            assert time.monotonic() < deadline, "holder never became active"
+            time.sleep(0.2)
+        assert cli(data, "run", "--name", "waiter", "--detach", str(job)).returncode == 0
+        shown = cli(data, "gpus")
+        assert shown.returncode == 0, shown.stderr
+        assert "GPU-declared-0" in shown.stdout and "default/holder/train" in shown.stdout
+        assert "default/waiter/train: waiting for 1 GPU; 0 free" in shown.stdout
+        usage = json.loads(cli(data, "gpus", "--json").stdout)
+        assert (usage["total"], usage["free"], len(usage["waiting"])) == (1, 0, 1)
+        for name in ("holder", "waiter"):
+            cli(data, "cancel", name)

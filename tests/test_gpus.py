@@ -126,6 +126,20 @@ async def test_steps_get_exactly_their_gpus_and_wait_for_free_ones(tmp_path: Pat
         await api.create_job([_gpu_step("train", 'echo "cuda=$CUDA_VISIBLE_DEVICES"')], name="third")
         _, waiting = await api.request("GET", "/jobs/third")
         assert waiting["status"] == "created"
+        # ...and the extension route says who holds which, and why the third waits.
+        usage = await _usage(api)
+        assert (usage["total"], usage["free"]) == (2, 0)
+        holders = {g["uuid"]: g["held_by"]["job"] for g in usage["gpus"]}
+        assert holders == {held["first"][0]: "first", held["second"][0]: "second"}
+        assert usage["waiting"] == [
+            {
+                "workspace": "default",
+                "job": "third",
+                "step": "train",
+                "gpus_needed": 1,
+                "reason": "waiting for 1 GPU; 0 free",
+            }
+        ]
         # ...and gets the one a cancelled step gives back.
         await api.request("POST", "/jobs/first/cancel")
         assert (await api.wait_job("third", timeout_s=60))["status"] == "completed"
@@ -140,6 +154,18 @@ async def test_steps_get_exactly_their_gpus_and_wait_for_free_ones(tmp_path: Pat
         assert status == 422 and "needs 3 GPUs; this machine has 2" in body["detail"], body
         await api.request("POST", "/jobs/second/cancel")
         await api.wait_job("second", timeout_s=60)
+
+
+async def _usage(api: Api) -> dict[str, Any]:
+    from openapi_schema_validator import OAS31Validator
+
+    from web.meta_routes import contract
+
+    status, usage = await api.request("GET", f"{api.base_url}/apis/localjobs/v1/gpus")
+    assert status == 200, usage
+    schema = contract()["paths"]["/apis/localjobs/v1/gpus"]["get"]["responses"]["200"]
+    OAS31Validator(schema["content"]["application/json"]["schema"]).validate(usage)
+    return usage  # type: ignore[no-any-return]
 
 
 async def _eventually_logs(api: Api, name: str) -> list[str]:
@@ -177,6 +203,7 @@ def test_gpu_objects_name_their_device() -> None:
 
 
 async def test_a_gpu_step_on_a_machine_without_gpus_is_refused_at_submission(api: Api) -> None:
+    assert await _usage(api) == {"total": 0, "free": 0, "gpus": [], "waiting": []}
     step = _gpu_step("needs-gpu", "true")
     status, body = await api.request(
         "POST", "/jobs", json={"source": "t", "spec": {}, "platform_spec": {"steps": [step]}}

@@ -212,6 +212,11 @@ def _object(required: list[str], **properties: dict[str, Any]) -> dict[str, Any]
 
 
 _STRING = {"type": "string"}
+_STEP_REF = {
+    "type": "object",
+    "required": ["workspace", "job", "step"],
+    "properties": {"workspace": _STRING, "job": _STRING, "step": _STRING},
+}
 _OAUTH_ERROR = _object(["error"], error=_STRING, error_description=_STRING)
 
 
@@ -263,6 +268,47 @@ def _extra_paths(doc: dict[str, Any]) -> None:
                     "summary": "This document",
                     "operationId": "openapi",
                     "responses": {"200": _json({"type": "object"})},
+                }
+            },
+            "/apis/localjobs/v1/gpus": {
+                "get": {
+                    "tags": ["localjobs"],
+                    "summary": "GPUs and who holds them",
+                    "description": "A localjobs extension: the GPUs the daemon schedules on (NVML's, or "
+                    "LOCALJOBS_GPUS), the step holding each, and the GPU steps waiting in `created`, "
+                    "with why.",
+                    "operationId": "localjobs_gpus",
+                    "responses": {
+                        "200": _json(
+                            _object(
+                                ["total", "free", "gpus", "waiting"],
+                                total={"type": "integer"},
+                                free={"type": "integer"},
+                                gpus={
+                                    "type": "array",
+                                    "items": _object(
+                                        ["index", "uuid", "name", "memory_bytes", "held_by"],
+                                        index={"type": "integer"},
+                                        uuid=_STRING,
+                                        name=_STRING,
+                                        memory_bytes={"type": ["integer", "null"]},
+                                        held_by={"anyOf": [_STEP_REF, {"type": "null"}]},
+                                    ),
+                                },
+                                waiting={
+                                    "type": "array",
+                                    "items": _object(
+                                        ["workspace", "job", "step", "gpus_needed", "reason"],
+                                        workspace=_STRING,
+                                        job=_STRING,
+                                        step=_STRING,
+                                        gpus_needed={"type": "integer"},
+                                        reason=_STRING,
+                                    ),
+                                },
+                            )
+                        )
+                    },
                 }
             },
             "/apis/auth/discovery": {

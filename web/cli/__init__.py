@@ -21,6 +21,7 @@ _MODULES = {
     "results": "web.cli.results",
     "secrets": "web.cli.secrets",
     "dashboard": "web.cli.dashboard",
+    "gpus": "web.cli.gpus",
 }
 _MODULES.update(dict.fromkeys(_JOBS, "web.cli.jobs"))
 
