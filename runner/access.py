@@ -123,7 +123,14 @@ def write_private(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text + "\n")
+            out.flush()
+            os.fsync(out.fileno())  # on disk before it replaces the old file (a key file's keys)
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)  # and the rename too
+        finally:
+            os.close(dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -29,11 +29,13 @@ class Gpu:
     uuid: str
     name: str = ""
     memory_bytes: int | None = None
+    # What CUDA_VISIBLE_DEVICES and Docker's DeviceIDs name it by: the UUID when known (stable
+    # across reboots), else the index the owner declared (what the driver understands).
+    device_id: str = ""
 
-    @property
-    def device_id(self) -> str:
-        """What CUDA_VISIBLE_DEVICES and Docker's DeviceIDs name it by (the UUID: stable)."""
-        return self.uuid
+    def __post_init__(self) -> None:
+        if not self.device_id:
+            object.__setattr__(self, "device_id", self.uuid)
 
 
 def gpus_needed(executor: Executor) -> int:
@@ -51,6 +53,7 @@ def gpus_needed(executor: Executor) -> int:
 
 def discover(declared: Sequence[str]) -> list[Gpu]:
     """The GPUs to schedule on: NVML's (restricted to `declared` if given), else the declared."""
+    declared = list(dict.fromkeys(d.strip() for d in declared if d.strip()))  # "0, 1,0" -> 0, 1
     found = _nvml_gpus()
     if not declared:
         return found
@@ -63,7 +66,9 @@ def discover(declared: Sequence[str]) -> list[Gpu]:
         return kept
     # No NVML: the declaration stands for the GPUs (a machine without any, or a test).
     return [
-        Gpu(index=i, uuid=name if not name.isdigit() else f"GPU-declared-{name}")
+        Gpu(index=i, uuid=name, device_id=name)
+        if not name.isdigit()
+        else Gpu(index=int(name), uuid=f"GPU-declared-{name}", device_id=name)
         for i, name in enumerate(declared)
     ]
 
@@ -117,8 +122,8 @@ class GpuAllocator:
         return len(self.gpus)
 
     def free(self) -> list[Gpu]:
-        taken = {g.uuid for held in self._held.values() for g in held}
-        return [g for g in self.gpus if g.uuid not in taken]
+        taken = {g.device_id for held in self._held.values() for g in held}
+        return [g for g in self.gpus if g.device_id not in taken]
 
     def held_by(self, step_pk: int) -> list[Gpu]:
         return list(self._held.get(step_pk, []))
@@ -139,7 +144,7 @@ class GpuAllocator:
 
     def restore(self, step_pk: int, device_ids: Iterable[str]) -> list[Gpu]:
         """After a restart: the GPUs a surviving step was given (those still on this machine)."""
-        by_id = {g.uuid: g for g in self.gpus}
+        by_id = {g.device_id: g for g in self.gpus}
         held = [by_id[d] for d in device_ids if d in by_id]
         if held:
             self._held[step_pk] = held
@@ -156,6 +161,8 @@ class GpuAllocator:
         for demand in sorted(waiting, key=lambda d: (d.waiting_since_us, d.step_pk)):
             if limit is not None and len(admitted) >= limit:
                 break
+            if demand.count > self.total:
+                continue  # can never fit (the machine changed): it must not hold the queue up
             if blocked_since is not None and now_us - blocked_since >= self._backfill_us:
                 break  # the oldest has waited long enough: keep the GPUs for it
             if self.take(demand.step_pk, demand.count) is not None:

@@ -34,16 +34,26 @@ class Artifact:
     arcname: str
 
 
-def artifact_path(job: JobRecord, artifact_url: str) -> PurePosixPath:
+def artifact_path(job: JobRecord, artifact_url: str, stored: bool = False) -> PurePosixPath:
     """The path inside the job's fileset that `artifact_url` names, in any form the reference's
-    fileset parser reads (runner/fileset_ref.py); `.` is the whole fileset."""
+    fileset parser reads (runner/fileset_ref.py); `.` is the whole fileset. A `stored` result
+    may also hold a bare path (what localjobs accepted before it read every form): still served."""
     ref = parse_fileset_ref(artifact_url, job.workspace)
+    if stored and (ref.workspace, ref.fileset) != (job.workspace, job.fileset) and _bare(artifact_url):
+        path = PurePosixPath(artifact_url)
+        if path.is_absolute() or ".." in path.parts:
+            raise Unprocessable(f"artifact path {artifact_url!r} must stay inside the job's fileset")
+        return path
     if (ref.workspace, ref.fileset) != (job.workspace, job.fileset):
         raise Unprocessable(
             f"artifact_url must point into this job's fileset '{job.workspace}/{job.fileset}', "
             f"not '{ref.workspace}/{ref.fileset}'"
         )
     return ref.path
+
+
+def _bare(artifact_url: str) -> bool:
+    return "#" not in artifact_url and not artifact_url.startswith("fileset://")
 
 
 def _contained(root: Path, relative: PurePosixPath) -> Path:
@@ -107,7 +117,7 @@ class ResultService:
 
     def artifact(self, job: JobRecord, result: ResultRecord) -> Artifact:
         # Checked again at download: a symlink may have been planted after the result was created.
-        relative = artifact_path(job, result.artifact_url)
+        relative = artifact_path(job, result.artifact_url, stored=True)
         path = _contained(self.fileset_dir(job), relative)
         if not path.exists():
             raise NotFound(f"the artifact of result {result.name!r} is missing from the job's fileset")

@@ -176,6 +176,12 @@ class Scheduler:
             free = self._settings.max_running_steps - len(self._runs)
             if free <= 0:
                 continue
+            # GPU steps take their slots first (at most one per GPU, so they cannot crowd the
+            # others out): else a backlog of steps without GPUs would hold them back unbounded.
+            if self._gpus.total:  # (none: GPU steps are refused, or settled at start)
+                for step_pk in await self._admit_gpu_steps(free):
+                    free -= 1
+                    self._claim(step_pk, self._run_step(step_pk))
             # Claimed steps still in `created` come back from the query too: ask for that many more.
             candidates = await self._store.runnable_steps(free + len(self._starting))
             for step_pk in candidates:
@@ -185,9 +191,6 @@ class Scheduler:
                     continue
                 free -= 1
                 self._claim(step_pk, self._run_step(step_pk))
-            if free > 0 and self._gpus.total:  # (none: GPU steps are refused, or settled at start)
-                for step_pk in await self._admit_gpu_steps(free):
-                    self._claim(step_pk, self._run_step(step_pk))
 
     async def _admit_gpu_steps(self, free: int) -> list[int]:
         """The waiting GPU steps that start now (their GPUs taken), by the allocator's order."""

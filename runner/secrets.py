@@ -9,6 +9,8 @@ details and stacks, results) goes through a `Masker` first.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +19,8 @@ from runner.errors import Conflict, NotFound
 from runner.models import EnvironmentVariable, JobRecord, Page, PlatformJobSpec, SecretRecord, StepRecord
 from runner.secret_keys import Keyring, SealError
 from storage import AlreadyExists, Repository, WriteTx
+
+log = logging.getLogger(__name__)
 
 MASK = "********"
 # Shorter values would turn ordinary text into asterisks; they are not masked (documented).
@@ -105,6 +109,8 @@ class SecretService:
         self._store = store
         self._clock = clock
         self._keyring = keyring
+        # One rotation at a time: a second one's new key must not be dropped by the first's end.
+        self._rotation = asyncio.Lock()
 
     async def create(self, workspace: str, name: str, value: str, description: str | None) -> SecretRecord:
         now = self._clock.now_us()
@@ -157,22 +163,24 @@ class SecretService:
         await self._store.write(delete)
 
     async def rotate_keys(self) -> int:
-        """Re-seal every value under a new key, then forget the old ones; returns how many values."""
-        new_key = self._keyring.add_current()
+        """Re-seal every value under a new key, then forget the keys no value uses any more;
+        returns how many values were re-sealed."""
+        async with self._rotation:
+            self._keyring.add_current()
 
-        def reseal(tx: WriteTx) -> int:
-            count = 0
-            for secret in tx.all_secrets():
-                plain = self._keyring.open(secret.workspace, secret.name, secret.key_id, secret.value)
-                sealed = self._keyring.seal(secret.workspace, secret.name, plain)
-                assert sealed.key_id == new_key
-                tx.reseal_secret(secret.pk, sealed.value, sealed.key_id)
-                count += 1
-            return count
+            def reseal(tx: WriteTx) -> tuple[int, set[str]]:
+                count, used = 0, set()
+                for secret in tx.all_secrets():
+                    plain = self._keyring.open(secret.workspace, secret.name, secret.key_id, secret.value)
+                    sealed = self._keyring.seal(secret.workspace, secret.name, plain)
+                    tx.reseal_secret(secret.pk, sealed.value, sealed.key_id)
+                    used.add(sealed.key_id)
+                    count += 1
+                return count, used
 
-        rotated = await self._store.write(reseal, patient=True)
-        self._keyring.keep_only(set())
-        return rotated
+            rotated, used = await self._store.write(reseal, patient=True)
+            self._keyring.keep_only(used)
+            return rotated
 
     async def seal_stored(self) -> None:
         """At start: seal values stored before sealing existed, and drop keys no row uses (left by
@@ -249,7 +257,11 @@ class SecretService:
         refs = {split_reference(v.from_secret.name, workspace) for v in variables if v.from_secret}
         values = []
         for ws, name in sorted(refs):
-            secret = await self._find(ws, name)
+            try:
+                secret = await self._find(ws, name)
+            except SealError as exc:  # cannot be masked if it cannot be read: say so, go on
+                log.warning("cannot mask secret %s/%s: %s", ws, name, exc)
+                continue
             if secret is not None:
                 values.append(secret.value)
         return values

@@ -4,15 +4,16 @@ read, or that name another fileset, refused at creation (422), never found wrong
 from __future__ import annotations
 
 import io
+import sqlite3
 import tarfile
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 from filesets import parse_fileset_ref as reference_parse
 
 from runner.errors import Unprocessable
 from runner.fileset_ref import parse_fileset_ref
-from tests.conftest import Api, shell
+from tests.conftest import Api, api_for, running_server, shell
 
 _MAKE = (
     'd="$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH"; mkdir -p "$d/out/report" '
@@ -111,3 +112,18 @@ async def test_other_forms_are_refused_at_creation(api: Api) -> None:
     body = {"artifact_url": f"default/{fs}/later/file.bin", "artifact_storage_type": "fileset"}
     assert (await api.request("POST", "/jobs/refused/results/later", json=body))[0] == 201
     assert (await _download(api, "refused", "later"))[0] == 404
+
+
+async def test_a_bare_path_stored_by_an_older_localjobs_still_downloads(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        await api.create_job([shell("make", _MAKE)], name="older")
+        assert (await api.wait_job("older"))["status"] == "completed"
+    with sqlite3.connect(tmp_path / "data" / "localjobs.db") as conn:  # as the older one stored it
+        (job_pk,) = conn.execute("SELECT pk FROM jobs WHERE name = 'older'").fetchone()
+        conn.execute(
+            "INSERT INTO results (id, job_pk, name, artifact_url, artifact_storage_type, created_at, updated_at)"
+            " VALUES ('platform-job-result-old', ?, 'model', 'out/model.bin', 'fileset', 1, 1)",
+            (job_pk,),
+        )
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        assert await _download(api, "older", "model") == (200, 'attachment; filename="model"', b"model\n")

@@ -38,6 +38,9 @@ def test_declared_gpus_stand_for_the_machines_when_nvml_has_none() -> None:
     gpus = discover(["0", "1", "GPU-abc"])
     assert [g.index for g in gpus] == [0, 1, 2]
     assert [g.uuid for g in gpus] == ["GPU-declared-0", "GPU-declared-1", "GPU-abc"]
+    # What the driver understands: the declared index, or the UUID.
+    assert [g.device_id for g in gpus] == ["0", "1", "GPU-abc"]
+    assert [g.device_id for g in discover(["0", " 1", "0", ""])] == ["0", "1"]
     assert discover([]) == []  # no NVML and nothing declared: no GPUs, not an error
 
 
@@ -75,7 +78,7 @@ def test_first_come_first_served_among_steps_that_fit() -> None:
 
 def test_restore_after_a_restart() -> None:
     alloc = _allocator(2)
-    assert [g.uuid for g in alloc.restore(7, ["GPU-declared-1", "GPU-gone"])] == ["GPU-declared-1"]
+    assert [g.device_id for g in alloc.restore(7, ["1", "GPU-gone"])] == ["1"]
     assert [g.index for g in alloc.free()] == [0]
 
 
@@ -117,7 +120,7 @@ async def test_steps_get_exactly_their_gpus_and_wait_for_free_ones(tmp_path: Pat
         for name in ("first", "second"):
             await api.wait_job(name, {"active"}, timeout_s=60)
         held = {name: (await _task_details(api, name, "train"))["gpus"] for name in ("first", "second")}
-        assert sorted(g for ids in held.values() for g in ids) == ["GPU-declared-0", "GPU-declared-1"]
+        assert sorted(g for ids in held.values() for g in ids) == ["0", "1"]
         for name in ("first", "second"):
             (gpu,) = held[name]
             assert await _eventually_logs(api, name) == [f"cuda={gpu} nvidia={gpu}"]
@@ -129,7 +132,7 @@ async def test_steps_get_exactly_their_gpus_and_wait_for_free_ones(tmp_path: Pat
         # ...and the extension route says who holds which, and why the third waits.
         usage = await _usage(api)
         assert (usage["total"], usage["free"]) == (2, 0)
-        holders = {g["uuid"]: g["held_by"]["job"] for g in usage["gpus"]}
+        holders = {g["device_id"]: g["held_by"]["job"] for g in usage["gpus"]}
         assert holders == {held["first"][0]: "first", held["second"][0]: "second"}
         assert usage["waiting"] == [
             {
@@ -239,3 +242,10 @@ async def test_a_waiting_step_that_no_longer_fits_after_a_restart_ends_in_error(
         assert "needs 2 GPUs; this machine now has 1" in job["error_details"]["message"]
         await api.request("POST", "/jobs/holder/cancel")
         await api.wait_job("holder", timeout_s=60)
+
+
+def test_a_step_that_can_never_fit_does_not_hold_the_queue_up() -> None:
+    alloc = _allocator(1, backfill_s=0)
+    never = GpuDemand(step_pk=1, count=2, waiting_since_us=0)
+    fits = GpuDemand(step_pk=2, count=1, waiting_since_us=1)
+    assert alloc.admit([never, fits], now_us=100 * _S) == [2]

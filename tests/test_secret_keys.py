@@ -165,3 +165,16 @@ async def test_the_key_file_can_live_outside_the_data_dir(tmp_path: Path) -> Non
     async with running_server(tmp_path, secrets_key_file=key_file) as srv, api_for(srv) as api:
         await _create_all(api)
     assert key_file.exists() and not (tmp_path / "data" / "secrets.key").exists()
+
+
+async def test_rotations_at_the_same_time_never_lose_a_key(tmp_path: Path) -> None:
+    import asyncio
+
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        await _create_all(api)
+        answers = await asyncio.gather(*(api.request("POST", f"{api.base_url}{ROTATE}") for _ in range(4)))
+        assert list(answers) == [(202, {"rotated_secrets": 2, "success": True})] * 4
+        for name, value in VALUES.items():
+            assert (await _value(api, name))[1]["value"] == value
+    current, keys = _key_ids(tmp_path)
+    assert keys == {current}

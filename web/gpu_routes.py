@@ -29,6 +29,7 @@ async def gpus(request: web.Request) -> web.Response:
             {
                 "index": use.gpu.index,
                 "uuid": use.gpu.uuid,
+                "device_id": use.gpu.device_id,
                 "name": use.gpu.name,
                 "memory_bytes": use.gpu.memory_bytes,
                 "held_by": _ref(use.held_by),

@@ -287,9 +287,10 @@ def _extra_paths(doc: dict[str, Any]) -> None:
                                 gpus={
                                     "type": "array",
                                     "items": _object(
-                                        ["index", "uuid", "name", "memory_bytes", "held_by"],
+                                        ["index", "uuid", "device_id", "name", "memory_bytes", "held_by"],
                                         index={"type": "integer"},
                                         uuid=_STRING,
+                                        device_id=_STRING,
                                         name=_STRING,
                                         memory_bytes={"type": ["integer", "null"]},
                                         held_by={"anyOf": [_STEP_REF, {"type": "null"}]},

@@ -264,8 +264,9 @@ class SubprocessWorkload:
         # A stop signal takes effect when the process next runs in user mode: one blocked in the
         # kernel (a write to a busy disk) can still print a line. Paused means frozen, so wait for
         # it (bounded; after that the pause is reported anyway).
+        # (Read in a worker thread: walking /proc for a large group must not stall the loop.)
         deadline = self._loop.time() + _FREEZE_WAIT_S
-        while not self._group_frozen() and self._loop.time() < deadline:  # noqa: ASYNC110 (no event tells)
+        while not await asyncio.to_thread(self._group_frozen) and self._loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     def _group_frozen(self) -> bool:
