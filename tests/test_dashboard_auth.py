@@ -14,15 +14,13 @@ import re
 import select
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.conftest import Api, api_for, running_server, shell
+from tests.conftest import Api, running_server, shell
 from tests.daemon_process import REPO_ROOT, TEST_TOKEN, DaemonProcess, clean_environment, localjobs_command
 from web.app import Server
 from web.dashboard.assets import ASSETS, STATIC
@@ -30,18 +28,6 @@ from web.dashboard.templates import TEMPLATES
 
 WS = "/apis/jobs/v2/workspaces/default"
 SECRET_NAME = "only-for-the-signed-in"
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path) as srv:
-        yield srv
-
-
-@pytest.fixture
-async def api(server: Server) -> AsyncIterator[Api]:
-    async with api_for(server) as api:
-        yield api
 
 
 async def _raw(
