@@ -302,3 +302,46 @@ def test_gpus_shows_holders_and_why_steps_wait(tmp_path: Path) -> None:
         assert (usage["total"], usage["free"], len(usage["waiting"])) == (1, 0, 1)
         for name in ("holder", "waiter"):
             cli(data, "cancel", name)
+
+
+def test_run_on_a_terminal_shows_a_progress_bar(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """stderr on a pseudo-terminal: `run` draws the job's `percentage_done` as a bar."""
+    import os
+    import pty
+    import select
+
+    report = (
+        'curl -s -X PATCH -H "Authorization: Bearer $(cat "$NMP_WORKLOAD_IDENTITY_TOKEN_FILE")" '
+        "-H 'content-type: application/json' "
+        '"$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID/status-details" '
+        "-d '{\"percentage_done\": 40}' >/dev/null; sleep 4; echo finished"
+    )
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*localjobs_command(), "run", "--name", "bar", "--", "sh", "-c", report],
+        env=_env(_data(daemon), TERM="xterm", COLUMNS="100"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the client is done
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, seen
+    assert out == b"finished\n", seen
+    text = seen.decode(errors="replace")
+    assert "bar" in text and "40%" in text and "━" in text, text  # rich's bar, at the reported 40 %

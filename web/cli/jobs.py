@@ -280,6 +280,10 @@ class _progress:
             TextColumn("{task.percentage:>3.0f}%"),
             console=console(stderr=True),
             transient=True,
+            # The job's stdout stays on stdout when that is a file or a pipe (`run ... > out`);
+            # through the bar's console only when both are the same terminal.
+            redirect_stdout=sys.stdout.isatty(),
+            redirect_stderr=False,
         ) as bar:
             task = None
             while not self._stop.wait(1.0):
