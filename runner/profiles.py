@@ -130,6 +130,12 @@ class ProfileCatalog:
     def find(self, provider: str, profile: str) -> ExecutionProfile | None:
         return self._by_key.get((provider, profile))
 
+    def in_force(self, provider: str, profile: str) -> ExecutionProfile:
+        """The profile a stored step runs under: its own, or, when a later start no longer has
+        it (the file changed), its provider's default. The file is configuration; the step is
+        data and keeps running."""
+        return self.find(provider, profile) or self.get(provider, "default")
+
 
 def runs_as_host_process(settings: Settings, provider: str) -> bool:
     """`subprocess` steps always; `cpu` and `gpu` container steps when the settings say so

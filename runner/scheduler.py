@@ -154,11 +154,7 @@ class Scheduler:
         return await self._executors.profiles(self._profiles)
 
     def _profile_of(self, step: StepRecord) -> ExecutionProfile:
-        """The step's profile; a step stored under a profile no longer configured (the file was
-        changed between two starts) keeps running under its provider's default."""
-        executor = step.spec.executor
-        found = self._profiles.find(executor.provider, executor.profile)
-        return found or self._profiles.get(executor.provider, "default")
+        return self._profiles.in_force(step.spec.executor.provider, step.spec.executor.profile)
 
     def _control(self, run: _Run, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=f"control-step-{run.step_pk}")

@@ -117,9 +117,7 @@ class Watchdog:
         now = self._clock.now_us()
         earliest = await self._remove_old_folders(now)
         for step in await self._store.watched_steps():
-            profile = self._profiles.find(step.provider, step.profile) or self._profiles.get(
-                step.provider, "default"
-            )
+            profile = self._profiles.in_force(step.provider, step.profile)
             for verdict in verdicts(step, profile, self._started):
                 if verdict.deadline <= now:
                     if not await self._terminate(step, verdict.message):
