@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Coroutine
 from typing import Any
 
 from runner import datadir
 from runner.access import Access, resolve_access
+from runner.allocation import Allocator, Machine, machine_of
 from runner.clock import Clock, SystemClock
 from runner.errors import CannotStart
 from runner.executors.registry import ExecutorRegistry
-from runner.gpus import GpuAllocator, discover
+from runner.gpus import discover
+from runner.models import parse_quantity
 from runner.profiles import ProfileCatalog
 from runner.results import ResultService
 from runner.scheduler import Scheduler, owner_id
@@ -76,12 +79,15 @@ class Daemon:
         self._access = resolve_access(self.settings)
         keyring = Keyring.load(self.settings.secrets_key_path)
         profiles = ProfileCatalog.load(self.settings)
-        try:
-            gpus = GpuAllocator(discover(self.settings.gpus), self.settings.gpu_backfill_s)
-        except ValueError as exc:
-            raise CannotStart(str(exc)) from exc
-        if gpus.total:
-            log.info("GPUs: %s", ", ".join(f"{g.index} ({g.uuid})" for g in gpus.gpus))
+        allocator = Allocator(_machine(self.settings), self.settings.backfill_s)
+        machine = allocator.machine
+        if machine.gpus:
+            log.info("GPUs: %s", ", ".join(f"{g.index} ({g.uuid})" for g in machine.gpus))
+        log.info(
+            "admitting resource requests against %g CPUs and %d bytes of memory",
+            machine.cpus,
+            machine.memory_bytes,
+        )
         with contextlib.suppress(FileExistsError):
             self.settings.work_dir.mkdir(mode=0o700)
         self._store = await Repository.open(self.settings.db_path)
@@ -91,7 +97,7 @@ class Daemon:
         secrets = SecretService(self._store, self.clock, keyring)
         await secrets.seal_stored()
         self._scheduler = Scheduler(
-            self._store, self.clock, self.settings, self._executors, secrets, profiles, gpus
+            self._store, self.clock, self.settings, self._executors, secrets, profiles, allocator
         )
         results = ResultService(self._store, self.clock, self.settings.work_dir)
         self._service = JobService(
@@ -102,7 +108,7 @@ class Daemon:
             results,
             self._scheduler.log_signal,
             profiles,
-            gpus,
+            allocator,
         )
         scheduler = self._scheduler
         self.watchdog = Watchdog(
@@ -153,3 +159,19 @@ class Daemon:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _machine(settings: Settings) -> Machine:
+    try:
+        gpus = discover(settings.gpus)
+    except ValueError as exc:
+        raise CannotStart(str(exc)) from exc
+    memory = 0
+    if settings.memory:
+        try:
+            memory = math.ceil(parse_quantity(settings.memory))
+        except ValueError as exc:
+            raise CannotStart(f"--memory / LOCALJOBS_MEMORY: {exc}") from exc
+    if settings.cpus < 0 or memory < 0:
+        raise CannotStart("--cpus and --memory must not be negative")
+    return machine_of(gpus, settings.cpus, memory)

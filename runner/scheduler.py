@@ -15,14 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from runner.allocation import Allocator, unfit_reason
 from runner.clock import Clock
 from runner.environment import task_environment, task_paths
 from runner.errors import NotFound
 from runner.executors.base import ExecutorError, ExitStatus, Launch, TaskLaunch, TaskPaths, Workload
 from runner.executors.registry import ExecutorRegistry
-from runner.gpus import Gpu, GpuAllocator, gpus_needed
+from runner.gpus import Gpu
 from runner.logs import OutputCollector, OutputTarget
-from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
+from runner.models import JobStatus, LogQuery, Needs, StepRecord, new_entity_id, new_task_name, step_needs
 from runner.notify import ChangeSignal
 from runner.profiles import ExecutionProfile, ProfileCatalog
 from runner.settings import Settings
@@ -84,11 +85,11 @@ class Scheduler:
         executors: ExecutorRegistry,
         secrets: SecretSource,
         profiles: ProfileCatalog,
-        gpus: GpuAllocator,
+        allocator: Allocator,
     ):
         self._store = store
         self._profiles = profiles
-        self._gpus = gpus
+        self._allocator = allocator
         self._secrets = secrets
         self._owner = owner_id(settings)
         executors.on_docker_connected = self.sweep_containers
@@ -172,28 +173,16 @@ class Scheduler:
             free = self._settings.max_running_steps - len(self._runs)
             if free <= 0:
                 continue
-            # GPU steps take their slots first (at most one per GPU, so they cannot crowd the
-            # others out): else a backlog of steps without GPUs would hold them back unbounded.
-            if self._gpus.total:  # (none: GPU steps are refused, or settled at start)
-                for step_pk in await self._admit_gpu_steps(free):
-                    free -= 1
-                    self._claim(step_pk, self._run_step(step_pk))
-            # Claimed steps still in `created` come back from the query too: ask for that many more.
-            candidates = await self._store.runnable_steps(free + len(self._starting))
-            for step_pk in candidates:
-                if free <= 0:
-                    break
-                if step_pk in self._runs:
-                    continue
-                free -= 1
+            # Oldest first across all steps; the allocator says which of those that need GPUs,
+            # CPUs or memory fit. Claimed steps still in `created` come back from the query too:
+            # ask for that many more of the others.
+            waiting = [
+                d
+                for d in await self._store.runnable_steps(free + len(self._starting))
+                if d.step_pk not in self._runs
+            ]
+            for step_pk in self._allocator.admit(waiting, self._clock.now_us(), slots=free):
                 self._claim(step_pk, self._run_step(step_pk))
-
-    async def _admit_gpu_steps(self, free: int) -> list[int]:
-        """The waiting GPU steps that start now (their GPUs taken), by the allocator's order."""
-        waiting = [d for d in await self._store.runnable_gpu_steps() if d.step_pk not in self._runs]
-        if not waiting:
-            return []
-        return self._gpus.admit(waiting, self._clock.now_us(), limit=free)
 
     def _claim(self, step_pk: int, coro: Any, job_pk: int | None = None) -> _Run:
         run = _Run(step_pk=step_pk, job_pk=job_pk, stop_grace_s=self._settings.grace_period_s)
@@ -205,7 +194,7 @@ class Scheduler:
         def release(task: asyncio.Task[None]) -> None:
             self._runs.pop(step_pk, None)
             self._starting.discard(step_pk)
-            self._gpus.release(step_pk)  # whatever the end: finished, cancelled, failed to start
+            self._allocator.release(step_pk)  # whatever the end: finished, cancelled, failed to start
             if run.job_pk is not None:
                 self.log_signal.notify(run.job_pk)  # followers wait for this before they end
             _log_failure(task)
@@ -229,7 +218,7 @@ class Scheduler:
             executor_spec = fresh.spec.executor
             count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
             names = [new_task_name() for _ in range(count)]
-            per_task = _split(self._gpus.held_by(step_pk), count)
+            per_task = _split(self._allocator.gpus_of(step_pk), count)
             tasks = [
                 _TaskRef(
                     tx.insert_task(
@@ -500,9 +489,9 @@ class Scheduler:
     async def _recover_step(self, step: StepRecord) -> set[str]:
         """The names of the tasks handed to a run of this daemon (none when settled here)."""
         if step.status in _STARTABLE and not step.handle:
-            needed = gpus_needed(step.spec.executor)
-            if needed > self._gpus.total:  # the machine (or --gpus) changed since it was accepted
-                await self._settle_unfit(step, needed)
+            needs = step_needs(step.spec.executor)
+            if needs and self._allocator.never_fits(needs):  # the machine (or a declaration) shrank
+                await self._settle_unfit(step, needs)
             return set()  # never started: the loop will start it
         handle = step.handle or {}
         tasks = [
@@ -532,8 +521,10 @@ class Scheduler:
                 await self._settle_lost(step, tasks, "the workload vanished while the daemon was down")
             return set()
         offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
-        # Its GPUs are its own again before anything new is admitted (recovery runs first).
-        self._gpus.restore(step.pk, [gpu for t in tasks for gpu in t.gpus])
+        # What it holds is its own again before anything new is admitted (recovery runs first).
+        self._allocator.restore(
+            step.pk, step_needs(step.spec.executor), [gpu for t in tasks for gpu in t.gpus]
+        )
         run = self._claim(step.pk, self._adopt(step, tasks, found, offsets), job_pk=step.job_pk)
         run.stop_grace_s = self._profile_of(step).graceful_shutdown_timeout_seconds
         return {t.name for t in tasks}
@@ -599,8 +590,8 @@ class Scheduler:
 
         await self._store.write(record_restart, patient=True)
 
-    async def _settle_unfit(self, step: StepRecord, needed: int) -> None:
-        message = f"Job cannot start: it needs {needed} GPUs; this machine now has {self._gpus.total}"
+    async def _settle_unfit(self, step: StepRecord, needs: Needs) -> None:
+        message = f"Job cannot start: {unfit_reason(needs, self._allocator.capacity, now=True)}"
         now = self._clock.now_us()
 
         def record_unfit(tx: WriteTx) -> None:

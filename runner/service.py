@@ -13,9 +13,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from runner.allocation import Allocator, GpuUse, StepRef, Usage, Wait, unfit_reason, wait_reason
 from runner.clock import Clock
 from runner.errors import BadRequest, Conflict, NotFound, Unprocessable
-from runner.gpus import GpuAllocator, GpuUsage, GpuUse, GpuWait, StepRef, gpus_needed, wait_reason
 from runner.log_pages import Cursor, LogPage, decode_cursor, encode_cursor, page_logs, scope_hash
 from runner.models import (
     NAME_PATTERN,
@@ -26,6 +26,7 @@ from runner.models import (
     JobStatus,
     LogLine,
     LogQuery,
+    Needs,
     Page,
     ResultRecord,
     StepFilter,
@@ -36,6 +37,7 @@ from runner.models import (
     TaskUpdate,
     base58,
     new_entity_id,
+    step_needs,
 )
 from runner.notify import ChangeSignal
 from runner.profiles import ProfileCatalog
@@ -103,11 +105,11 @@ class JobService:
         results: ResultService,
         log_signal: ChangeSignal,
         profiles: ProfileCatalog,
-        gpus: GpuAllocator,
+        allocator: Allocator,
     ) -> None:
         self._store = store
         self._profiles = profiles
-        self._gpus = gpus
+        self._allocator = allocator
         self._clock = clock
         self._workloads = workloads
         self.secrets = secrets
@@ -118,8 +120,13 @@ class JobService:
     async def profiles(self) -> list[dict[str, Any]]:
         return await self._workloads.profiles()
 
-    async def gpu_usage(self) -> GpuUsage:
-        """Every GPU with the step holding it, and the GPU steps waiting, with why."""
+    def resources(self) -> tuple[Needs, Needs]:
+        """(what the machine has, what running steps hold now): GPUs, CPUs, memory."""
+        return self._allocator.capacity, self._allocator.in_use()
+
+    async def usage(self) -> Usage:
+        """The machine, what is in use, every GPU with the step holding it, and the steps that
+        wait for GPUs, CPUs or memory, with why (the scheduler's own rule, applied to now)."""
         refs: dict[int, StepRef | None] = {}
 
         async def ref(step_pk: int) -> StepRef | None:
@@ -128,20 +135,21 @@ class JobService:
                 refs[step_pk] = None if step is None else StepRef(step.workspace, step.job_name, step.name)
             return refs[step_pk]
 
-        holder = {g.uuid: pk for pk, held in self._gpus.in_use().items() for g in held}
+        holdings = self._allocator.holdings()
+        holder = {g.device_id: pk for pk, holding in holdings.items() for g in holding.gpus}
         uses = [
-            GpuUse(gpu=g, held_by=await ref(holder[g.uuid]) if g.uuid in holder else None)
-            for g in self._gpus.gpus
+            GpuUse(gpu=g, held_by=await ref(holder[g.device_id]) if g.device_id in holder else None)
+            for g in self._allocator.machine.gpus
         ]
-        free = sum(1 for use in uses if use.held_by is None)
-        waiting = []
-        for demand in await self._store.runnable_gpu_steps():
-            step_ref = await ref(demand.step_pk)
-            if step_ref is not None and demand.step_pk not in holder.values():
-                waiting.append(
-                    GpuWait(step=step_ref, needed=demand.count, reason=wait_reason(demand.count, free))
+        waiting = [d for d in await self._store.runnable_steps(0) if d.step_pk not in holdings]
+        waits = []
+        for decision in self._allocator.plan(waiting, self._clock.now_us()):
+            step_ref = await ref(decision.demand.step_pk)
+            if step_ref is not None:  # (a step that fits and still waits: for a slot)
+                waits.append(
+                    Wait(step_ref, decision.demand.needs, wait_reason(decision, self._allocator.backfill_s))
                 )
-        return GpuUsage(gpus=uses, waiting=waiting)
+        return Usage(self._allocator.capacity, self._allocator.in_use(), uses, waits)
 
     async def store_problem(self) -> str | None:
         """Why the store cannot take writes now (None: it can); plain words, no names or paths."""
@@ -190,13 +198,11 @@ class JobService:
         offered: set[tuple[str, str]] | None = None
         for step in request.platform_spec.steps:
             executor = step.executor
-            needed = gpus_needed(executor)
-            if needed > self._gpus.total:
+            needs = step_needs(executor)
+            if needs and self._allocator.never_fits(needs):
                 # It could never start: refused now rather than left waiting forever.
-                raise Unprocessable(
-                    f"step {step.name!r} needs {needed} GPU{'s' if needed != 1 else ''}; this machine has "
-                    f"{self._gpus.total} (see --gpus / LOCALJOBS_GPUS)"
-                )
+                why = unfit_reason(needs, self._allocator.capacity)
+                raise Unprocessable(f"step {step.name!r} can never start here: {why}")
             profile = self._profiles.get(executor.provider, executor.profile)
             if profile.backend == "subprocess" or isinstance(executor, SubprocessExecutor):
                 continue  # always offered; no probe of Docker on the hot path

@@ -56,8 +56,13 @@ class Settings:
     gpu_containers_as_subprocess: bool = False
     # GPUs to schedule on: indices or UUIDs (`0,1`); empty: all that NVML finds (runner/gpus.py).
     gpus: tuple[str, ...] = ()
-    # How long the oldest waiting GPU step lets younger ones that fit take free GPUs (backfill).
-    gpu_backfill_s: float = 300.0
+    # CPUs and memory to admit `resources.requests` against (runner/allocation.py): a number of
+    # cores, and a quantity such as `16Gi`; 0 / empty: what this process may use.
+    cpus: float = 0.0
+    memory: str = ""
+    # How long the oldest waiting step that needs GPUs, CPUs or memory lets younger ones that fit
+    # take what is free (backfill).
+    backfill_s: float = 300.0
     # Access: every /apis request needs `Authorization: Bearer <token>`. The token comes from
     # LOCALJOBS_TOKEN, else the file `token_file` (default <data-dir>/token, created at first start).
     token: str = field(default="", repr=False)

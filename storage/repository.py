@@ -24,7 +24,6 @@ from typing import Any
 import aiosqlite
 
 from runner.models import (
-    GpuDemand,
     JobFilter,
     JobRecord,
     JobSort,
@@ -32,8 +31,10 @@ from runner.models import (
     JobStatus,
     LogLine,
     LogQuery,
+    Needs,
     Page,
     PlatformJobSpec,
+    ResourceDemand,
     ResultRecord,
     SecretRecord,
     StepFilter,
@@ -43,6 +44,7 @@ from runner.models import (
     StringCondition,
     TaskRecord,
     WatchedStep,
+    needs_of,
 )
 from storage.errors import AlreadyExists, Gone, StorageError, StorageUnavailable, cannot_write
 from storage.health import OutageSummary, WriteHealth, low_on_space
@@ -177,8 +179,8 @@ def _log(row: sqlite3.Row) -> LogLine:
     )
 
 
-# GPUs a step's executor asks for: `num_gpus` (1 by default on the GPU providers), on each of
-# `num_nodes` nodes for a distributed step.
+# GPUs a step's executor asks for, in SQL (runner.models.needs_of is the same rule): `num_gpus`
+# (1 by default on the GPU providers), on each of `num_nodes` nodes for a distributed step.
 _PROVIDER = "json_extract(spec, '$.executor.provider')"
 _GPUS_NEEDED = (
     f"(COALESCE(json_extract(spec, '$.executor.resources.num_gpus'),"
@@ -186,6 +188,10 @@ _GPUS_NEEDED = (
     f" * CASE WHEN {_PROVIDER} = 'gpu_distributed'"
     " THEN COALESCE(json_extract(spec, '$.executor.resources.num_nodes'), 1) ELSE 1 END)"
 )
+_REQUEST_CPU = "json_extract(spec, '$.executor.resources.requests.cpu')"
+_REQUEST_MEMORY = "json_extract(spec, '$.executor.resources.requests.memory')"
+# A step the allocator must admit: one asking for GPUs, or for CPUs or memory.
+_DEMANDS = f"({_GPUS_NEEDED} > 0 OR {_REQUEST_CPU} IS NOT NULL OR {_REQUEST_MEMORY} IS NOT NULL)"
 
 
 def _secret(row: sqlite3.Row) -> SecretRecord:
@@ -1018,25 +1024,30 @@ class Repository:
             for r in rows
         ]
 
-    async def runnable_steps(self, limit: int) -> list[int]:
-        """Steps waiting for the scheduler that need no GPU, oldest first (FIFO, as the
-        reference): their keys only."""
-        rows = await self._all(
-            f"SELECT pk FROM steps WHERE status IN ('created','resuming') AND {_GPUS_NEEDED} = 0"
+    async def runnable_steps(self, plain_limit: int) -> list[ResourceDemand]:
+        """Steps waiting for the scheduler, oldest first (FIFO, as the reference): every one that
+        asks for GPUs, CPUs or memory (the allocator decides which fit), and the oldest
+        `plain_limit` of those that ask for nothing."""
+        plain = await self._all(
+            f"SELECT pk, created_at FROM steps WHERE status IN ('created','resuming') AND NOT {_DEMANDS}"
             " ORDER BY created_at, pk LIMIT ?",
-            (limit,),
+            (plain_limit,),
         )
-        return [r["pk"] for r in rows]
-
-    async def runnable_gpu_steps(self) -> list[GpuDemand]:
-        """Steps waiting for the scheduler that need GPUs, oldest first, with how many."""
-        rows = await self._all(
-            f"SELECT pk, created_at, {_GPUS_NEEDED} AS gpus FROM steps"
-            f" WHERE status IN ('created','resuming') AND {_GPUS_NEEDED} > 0"
+        demanding = await self._all(
+            f"SELECT pk, created_at, {_PROVIDER} AS provider,"
+            " json_extract(spec, '$.executor.resources.num_gpus') AS num_gpus,"
+            " json_extract(spec, '$.executor.resources.num_nodes') AS num_nodes,"
+            f" {_REQUEST_CPU} AS cpu, {_REQUEST_MEMORY} AS memory"
+            f" FROM steps WHERE status IN ('created','resuming') AND {_DEMANDS}"
             " ORDER BY created_at, pk LIMIT 10000",
             (),
         )
-        return [GpuDemand(step_pk=r["pk"], count=r["gpus"], waiting_since_us=r["created_at"]) for r in rows]
+        waiting = [ResourceDemand(r["pk"], Needs(), r["created_at"]) for r in plain]
+        for r in demanding:
+            needs = needs_of(r["provider"], r["num_gpus"], r["num_nodes"], r["cpu"], r["memory"])
+            waiting.append(ResourceDemand(r["pk"], needs, r["created_at"]))
+        waiting.sort(key=lambda d: (d.waiting_since_us, d.step_pk))
+        return waiting
 
     # ----------------------------------------------------------------------------- logs
 

@@ -8,10 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from runner.gpus import Gpu, GpuAllocator, discover, gpus_needed
-from runner.models import GpuDemand, StepSpec
+from runner.gpus import Gpu, discover
 from tests.conftest import Api, api_for, running_server
 
 _S = 1_000_000
@@ -30,10 +27,6 @@ def _gpu_step(
     }
 
 
-def _allocator(n: int, backfill_s: float = 60) -> GpuAllocator:
-    return GpuAllocator(discover([str(i) for i in range(n)]), backfill_s)
-
-
 def test_declared_gpus_stand_for_the_machines_when_nvml_has_none() -> None:
     gpus = discover(["0", "1", "GPU-abc"])
     assert [g.index for g in gpus] == [0, 1, 2]
@@ -42,65 +35,6 @@ def test_declared_gpus_stand_for_the_machines_when_nvml_has_none() -> None:
     assert [g.device_id for g in gpus] == ["0", "1", "GPU-abc"]
     assert [g.device_id for g in discover(["0", " 1", "0", ""])] == ["0", "1"]
     assert discover([]) == []  # no NVML and nothing declared: no GPUs, not an error
-
-
-def test_a_step_gets_all_it_asks_for_or_nothing() -> None:
-    alloc = _allocator(3)
-    assert [g.index for g in alloc.take(1, 2) or []] == [0, 1]
-    assert alloc.take(2, 2) is None and alloc.held_by(2) == []
-    assert [g.index for g in alloc.take(3, 1) or []] == [2]
-    alloc.release(1)
-    assert [g.index for g in alloc.free()] == [0, 1]
-
-
-def test_backfill_lets_small_steps_use_free_gpus_for_a_bounded_time() -> None:
-    alloc = _allocator(4, backfill_s=60)
-    assert alloc.take(100, 2) is not None  # two busy
-    big = GpuDemand(step_pk=1, count=4, waiting_since_us=0)
-    small = GpuDemand(step_pk=2, count=1, waiting_since_us=5 * _S)
-    # The big one cannot fit; within the bound the younger small one may take a free GPU.
-    assert alloc.admit([big, small], now_us=10 * _S) == [2]
-    alloc.release(2)
-    # Past the bound, nothing new takes a GPU until the big one has started.
-    later = GpuDemand(step_pk=3, count=1, waiting_since_us=70 * _S)
-    assert alloc.admit([big, later], now_us=61 * _S) == []
-    alloc.release(100)
-    assert alloc.admit([big, later], now_us=62 * _S) == [1]
-    assert len(alloc.held_by(1)) == 4
-
-
-def test_first_come_first_served_among_steps_that_fit() -> None:
-    alloc = _allocator(2)
-    demands = [GpuDemand(step_pk=pk, count=1, waiting_since_us=pk) for pk in (3, 1, 2)]
-    assert alloc.admit(demands, now_us=10) == [1, 2]
-    assert alloc.admit(demands, now_us=10, limit=1) == []  # none left
-
-
-def test_restore_after_a_restart() -> None:
-    alloc = _allocator(2)
-    assert [g.device_id for g in alloc.restore(7, ["1", "GPU-gone"])] == ["1"]
-    assert [g.index for g in alloc.free()] == [0]
-
-
-@pytest.mark.parametrize(
-    ("executor", "needed"),
-    [
-        ({"provider": "subprocess", "command": ["true"]}, 0),
-        ({"provider": "gpu", "container": {"image": "i"}}, 1),
-        ({"provider": "gpu", "container": {"image": "i"}, "resources": {"num_gpus": 0}}, 0),
-        ({"provider": "cpu", "container": {"image": "i"}, "resources": {"num_gpus": 2}}, 2),
-        (
-            {
-                "provider": "gpu_distributed",
-                "container": {"image": "i"},
-                "resources": {"num_nodes": 2, "num_gpus": 2},
-            },
-            4,
-        ),
-    ],
-)
-def test_how_many_gpus_a_step_needs(executor: dict[str, Any], needed: int) -> None:
-    assert gpus_needed(StepSpec.model_validate({"name": "ab", "executor": executor}).executor) == needed
 
 
 def _settings(**extra: Any) -> dict[str, Any]:
@@ -242,10 +176,3 @@ async def test_a_waiting_step_that_no_longer_fits_after_a_restart_ends_in_error(
         assert "needs 2 GPUs; this machine now has 1" in job["error_details"]["message"]
         await api.request("POST", "/jobs/holder/cancel")
         await api.wait_job("holder", timeout_s=60)
-
-
-def test_a_step_that_can_never_fit_does_not_hold_the_queue_up() -> None:
-    alloc = _allocator(1, backfill_s=0)
-    never = GpuDemand(step_pk=1, count=2, waiting_since_us=0)
-    fits = GpuDemand(step_pk=2, count=1, waiting_since_us=1)
-    assert alloc.admit([never, fits], now_us=100 * _S) == [2]

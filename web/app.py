@@ -8,7 +8,7 @@ from aiohttp import web
 
 from runner.daemon import Daemon
 from runner.service import JobService
-from web import auth_routes, gpu_routes, meta_routes, results_routes, secrets_routes
+from web import auth_routes, capacity_routes, meta_routes, results_routes, secrets_routes
 from web.dashboard import add_dashboard
 from web.errors import error_middleware
 from web.routes import SERVICE, routes
@@ -25,7 +25,7 @@ def create_app(service: JobService, policy: AccessPolicy, max_body_bytes: int) -
     app.add_routes(secrets_routes.routes)
     app.add_routes(auth_routes.routes)
     app.add_routes(meta_routes.routes)
-    app.add_routes(gpu_routes.routes)
+    app.add_routes(capacity_routes.routes)
     add_dashboard(app)
     return app
 

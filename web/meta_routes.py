@@ -217,6 +217,10 @@ _STEP_REF = {
     "required": ["workspace", "job", "step"],
     "properties": {"workspace": _STRING, "job": _STRING, "step": _STRING},
 }
+# One kind of resource in /capacity: the machine's total, what running steps hold, what is free.
+_AMOUNT = _object(
+    ["total", "in_use", "free"], total={"type": "number"}, in_use={"type": "number"}, free={"type": "number"}
+)
 _OAUTH_ERROR = _object(["error"], error=_STRING, error_description=_STRING)
 
 
@@ -268,6 +272,43 @@ def _extra_paths(doc: dict[str, Any]) -> None:
                     "summary": "This document",
                     "operationId": "openapi",
                     "responses": {"200": _json({"type": "object"})},
+                }
+            },
+            "/apis/localjobs/v1/capacity": {
+                "get": {
+                    "tags": ["localjobs"],
+                    "summary": "What the machine has, what is in use, who waits",
+                    "description": "A localjobs extension: the CPUs, memory and GPUs the daemon admits "
+                    "steps against (the machine's, or --cpus/--memory/--gpus), what running steps hold, "
+                    "and the steps waiting in `created` for GPUs, CPUs or memory, with why. Each item of "
+                    "`GET /apis/jobs/v2/execution-profiles` carries the same totals as `capacity`.",
+                    "operationId": "localjobs_capacity",
+                    "responses": {
+                        "200": _json(
+                            _object(
+                                ["cpus", "memory_bytes", "gpus", "waiting"],
+                                cpus=_AMOUNT,
+                                memory_bytes=_AMOUNT,
+                                gpus=_AMOUNT,
+                                waiting={
+                                    "type": "array",
+                                    "items": _object(
+                                        ["workspace", "job", "step", "needs", "reason"],
+                                        workspace=_STRING,
+                                        job=_STRING,
+                                        step=_STRING,
+                                        needs=_object(
+                                            ["gpus", "cpus", "memory_bytes"],
+                                            gpus={"type": "integer"},
+                                            cpus={"type": "number"},
+                                            memory_bytes={"type": "integer"},
+                                        ),
+                                        reason=_STRING,
+                                    ),
+                                },
+                            )
+                        )
+                    },
                 }
             },
             "/apis/localjobs/v1/gpus": {

@@ -119,7 +119,11 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get(V2 + "/execution-profiles")
 async def execution_profiles(request: web.Request) -> web.Response:
-    return _json(await _service(request).profiles())
+    service = _service(request)
+    # A localjobs extension on each item: the machine's capacity and what is in use (all profiles
+    # share the one machine). The reference's models and the SDK ignore keys they do not know.
+    capacity = serialize.capacity_body(*service.resources())
+    return _json([{**profile, "capacity": capacity} for profile in await service.profiles()])
 
 
 # --------------------------------------------------------------------------------- jobs

@@ -21,6 +21,7 @@ from runner.models import (
     EnvironmentVariable,
     JobRecord,
     LogLine,
+    Needs,
     PlatformJobSpec,
     StepRecord,
     StepSpec,
@@ -286,3 +287,12 @@ def page_envelope(
         "filter": flt,
     }
     return _model(envelope, drop_none=True)
+
+
+def capacity_body(capacity: Needs, in_use: Needs) -> dict[str, Any]:
+    """Totals, in use and free, per kind: also what each execution profile carries as `capacity`."""
+    free = capacity - in_use
+    return {
+        kind: {"total": getattr(capacity, kind), "in_use": getattr(in_use, kind), "free": getattr(free, kind)}
+        for kind in ("cpus", "memory_bytes", "gpus")
+    }

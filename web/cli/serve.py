@@ -72,6 +72,18 @@ _FLAG_HELP = (
     default=None,
     help="leave running what a step's main process leaves behind (default: SIGTERM, grace, SIGKILL)",
 )
+@click.option(
+    "--gpus",
+    "gpus",
+    metavar="LIST",
+    help="the GPUs to schedule on: indices or UUIDs, `0,1` (default: all that NVML finds)",
+)
+@click.option("--cpus", type=float, help="CPUs to admit resource requests against (default: this machine's)")
+@click.option(
+    "--memory",
+    metavar="QUANTITY",
+    help="memory to admit requests against, e.g. 16Gi (default: this machine's)",
+)
 @click.option("--log-level", envvar="LOCALJOBS_LOG_LEVEL", default="INFO", show_default=True)
 def serve(log_level: str, keep_running: bool | None, allowed_hosts: tuple[str, ...], **flags: Any) -> int:
     from runner.settings import load_settings
