@@ -175,6 +175,13 @@ class GpuUse:
 
 
 @dataclass(frozen=True)
+class Hold:
+    step: StepRef
+    needs: Needs
+    gpus: tuple[Gpu, ...]
+
+
+@dataclass(frozen=True)
 class Wait:
     step: StepRef
     needs: Needs
@@ -189,6 +196,7 @@ class Usage:
     capacity: Needs
     in_use: Needs
     gpus: list[GpuUse]
+    held: list[Hold]
     waiting: list[Wait]
 
     @property

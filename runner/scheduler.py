@@ -634,11 +634,12 @@ class Scheduler:
             for run in runs:
                 run.shutdown = True
                 run.stop_requested = True
-                if run.workload is not None:
-                    self._control(run, run.workload.stop(self._settings.grace_period_s))
+                if run.workload is not None:  # each with its profile's grace (set when it started)
+                    self._control(run, run.workload.stop(run.stop_grace_s))
             pending = [run.task for run in runs if run.task is not None]
             if pending:
-                await asyncio.wait(pending, timeout=self._settings.grace_period_s + 10)
+                longest = max([run.stop_grace_s for run in runs], default=self._settings.grace_period_s)
+                await asyncio.wait(pending, timeout=longest + 10)
         for run in runs:
             if run.task is not None and not run.task.done():
                 run.task.cancel()

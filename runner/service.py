@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runner.allocation import Allocator, GpuUse, StepRef, Usage, Wait, unfit_reason, wait_reason
+from runner.allocation import Allocator, GpuUse, Hold, StepRef, Usage, Wait, unfit_reason, wait_reason
 from runner.clock import Clock
 from runner.errors import BadRequest, Conflict, NotFound, Unprocessable
 from runner.log_pages import Cursor, LogPage, decode_cursor, encode_cursor, page_logs, scope_hash
@@ -149,7 +149,11 @@ class JobService:
                 waits.append(
                     Wait(step_ref, decision.demand.needs, wait_reason(decision, self._allocator.backfill_s))
                 )
-        return Usage(self._allocator.capacity, self._allocator.in_use(), uses, waits)
+        held = []
+        for step_pk, holding in holdings.items():
+            if (step_ref := await ref(step_pk)) is not None:
+                held.append(Hold(step_ref, holding.needs, holding.gpus))
+        return Usage(self._allocator.capacity, self._allocator.in_use(), uses, held, waits)
 
     async def store_problem(self) -> str | None:
         """Why the store cannot take writes now (None: it can); plain words, no names or paths."""

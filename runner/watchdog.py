@@ -54,20 +54,22 @@ def verdicts(step: WatchedStep, profile: ExecutionProfile, daemon_started: int =
                 Verdict(since + timeout * _US, f"Job terminated: no task updates received within {timeout} s")
             )
         limit = profile.ttl_seconds_active
-        found.append(
-            Verdict(
-                step.active_since + limit * _US - step.active_us,
-                f"Job timed out: active for more than ttl_seconds_active={limit} s",
+        if limit > 0:  # 0: no limit, as staleness_timeout_seconds 0 is no staleness check
+            found.append(
+                Verdict(
+                    step.active_since + limit * _US - step.active_us,
+                    f"Job timed out: active for more than ttl_seconds_active={limit} s",
+                )
             )
-        )
     elif step.status in _BEFORE_ACTIVE and step.active_since is None:
         limit = profile.ttl_seconds_before_active
-        found.append(
-            Verdict(
-                step.created_at + limit * _US,
-                f"Job timed out: not active within ttl_seconds_before_active={limit} s",
+        if limit > 0:
+            found.append(
+                Verdict(
+                    step.created_at + limit * _US,
+                    f"Job timed out: not active within ttl_seconds_before_active={limit} s",
+                )
             )
-        )
     return found
 
 

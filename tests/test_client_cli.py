@@ -300,6 +300,22 @@ def test_gpus_shows_holders_and_why_steps_wait(tmp_path: Path) -> None:
         assert "default/waiter/train: waiting for 1 GPU; 0 free" in shown.stdout
         usage = json.loads(cli(data, "gpus", "--json").stdout)
         assert (usage["total"], usage["free"], len(usage["waiting"])) == (1, 0, 1)
+        # `ls` shows the GPUs a job holds, and why a waiting one waits.
+        listed = cli(data, "ls")
+        assert listed.returncode == 0, listed.stderr
+        rows = {line.split()[0]: line for line in listed.stdout.splitlines() if line.split()}
+        assert "GPUS" in listed.stdout
+        assert rows["holder"].rstrip().endswith(" 0"), listed.stdout
+        assert "waiter: waiting for 1 GPU; 0 free" in listed.stdout
+        shown = cli(data, "capacity")
+        assert shown.returncode == 0, shown.stderr
+        assert "default/holder/train holds GPUs 0" in shown.stdout
+        assert "default/waiter/train: waiting for 1 GPU; 0 free" in shown.stdout
+        assert json.loads(cli(data, "capacity", "--json").stdout)["gpus"] == {
+            "total": 1,
+            "in_use": 1,
+            "free": 0,
+        }
         for name in ("holder", "waiter"):
             cli(data, "cancel", name)
 

@@ -470,3 +470,35 @@ async def test_a_phone_sized_screen_needs_no_sideways_scrolling(
         assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     finally:
         await _finish(visit)
+
+
+async def test_the_list_shows_gpus_held_and_why_a_step_waits(
+    browser: Any, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    def gpu_step(script: str) -> dict[str, Any]:
+        container = {"image": "unused-as-host-process", "entrypoint": ["sh", "-c"], "command": [script]}
+        return {"name": "train", "executor": {"provider": "gpu", "container": container}}
+
+    settings = {"gpus": ("0",), "gpu_containers_as_subprocess": True}
+    async with running_server(tmp_path / "gpus", **settings) as gpu_server:
+        api = api_in(session, gpu_server, "default")
+        gate = tmp_path / "go"
+        await api.create_job([gpu_step(f"while [ ! -e {gate} ]; do sleep 0.05; done")], name="holder")
+        await api.wait_job("holder", {"active"}, timeout_s=60)
+        await api.create_job([gpu_step("true")], name="waiter")
+        visit = await _visit(browser, gpu_server, viewport={"width": 1280, "height": 900})
+        try:
+            await visit.open(f"/?token={TEST_TOKEN}")
+            page = visit.page
+            await expect(page.locator('tr[data-job="holder"] .gpus')).to_have_text("GPU 0")
+            waiting = page.locator('tr[data-job="waiter"] .waiting')
+            await expect(waiting).to_have_text("waiting for 1 GPU; 0 free")
+            gate.touch()
+            await expect(page.locator('tr[data-job="waiter"] .status')).to_have_class(
+                re.compile(r"\bs-completed\b")
+            )
+            await expect(page.locator("#rows .waiting")).to_have_count(0)
+        finally:
+            await _finish(visit)

@@ -32,6 +32,14 @@ async def capacity(request: web.Request) -> web.Response:
     usage = await request.app[SERVICE].usage()
     body = {
         **capacity_body(usage.capacity, usage.in_use),
+        "held": [
+            {
+                **(_ref(hold.step) or {}),
+                "needs": _needs(hold.needs),
+                "gpus": [{"index": g.index, "device_id": g.device_id} for g in hold.gpus],
+            }
+            for hold in usage.held
+        ],
         "waiting": [
             {**(_ref(wait.step) or {}), "needs": _needs(wait.needs), "reason": wait.reason}
             for wait in usage.waiting

@@ -221,6 +221,12 @@ _STEP_REF = {
 _AMOUNT = _object(
     ["total", "in_use", "free"], total={"type": "number"}, in_use={"type": "number"}, free={"type": "number"}
 )
+_NEEDS = _object(
+    ["gpus", "cpus", "memory_bytes"],
+    gpus={"type": "integer"},
+    cpus={"type": "number"},
+    memory_bytes={"type": "integer"},
+)
 _OAUTH_ERROR = _object(["error"], error=_STRING, error_description=_STRING)
 
 
@@ -286,10 +292,28 @@ def _extra_paths(doc: dict[str, Any]) -> None:
                     "responses": {
                         "200": _json(
                             _object(
-                                ["cpus", "memory_bytes", "gpus", "waiting"],
+                                ["cpus", "memory_bytes", "gpus", "held", "waiting"],
                                 cpus=_AMOUNT,
                                 memory_bytes=_AMOUNT,
                                 gpus=_AMOUNT,
+                                held={
+                                    "type": "array",
+                                    "items": _object(
+                                        ["workspace", "job", "step", "needs", "gpus"],
+                                        workspace=_STRING,
+                                        job=_STRING,
+                                        step=_STRING,
+                                        needs=_NEEDS,
+                                        gpus={
+                                            "type": "array",
+                                            "items": _object(
+                                                ["index", "device_id"],
+                                                index={"type": "integer"},
+                                                device_id=_STRING,
+                                            ),
+                                        },
+                                    ),
+                                },
                                 waiting={
                                     "type": "array",
                                     "items": _object(
@@ -297,12 +321,7 @@ def _extra_paths(doc: dict[str, Any]) -> None:
                                         workspace=_STRING,
                                         job=_STRING,
                                         step=_STRING,
-                                        needs=_object(
-                                            ["gpus", "cpus", "memory_bytes"],
-                                            gpus={"type": "integer"},
-                                            cpus={"type": "number"},
-                                            memory_bytes={"type": "integer"},
-                                        ),
+                                        needs=_NEEDS,
                                         reason=_STRING,
                                     ),
                                 },

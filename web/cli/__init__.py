@@ -21,7 +21,8 @@ _MODULES = {
     "results": "web.cli.results",
     "secrets": "web.cli.secrets",
     "dashboard": "web.cli.dashboard",
-    "gpus": "web.cli.gpus",
+    "gpus": "web.cli.capacity",
+    "capacity": "web.cli.capacity",
 }
 _MODULES.update(dict.fromkeys(_JOBS, "web.cli.jobs"))
 

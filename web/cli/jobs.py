@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any
@@ -353,6 +354,39 @@ def _current_steps(api: Api) -> dict[str, str]:
     return {step.get("job", ""): step.get("name", "") for step in steps}
 
 
+@dataclass(frozen=True)
+class _Holding:
+    """What `ls` adds from the capacity route: GPUs each job's running step holds, and why a
+    waiting step waits (for GPUs, CPUs or memory)."""
+
+    machine_has_gpus: bool = False
+    gpus: dict[str, str] = field(default_factory=dict)  # job name -> "0,1"
+    waiting: dict[str, str] = field(default_factory=dict)  # job name -> reason
+
+    @classmethod
+    def of(cls, api: Api) -> _Holding:
+        try:
+            usage = api.get(_CAPACITY_PATH)
+        except ApiError:
+            return cls()  # an older daemon without the route: the list without the extras
+
+        def ours(entry: dict[str, Any]) -> bool:
+            return entry.get("workspace") == api.workspace
+
+        return cls(
+            machine_has_gpus=bool(usage.get("gpus", {}).get("total")),
+            gpus={
+                h["job"]: ",".join(str(g["index"]) for g in h["gpus"])
+                for h in usage.get("held", [])
+                if ours(h) and h["gpus"]
+            },
+            waiting={w["job"]: w["reason"] for w in usage.get("waiting", []) if ours(w)},
+        )
+
+
+_CAPACITY_PATH = "/apis/localjobs/v1/capacity"
+
+
 @click.command(name="ls")
 @click.option("--status", "-s", "statuses", multiple=True, help="only jobs with this status (repeatable)")
 @click.option("--all", "-a", "show_all", is_flag=True, help="every job (default: the 20 newest)")
@@ -368,21 +402,29 @@ def ls(connect: Connect, statuses: tuple[str, ...], show_all: bool, as_json: boo
     if as_json:
         print_json(jobs)
         return 0
-    current = _current_steps(api) if any(j.get("status") not in outcome.FINISHED for j in jobs) else {}
-    grid = table("NAME", "STATUS", "STEP", "PROGRESS", "AGE", "DURATION")
+    unfinished = any(j.get("status") not in outcome.FINISHED for j in jobs)
+    current = _current_steps(api) if unfinished else {}
+    holding = _Holding.of(api) if unfinished else _Holding()
+    columns = ["NAME", "STATUS", "STEP", "PROGRESS", "AGE", "DURATION"]
+    grid = table(*columns, *(["GPUS"] if holding.machine_has_gpus else []))
     for job in jobs:
         age, duration = job_times(job)
-        grid.add_row(
-            job.get("name", ""),
+        name = job.get("name", "")
+        row = [
+            name,
             styled_status(str(job.get("status", ""))),
-            current.get(job.get("name", ""), ""),
+            current.get(name, ""),
             progress_text(percentage(job)),
             human_duration(age),
             human_duration(duration),
-        )
+        ]
+        grid.add_row(*row, *([holding.gpus.get(name, "")] if holding.machine_has_gpus else []))
     out = console()
     if jobs:
         out.print(grid)
+        for job in jobs:  # under the table: a reason is too long for a column
+            if (reason := holding.waiting.get(job.get("name", ""))) is not None:
+                out.print(f"{job['name']}: {reason}")
     else:
         out.print("no jobs" + (f" with status {', '.join(statuses)}" if statuses else ""))
     return 0

@@ -6,6 +6,7 @@ import {
 } from "./common.js";
 
 const POLL_MS = 2000;
+const CAPACITY = "/apis/localjobs/v1/capacity";
 const PAGE_SIZES = [10, 25, 50, 100];
 const KNOWN_WORKSPACES = "localjobs.workspaces";
 
@@ -23,6 +24,9 @@ let lastPage = 1;
 const failedStepOf = new Map();
 const rowOf = new Map();
 let lastSteps = new Map();
+// From the capacity route while jobs are in flight: GPUs each job's running step holds, and why a
+// waiting step waits (for GPUs, CPUs or memory). Job name -> text, for this workspace.
+let holding = { gpus: new Map(), waiting: new Map() };
 
 function readState() {
   const query = new URLSearchParams(location.search);
@@ -71,6 +75,24 @@ async function currentSteps(jobs) {
   return current;
 }
 
+async function findHolding(jobs) {
+  const found = { gpus: new Map(), waiting: new Map() };
+  if (!jobs.some((job) => !TERMINAL.has(job.status))) return found;
+  let usage;
+  try {
+    usage = await api(CAPACITY);
+  } catch {
+    return found; // a daemon without the route: the list without these lines
+  }
+  for (const hold of usage.held) {
+    if (hold.workspace === state.workspace && hold.gpus.length) {
+      found.gpus.set(hold.job, `GPU${hold.gpus.length === 1 ? "" : "s"} ${hold.gpus.map((g) => g.index).join(",")}`);
+    }
+  }
+  for (const wait of usage.waiting) if (wait.workspace === state.workspace) found.waiting.set(wait.job, wait.reason);
+  return found;
+}
+
 async function findFailedSteps(jobs) {
   for (const job of jobs) {
     if ((job.status !== "error" && job.status !== "cancelled") || failedStepOf.has(job.id)) continue;
@@ -103,7 +125,11 @@ function fillStep(cell, job, current) {
   }
   cell.replaceChildren(text);
   const message = job.status_details && job.status_details.message;
-  if (message && job.status !== "completed") cell.append(el("span", { class: "sub" }, String(message)));
+  const waitingFor = TERMINAL.has(job.status) ? null : holding.waiting.get(job.name);
+  if (waitingFor) cell.append(el("span", { class: "sub waiting" }, waitingFor));
+  else if (message && job.status !== "completed") cell.append(el("span", { class: "sub" }, String(message)));
+  const gpus = TERMINAL.has(job.status) ? null : holding.gpus.get(job.name);
+  if (gpus) cell.append(el("span", { class: "sub gpus" }, gpus));
 }
 
 function fillRow(row, job, current, now) {
@@ -171,9 +197,10 @@ async function refresh() {
     // The rows at once (with the steps known from the last poll), then their current steps.
     render(page, lastSteps);
     if (!performance.getEntriesByName("jobs-rendered").length) performance.mark("jobs-rendered");
-    const current = await currentSteps(page.data);
+    const [current, held] = await Promise.all([currentSteps(page.data), findHolding(page.data)]);
     if (request !== latestRequest) return;
     lastSteps = current;
+    holding = held;
     render(page, current);
     problem.textContent = "";
     setLive(true, `live · ${new Date().toLocaleTimeString()}`);
