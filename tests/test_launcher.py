@@ -238,3 +238,30 @@ async def test_a_workload_asked_for_after_shutdown_gets_a_status_not_an_error(tm
         assert status.reason == "the daemon stopped watching"
     finally:
         os.killpg(started.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("module", ["runner.executors.host.launcher", "runner.executors.launcher"])
+def test_leftovers_under_a_launcher_are_the_launchers_to_end(module: str) -> None:
+    """Found by the module in its command line; `runner.executors.launcher` is the launcher of a
+    daemon from before the host package, which outlives that daemon and ends what its tasks left."""
+    import time
+
+    from runner.executors.host.strays import _ended_by_a_launcher
+
+    # `sh -c SCRIPT NAME`: NAME is in the shell's command line, as the module is in a launcher's.
+    parent = subprocess.Popen(["/bin/sh", "-c", "/bin/sleep 30 & wait", module])
+    try:
+        children: list[psutil.Process] = []
+        for _ in range(500):
+            children = psutil.Process(parent.pid).children()
+            if children:
+                break
+            time.sleep(0.01)
+        assert children
+        assert _ended_by_a_launcher(children)
+        assert not _ended_by_a_launcher([psutil.Process(parent.pid)])  # its parent is no launcher
+    finally:
+        for child in psutil.Process(parent.pid).children():
+            child.kill()
+        parent.kill()
+        parent.wait()
