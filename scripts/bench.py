@@ -215,10 +215,10 @@ class DaemonProcess:
         return psutil.Process(self.pid).memory_info().rss / 2**20
 
     def launcher(self) -> psutil.Process | None:
-        """The daemon's task launcher (runner/executors/launcher.py), while it runs."""
+        """The daemon's task launcher (runner/executors/host/launcher.py), while it runs."""
         for child in psutil.Process(self.pid).children():
             with contextlib.suppress(psutil.Error):
-                if "runner.executors.launcher" in child.cmdline():
+                if "runner.executors.host.launcher" in child.cmdline():
                     return child
         return None
 

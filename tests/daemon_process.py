@@ -255,11 +255,11 @@ def task_processes_under(data_dir: Path) -> list[psutil.Process]:
 
 
 def launchers_of(pid: int) -> list[psutil.Process]:
-    """The task launcher(s) process `pid` started (runner/executors/launcher.py)."""
+    """The task launcher(s) process `pid` started (runner/executors/host/launcher.py)."""
     found = []
     for child in psutil.Process(pid).children():
         with contextlib.suppress(psutil.Error):  # e.g. gone meanwhile
-            if "runner.executors.launcher" in child.cmdline():
+            if "runner.executors.host.launcher" in child.cmdline():
                 found.append(child)
     return found
 

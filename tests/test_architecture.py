@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +18,15 @@ def _imports(path: Path) -> set[str]:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def _source(module: str) -> Path | None:
+    """The file of one of our modules (a package: its __init__.py), None for anything else."""
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
 
 
 def _modules(package: str) -> list[Path]:
@@ -62,3 +72,41 @@ def test_docker_client_is_not_imported_at_daemon_start() -> None:
     code = "import sys, web.cli, web.app, runner.daemon; print('aiodocker' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+_LAUNCHER = "runner.executors.host.launcher"
+_PROTOCOL = "runner.executors.host.protocol"
+
+
+def test_the_launcher_program_imports_only_the_standard_library() -> None:
+    """The launcher runs as `python -S -P -m runner.executors.host.launcher` (no site packages:
+    psutil, pydantic, aiohttp are not there). Its modules, everything of ours they import, and
+    the __init__ of every package on the way (Python runs those first) import the standard
+    library only."""
+    problems, seen, todo = [], set(), [_LAUNCHER]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        path = _source(module)
+        assert path is not None, module
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top in ("runner", "storage", "web"):
+                if _source(name) is not None:  # else an attribute of a module listed too
+                    todo.append(name)
+            elif top not in sys.stdlib_module_names:
+                problems.append(f"{path.relative_to(ROOT).as_posix()}: imports {name}")
+    assert problems == []
+    assert {_PROTOCOL, "runner.executors.host.spawn", "runner.executors.host.leftovers"} <= seen
+
+
+def test_the_launcher_protocol_is_a_leaf_of_the_standard_library() -> None:
+    """Both ends import it (the launcher and the daemon's client): it imports nothing of ours."""
+    path = _source(_PROTOCOL)
+    assert path is not None
+    names = _imports(path)
+    assert names and all(name.split(".")[0] in sys.stdlib_module_names for name in names), names

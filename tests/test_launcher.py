@@ -1,10 +1,9 @@
-"""The launcher process that starts and reaps subprocess tasks (runner/executors/launcher.py)."""
+"""The launcher process that starts and reaps subprocess tasks (runner/executors/host/launcher.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -15,8 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from runner.executors.exits import ExitWatcher
-from runner.executors.launch_client import LauncherClient
+from runner.executors.host.exits import ExitWatcher
+from runner.executors.host.launcher_client import LauncherClient
+from runner.executors.host.protocol import StartRequest, TaskStart
 from tests.conftest import Api, shell, step
 from tests.daemon_process import launchers_of
 
@@ -36,18 +36,18 @@ async def _client(tmp_path: Path, idle_s: float = 30.0) -> AsyncIterator[Launche
         exits.close()
 
 
-def _request(folder: Path, argv: list[str]) -> dict[str, object]:
-    return {
-        "argv": argv,
-        "env": {"PATH": os.defpath},
-        "work_dir": str(folder),
-        "folders": [f"{folder}/scratch"],
-        "config_file": f"{folder}/config.json",
-        "config": "{}",
-        "stdout": f"{folder}/stdout.log",
-        "stderr": f"{folder}/stderr.log",
-        "exit_file": f"{folder}/exit_code",
-    }
+def _request(folder: Path, argv: list[str]) -> TaskStart:
+    return TaskStart(
+        argv=argv,
+        env={"PATH": os.defpath},
+        work_dir=str(folder),
+        folders=[f"{folder}/scratch"],
+        config_file=f"{folder}/config.json",
+        config="{}",
+        stdout=f"{folder}/stdout.log",
+        stderr=f"{folder}/stderr.log",
+        exit_file=f"{folder}/exit_code",
+    )
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -178,7 +178,7 @@ async def test_a_package_named_runner_in_the_working_folder_does_not_replace_the
 
 def test_exits_are_seen_through_pidfds_numbered_past_1024(tmp_path: Path) -> None:
     """select() refuses such numbers; a daemon with many running tasks reaches them."""
-    from runner.executors.exits import _has_ended
+    from runner.executors.host.exits import _has_ended
 
     process = subprocess.Popen(["/bin/sleep", "30"])
     pidfd = os.pidfd_open(process.pid)
@@ -203,14 +203,13 @@ def test_a_request_the_daemon_gave_up_on_before_leaving_is_not_started(tmp_path:
     """The daemon sent a start, then closed its end (shut down) before the launcher read it."""
     import sys
 
-    from runner.executors.launch_client import _IMPORT_ROOT
+    from runner.executors.host.launcher_client import _IMPORT_ROOT
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    request = {**_request(tmp_path / "task", ["/bin/sh", "-c", "touch started"]), "id": 1}
-    mine.send(json.dumps(request).encode())
+    mine.send(StartRequest(1, _request(tmp_path / "task", ["/bin/sh", "-c", "touch started"])).encode())
     mine.close()  # before the launcher has even started: the request waits in its queue
     launcher = subprocess.Popen(
-        [sys.executable, "-S", "-P", "-m", "runner.executors.launcher", str(theirs.fileno()), "30"],
+        [sys.executable, "-S", "-P", "-m", "runner.executors.host.launcher", str(theirs.fileno()), "30"],
         pass_fds=(theirs.fileno(),),
         env={**os.environ, "PYTHONPATH": _IMPORT_ROOT},
     )
@@ -220,18 +219,17 @@ def test_a_request_the_daemon_gave_up_on_before_leaving_is_not_started(tmp_path:
 
 
 async def test_a_workload_asked_for_after_shutdown_gets_a_status_not_an_error(tmp_path: Path) -> None:
-    from runner.executors.subprocess import SubprocessWorkload
+    from runner.executors.host.workloads import LaunchedTask
 
     exits = ExitWatcher()
     client = LauncherClient(exits, tmp_path / "launcher.log")
     started = await client.start(_request(tmp_path / "task", ["/bin/sleep", "30"]))
-    workload = SubprocessWorkload(
-        started.pid,
-        started.start_ticks,
+    workload = LaunchedTask(
+        started,
         str(tmp_path / "task" / "exit_code"),
         watcher=exits,
         loop=asyncio.get_running_loop(),
-        launched=started,
+        launcher=client,
     )
     try:
         await client.close()  # leaves the task running (for a next daemon), tells it so
@@ -240,3 +238,30 @@ async def test_a_workload_asked_for_after_shutdown_gets_a_status_not_an_error(tm
         assert status.reason == "the daemon stopped watching"
     finally:
         os.killpg(started.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("module", ["runner.executors.host.launcher", "runner.executors.launcher"])
+def test_leftovers_under_a_launcher_are_the_launchers_to_end(module: str) -> None:
+    """Found by the module in its command line; `runner.executors.launcher` is the launcher of a
+    daemon from before the host package, which outlives that daemon and ends what its tasks left."""
+    import time
+
+    from runner.executors.host.strays import _ended_by_a_launcher
+
+    # `sh -c SCRIPT NAME`: NAME is in the shell's command line, as the module is in a launcher's.
+    parent = subprocess.Popen(["/bin/sh", "-c", "/bin/sleep 30 & wait", module])
+    try:
+        children: list[psutil.Process] = []
+        for _ in range(500):
+            children = psutil.Process(parent.pid).children()
+            if children:
+                break
+            time.sleep(0.01)
+        assert children
+        assert _ended_by_a_launcher(children)
+        assert not _ended_by_a_launcher([psutil.Process(parent.pid)])  # its parent is no launcher
+    finally:
+        for child in psutil.Process(parent.pid).children():
+            child.kill()
+        parent.kill()
+        parent.wait()

@@ -255,8 +255,8 @@ async def test_a_container_steps_leftovers_die_with_its_container(tmp_path: Path
 
 _GIVE_UP_SCRIPT = """
 import os, signal, sys
-from runner.executors.leftovers import GIVE_UP_S, Leftovers, become_child_subreaper
-from runner.executors.procfs import children_of
+from runner.executors.host.leftovers import GIVE_UP_S, Leftovers, become_child_subreaper
+from runner.executors.host.procfs import children_of
 
 assert become_child_subreaper()
 now, sent, stuck = [0.0], [], set()
@@ -299,7 +299,7 @@ def test_one_that_sigkill_does_not_end_holds_the_report_at_most_give_up_s() -> N
     import subprocess
     import sys
 
-    from runner.executors.launch_client import _IMPORT_ROOT
+    from runner.executors.host.launcher_client import _IMPORT_ROOT
 
     done = subprocess.run(
         [sys.executable, "-c", _GIVE_UP_SCRIPT],

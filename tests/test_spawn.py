@@ -1,4 +1,4 @@
-"""The task spawner (runner/executors/spawn.py): libc's posix_spawn through ctypes."""
+"""The task spawner (runner/executors/host/spawn.py): libc's posix_spawn through ctypes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.executors import spawn
-from runner.executors.spawn import spawn_in_new_session
+from runner.executors.host import spawn
+from runner.executors.host.spawn import spawn_in_new_session
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 

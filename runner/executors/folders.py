@@ -1,5 +1,5 @@
 """A task's folders and config file, from plain strings: shared by the daemon and by the launcher
-process (runner/executors/launcher.py), which must start without importing the daemon's models.
+process (runner/executors/host/launcher.py), which must start without importing the daemon's models.
 
 Folders are 0700 and the config file 0600 from the moment they exist: the config may hold what
 the job's author would not show other users of the host. The modes are given to each mkdir and

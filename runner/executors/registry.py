@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.executors.base import Executor, ExecutorError
-from runner.executors.subprocess import SubprocessExecutor
+from runner.executors.host.executor import SubprocessExecutor
 from runner.profiles import CONTAINER_PROVIDERS, ExecutionProfile, ProfileCatalog, runs_as_host_process
 from runner.settings import Settings
 

@@ -1,5 +1,6 @@
-"""Small reads of /proc and of tiny files, at os level: they run for every task, and Python's
-file objects cost more than the read itself. Standard library only (the launcher uses them)."""
+"""Process helpers: small reads of /proc and of tiny files, at os level (they run for every
+task, and Python's file objects cost more than the read itself). Standard library only: the
+launcher uses them, and so does the daemon."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The daemon's side of the launcher process (runner/executors/launcher.py): starts it when first
-needed, sends it start requests and matches its answers to them.
+"""The daemon's side of the launcher process (launcher.py): starts it when first needed, sends it
+start and stop requests (protocol.py) and matches its answers and reports to them.
 
 The launcher is replaceable at any moment: if it dies, the starts it had not answered fail (their
 steps end in error, with the reason), running tasks go on (the daemon watches them through the
@@ -15,7 +15,6 @@ import contextlib
 import errno
 import functools
 import itertools
-import json
 import logging
 import os
 import signal
@@ -24,19 +23,31 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runner.executors import launcher as launcher_module
 from runner.executors.base import ExecutorError
-from runner.executors.exits import ExitWatcher
-from runner.executors.launcher import MAX_MESSAGE
+from runner.executors.host import launcher as launcher_module
+from runner.executors.host.exits import ExitWatcher
+from runner.executors.host.protocol import (
+    LAUNCHER_FD,
+    MAX_MESSAGE,
+    BadMessage,
+    Exited,
+    Idle,
+    LauncherArgs,
+    StartedReply,
+    StartFailed,
+    StartRequest,
+    StopRequest,
+    TaskStart,
+    decode_report,
+)
 
 log = logging.getLogger(__name__)
 
 _ANSWER_TIMEOUT_S = 30.0
 _EXIT_WAIT_S = 5.0
-_LAUNCHER_FD = 3
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-# Run as `python -m <its module>`: `runner.executors.launcher` in a checkout,
-# `localjobs.runner.executors.launcher` when installed from the wheel.
+# Run as `python -m <its module>`: `runner.executors.host.launcher` in a checkout,
+# `localjobs.runner.executors.host.launcher` when installed from the wheel.
 LAUNCHER_MODULE = launcher_module.__name__
 # The folder holding the top package, so that `python -S` finds it wherever it is installed.
 _IMPORT_ROOT = str(Path(launcher_module.__file__).resolve().parents[LAUNCHER_MODULE.count(".")])
@@ -65,7 +76,7 @@ def _send_error(exc: OSError) -> Exception:
     return ExecutorError(f"Failed to start subprocess: the task launcher cannot be reached: {exc}")
 
 
-class Started:
+class Launched:
     """A task the launcher started. `exited` gets its exit status (as a shell reports it), or
     None if the launcher went away first: the pidfd (owned by the receiver) then tells the end."""
 
@@ -89,7 +100,7 @@ class LauncherClient:
     ) -> None:
         """`leftover_grace_s`: what a task leaves running when its main process ends gets SIGTERM,
         this long, then SIGKILL, and its exit is told only once they are gone (the launcher sees
-        them: runner/executors/leftovers.py); None leaves them running."""
+        them: leftovers.py); None leaves them running."""
         self._exits = exits
         self._log_file = log_file
         self._idle_s = idle_s
@@ -97,7 +108,7 @@ class LauncherClient:
         self._sock: socket.socket | None = None
         self._launcher_ended: asyncio.Future[Any] | None = None
         self._launching: asyncio.Task[socket.socket] | None = None
-        self._answers: dict[int, asyncio.Future[Started]] = {}
+        self._answers: dict[int, asyncio.Future[Launched]] = {}
         # Sent and not answered yet, whether or not their requester still waits.
         self._unanswered: set[int] = set()
         self._all_answered = asyncio.Event()
@@ -108,16 +119,16 @@ class LauncherClient:
         self._ids = itertools.count(1)
         self._closed = False
 
-    async def start(self, request: dict[str, Any]) -> Started:
+    async def start(self, task: TaskStart) -> Launched:
         """Ask the launcher to start a task; the caller owns the returned pidfd."""
         if self._closed:
             raise ExecutorError("the daemon is shutting down")
         request_id = next(self._ids)
-        data = json.dumps({**request, "id": request_id}).encode()
+        data = StartRequest(request_id, task).encode()
         if len(data) > MAX_MESSAGE:
             raise RequestTooLarge()
         sock = await self._connected()
-        answer: asyncio.Future[Started] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Launched] = asyncio.get_running_loop().create_future()
         self._answers[request_id] = answer
         try:
             self._unanswered.add(request_id)
@@ -134,22 +145,22 @@ class LauncherClient:
             # An answer that comes after this is given up is handled in _on_answer.
             self._answers.pop(request_id, None)
 
-    def stop(self, started: Started, grace_s: float) -> bool:
+    def stop(self, started: Launched, grace_s: float) -> bool:
         """Ask the launcher to end the task's whole tree: SIGTERM now, SIGKILL after `grace_s`.
         False when it cannot (it does not end leftovers, or this task is no longer its own)."""
         sock = self._sock
         key = (started.pid, started.start_ticks)
         if self._leftover_grace_s is None or sock is None or key not in self._running:
             return False
-        message = {"stop": started.pid, "start_ticks": started.start_ticks, "grace_s": grace_s}
+        message = StopRequest(started.pid, started.start_ticks, grace_s)
         try:
-            self._send(sock, 0, json.dumps(message).encode())  # 0: no request waits for an answer
+            self._send(sock, 0, message.encode())  # 0: no request waits for an answer
         except (ExecutorError, RequestTooLarge):
             return False
         return True
 
     @staticmethod
-    def _abandon_if_answered(answer: asyncio.Future[Started]) -> None:
+    def _abandon_if_answered(answer: asyncio.Future[Launched]) -> None:
         """Given up on (cancelled, timed out) after the answer came: nobody would watch the task."""
         if answer.done() and not answer.cancelled() and answer.exception() is None:
             started = answer.result()
@@ -211,15 +222,13 @@ class LauncherClient:
             "-P",
             "-m",
             LAUNCHER_MODULE,
-            str(_LAUNCHER_FD),
-            str(self._idle_s),
-            "keep" if self._leftover_grace_s is None else str(self._leftover_grace_s),
+            *LauncherArgs(LAUNCHER_FD, self._idle_s, self._leftover_grace_s).to_argv(),
         ]
         try:
             # Only its end of the pair, as fd 3 (dup2 clears close-on-exec; every other fd of the
             # daemon is close-on-exec). Own session: a Ctrl-C for the daemon's terminal is the
             # daemon's to handle. posix_spawn, not subprocess: this is no Popen to be waited for.
-            theirs_fd = theirs.fileno() if theirs.fileno() != _LAUNCHER_FD else os.dup(theirs.fileno())
+            theirs_fd = theirs.fileno() if theirs.fileno() != LAUNCHER_FD else os.dup(theirs.fileno())
             try:
                 pid = await asyncio.to_thread(
                     os.posix_spawn,
@@ -232,7 +241,7 @@ class LauncherClient:
                         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                         (os.POSIX_SPAWN_OPEN, 2, str(self._log_file), _LOG_FLAGS, 0o600),
-                        (os.POSIX_SPAWN_DUP2, theirs_fd, _LAUNCHER_FD),
+                        (os.POSIX_SPAWN_DUP2, theirs_fd, LAUNCHER_FD),
                     ],
                     setsid=True,
                 )
@@ -264,43 +273,50 @@ class LauncherClient:
             if not data:
                 self._lost(sock, "the task launcher stopped")
                 return
-            message = json.loads(data)
-            if message.get("idle"):
+            try:
+                message = decode_report(data)
+            except BadMessage as exc:  # (never expected) a launcher not speaking our protocol
+                for fd in fds:
+                    os.close(fd)
+                self._lost(sock, f"the task launcher said something unreadable: {exc}")
+                return
+            if isinstance(message, Idle):
                 # Nothing in flight (checked here, on the loop that sends): let it go. A start
                 # asked for later brings up a new one.
                 if not (self._answers or self._unanswered or self._running or self._outbox):
                     self._lost(sock, "idle", quietly=True)
                     return
-            elif "exited" in message:
-                ended = self._running.pop((message["exited"], message["start_ticks"]), None)
+            elif isinstance(message, Exited):
+                ended = self._running.pop((message.pid, message.start_ticks), None)
                 if ended is not None and not ended.done():
-                    ended.set_result(message["code"])
+                    ended.set_result(message.code)
             else:
                 self._on_answer(message, fds)
 
-    def _on_answer(self, answer: dict[str, Any], fds: list[int]) -> None:
-        self._answered(answer["id"])
-        waiting = self._answers.pop(answer["id"], None)
+    def _on_answer(self, answer: StartedReply | StartFailed, fds: list[int]) -> None:
+        if answer.id is not None:
+            self._answered(answer.id)
+        waiting = self._answers.pop(answer.id, None) if answer.id is not None else None
+        started = answer if isinstance(answer, StartedReply) else None
         if waiting is None or waiting.done():
             # Its requester gave up waiting: a task nobody watches must not run on unseen.
-            if "pid" in answer and fds:
-                signal_task_group(answer["pid"], fds[0], signal.SIGKILL)
+            if started is not None and fds:
+                signal_task_group(started.pid, fds[0], signal.SIGKILL)
             for fd in fds:
                 os.close(fd)
             return
-        if "error" in answer or not fds:
+        if started is None or not fds:
             for fd in fds:
                 os.close(fd)
-            if "pid" in answer:  # started, but its pidfd did not come: it cannot be watched
+            if started is not None:  # started, but its pidfd did not come: it cannot be watched
                 with contextlib.suppress(OSError):
-                    os.killpg(answer["pid"], signal.SIGKILL)
-            waiting.set_exception(
-                ExecutorError(f"Failed to start subprocess: {answer.get('error', 'no pidfd')}")
-            )
+                    os.killpg(started.pid, signal.SIGKILL)
+            error = answer.error if isinstance(answer, StartFailed) else "no pidfd"
+            waiting.set_exception(ExecutorError(f"Failed to start subprocess: {error}"))
             return
         exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._running[(answer["pid"], answer["start_ticks"])] = exited
-        waiting.set_result(Started(answer["pid"], answer["start_ticks"], fds[0], exited))
+        self._running[(started.pid, started.start_ticks)] = exited
+        waiting.set_result(Launched(started.pid, started.start_ticks, fds[0], exited))
 
     def _answered(self, request_id: int) -> None:
         self._unanswered.discard(request_id)

@@ -1,5 +1,5 @@
 """Task processes found by the marker in their environment, for what no launcher of this daemon
-sees (runner/executors/leftovers.py ends the rest): the start-up sweep, and the leftovers of a
+sees (leftovers.py, in the launcher, ends the rest): the start-up sweep, and the leftovers of a
 task that this daemon started itself under the `sh` wrapper, adopted after a restart, or whose
 launcher died. Each search is a scan of /proc: it runs off the event loop, and only on those
 paths, never on the usual end of a task.
@@ -14,17 +14,30 @@ import asyncio
 import contextlib
 import signal
 import time
+from dataclasses import dataclass
 
 import psutil
 
-from runner.executors.leftovers import GIVE_UP_S, TASK_MARKER_VARIABLE
+from runner.executors.host import launcher
+from runner.executors.host.leftovers import GIVE_UP_S
+from runner.executors.host.protocol import TASK_MARKER_VARIABLE
 
-MARKER_PREFIX = "localjobs-task:"
 KILL_WAIT_S = 5.0
-# How the launcher shows in `ps` (`runner.executors.launcher`, or under `localjobs.` installed).
-_LAUNCHER_MODULE = __name__.rsplit(".", 1)[0] + ".launcher"
+# How a launcher shows in `ps`: `-m` and its module, `runner.executors.host.launcher` (under
+# `localjobs.` when installed). Before the host executor had a package of its own the module was
+# `runner.executors.launcher`: a launcher started by a daemon of that version is still the
+# parent of its tasks' leftovers after an upgrade and a restart, and still ends them itself.
+_LAUNCHER_MODULES = frozenset({launcher.__name__, launcher.__name__.replace(".host.launcher", ".launcher")})
 _POLL_MIN_S = 0.05
 _POLL_MAX_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class LeftoverRule:
+    """What to do with what a task leaves running, when no launcher of this daemon does it."""
+
+    marker: str  # the task's LOCALJOBS_TASK value: how its processes are found
+    grace_s: float | None  # SIGTERM to SIGKILL; None: they are kept
 
 
 def marked_processes(prefix: str) -> dict[str, list[psutil.Process]]:
@@ -54,7 +67,7 @@ def _ended_by_a_launcher(procs: list[psutil.Process]) -> bool:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             parent = proc.parent()
-            if parent is not None and _LAUNCHER_MODULE in parent.cmdline():
+            if parent is not None and not _LAUNCHER_MODULES.isdisjoint(parent.cmdline()):
                 return True
     return False
 

@@ -8,23 +8,16 @@ to record its exit status should the daemon be down when it ends. Here the work 
 daemon, on another core, the task is spawned directly, and the daemon's part of a start is one
 message out and one back, of an end one message in.
 
-Run as `python -S -m runner.executors.launcher FD IDLE`, FD being its end of a SOCK_SEQPACKET pair;
-standard library only (no site, no pydantic), so it starts in tens of milliseconds.
-
-  daemon -> launcher: {"id", "argv", "env", "work_dir", "folders", "config_file", "config",
-                       "stdout", "stderr", "exit_file"}
-  launcher -> daemon: {"id", "pid", "start_ticks"} with a pidfd of the process attached
-                      (SCM_RIGHTS: no pid-reuse race), or {"id", "error"};
-                      later {"exited": pid, "start_ticks", "code": N}, once N is in the
-                      exit-status file and whatever the task left running has been ended;
-  daemon -> launcher: {"stop": pid, "start_ticks", "grace_s"}: SIGTERM to the task's whole tree
-                      (what left its group and session too), SIGKILL after grace_s;
-                      {"idle": true} after IDLE seconds with no task and no request: the
-                      daemon then closes its end if it has nothing in flight, and the launcher
-                      exits (an idle daemon holds no launcher: ~12 MB less).
+Run as `python -S -P -m runner.executors.host.launcher FD IDLE [GRACE]` (protocol.LauncherArgs),
+FD being its end of a SOCK_SEQPACKET pair over which it speaks protocol.py; standard library only
+(no site, no pydantic), so it starts in tens of milliseconds. It answers each StartRequest with
+StartedReply (and the pidfd) or StartFailed, reports each task's end with Exited, takes
+StopRequests, and says Idle after IDLE seconds with no task and no request: the daemon then
+closes its end if it has nothing in flight, and the launcher exits (an idle daemon holds no
+launcher: ~12 MB less).
 
 Run as `... FD IDLE GRACE`, it is a child subreaper and ends what a task leaves running once its
-main process has ended: SIGTERM, GRACE seconds, SIGKILL (runner/executors/leftovers.py); with
+main process has ended: SIGTERM, GRACE seconds, SIGKILL (leftovers.py); with
 GRACE `keep` (or absent) such processes are left alone, as the reference does.
 
 Exit statuses are written as a shell reports them (`128+S` for signal S), the format the
@@ -37,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import select
 import selectors
@@ -47,34 +39,43 @@ import sys
 import time
 
 from runner.executors.folders import make_task_folders
-from runner.executors.leftovers import TASK_MARKER_VARIABLE, Leftovers, become_child_subreaper
-from runner.executors.procfs import start_ticks
-from runner.executors.spawn import spawn_in_new_session
+from runner.executors.host.leftovers import Leftovers, become_child_subreaper
+from runner.executors.host.procfs import start_ticks
+from runner.executors.host.protocol import (
+    MAX_MESSAGE,
+    BadMessage,
+    Exited,
+    Idle,
+    LauncherArgs,
+    StartedReply,
+    StartFailed,
+    StartRequest,
+    TaskStart,
+    decode_request,
+)
+from runner.executors.host.spawn import spawn_in_new_session
 
-MAX_MESSAGE = 192 * 1024  # below the default socket buffer (net.core.wmem_default: 208 KiB)
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 _REAP_EVERY_S = 1.0  # a missed SIGCHLD wake-up costs at most this much
 
 
-def _start(request: dict[str, object]) -> int:
+def _start(request: TaskStart) -> int:
     """Folders, config file and the task process: its pid. OSError or ValueError on failure."""
-    folders, argv, env = request["folders"], request["argv"], request["env"]
-    assert isinstance(folders, list) and isinstance(argv, list) and isinstance(env, dict)
-    work_dir = str(request["work_dir"])
-    make_task_folders(work_dir, folders, str(request["config_file"]), str(request["config"]))
-    os.chdir(work_dir)  # inherited by the spawn; the daemon sends absolute paths only
+    make_task_folders(request.work_dir, request.folders, request.config_file, request.config)
+    os.chdir(request.work_dir)  # inherited by the spawn; the daemon sends absolute paths only
 
     def spawn(program: str, args: list[str]) -> int:
         return spawn_in_new_session(
             program,
             args,
-            env,
+            request.env,
             stdin=os.devnull,
-            stdout=str(request["stdout"]),
-            stderr=str(request["stderr"]),
+            stdout=request.stdout,
+            stderr=request.stderr,
             output_flags=_OUTPUT_FLAGS,
         )
 
+    argv = request.argv
     try:
         return spawn(argv[0], argv)
     except OSError as exc:
@@ -95,31 +96,32 @@ class Launcher:
         return bool(self.exit_files) or (self.leftovers is not None and self.leftovers.busy)
 
     def answer(self, data: bytes) -> None:
-        request_id: object = None
         try:
-            request = json.loads(data)
-            if "stop" in request:
-                if self.leftovers is not None:
-                    grace_s = float(request["grace_s"])
-                    self.leftovers.stop(int(request["stop"]), request["start_ticks"], grace_s)
-                return
-            request_id = request["id"]
-            pid = _start(request)
-        except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
-            self.tell({"id": request_id, "error": str(exc) or type(exc).__name__})
+            request = decode_request(data)
+        except BadMessage as exc:
+            self.tell(StartFailed(exc.request_id, str(exc)))
+            return
+        if not isinstance(request, StartRequest):  # a StopRequest
+            if self.leftovers is not None:
+                self.leftovers.stop(request.pid, request.start_ticks, request.grace_s)
+            return
+        try:
+            pid = _start(request.task)
+        except (OSError, ValueError, TypeError) as exc:
+            self.tell(StartFailed(request.id, str(exc) or type(exc).__name__))
             return
         # Before any reaping: the pid and the pidfd are surely this process's.
         ticks = start_ticks(pid)
-        self.exit_files[pid] = (str(request["exit_file"]), ticks)
+        self.exit_files[pid] = (request.task.exit_file, ticks)
         if self.leftovers is not None:
-            self.leftovers.started(pid, ticks, request["env"].get(TASK_MARKER_VARIABLE))
-        reply = json.dumps({"id": request_id, "pid": pid, "start_ticks": ticks}).encode()
+            self.leftovers.started(pid, ticks, request.task.marker)
+        reply = StartedReply(request.id, pid, ticks).encode()
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:  # e.g. out of file descriptors: nobody could watch it, end it
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-            self.tell({"id": request_id, "error": f"cannot watch the started process: {exc}"})
+            self.tell(StartFailed(request.id, f"cannot watch the started process: {exc}"))
             return
         try:
             if self.sock is not None:
@@ -149,7 +151,7 @@ class Launcher:
                 code = ended.si_status if exited else 128 + ended.si_status
                 self._record(path, code)
                 if leftovers is None:
-                    self.tell({"exited": pid, "start_ticks": ticks, "code": code})
+                    self.tell(Exited(pid, ticks, code))
                 else:
                     leftovers.main_ended(pid, code)  # told by step(), below
             elif leftovers is not None:
@@ -158,7 +160,7 @@ class Launcher:
                 os.waitpid(pid, 0)
         if leftovers is not None:
             for pid, ticks, code in leftovers.step():
-                self.tell({"exited": pid, "start_ticks": ticks, "code": code})
+                self.tell(Exited(pid, ticks, code))
 
     @staticmethod
     def _record(path: str, code: int) -> None:
@@ -171,11 +173,11 @@ class Launcher:
         except OSError:
             pass  # its folder was removed: the daemon hears the status from the message, or never
 
-    def tell(self, message: dict[str, object]) -> None:
+    def tell(self, message: StartFailed | Exited | Idle) -> None:
         if self.sock is None:
             return
         try:
-            self.sock.send(json.dumps(message).encode())
+            self.sock.send(message.encode())
         except OSError:
             self.sock = None
 
@@ -199,7 +201,7 @@ def serve(sock: socket.socket, idle_s: float, leftover_grace_s: float | None = N
         if launcher.busy:
             busy_at, idle_said = time.monotonic(), False
         elif not idle_said and time.monotonic() - busy_at >= idle_s:
-            launcher.tell({"idle": True})
+            launcher.tell(Idle())
             idle_said = True
         due = leftovers.due_in() if leftovers is not None else None
         timeout = min(_REAP_EVERY_S, idle_s, _REAP_EVERY_S if due is None else due)
@@ -236,7 +238,8 @@ def _drain(fd: int) -> None:
 def main() -> None:
     # Its own session keeps a terminal's Ctrl-C away; SIGTERM ends it (its tasks run on, adopted
     # by init, and a restarted daemon finds them).
-    fd = int(sys.argv[1])
+    args = LauncherArgs.from_argv(sys.argv[1:])
+    fd = args.fd
     os.set_inheritable(fd, False)  # the tasks must not get the daemon's channel
     # Nor what the daemon's own parent let it inherit (e.g. a CI runner's pipe: a task holding
     # it would keep whoever reads that pipe waiting).
@@ -246,8 +249,7 @@ def main() -> None:
                 os.close(int(name))
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
-    grace = sys.argv[3] if len(sys.argv) > 3 else "keep"
-    serve(sock, float(sys.argv[2]), None if grace == "keep" else float(grace))
+    serve(sock, args.idle_s, args.leftover_grace_s)
 
 
 if __name__ == "__main__":

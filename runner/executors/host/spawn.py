@@ -6,8 +6,9 @@ which the database writer thread cannot run either: measured with py-spy at 1,00
 wait was ~40% of the event loop's GIL time. A call through ctypes releases the GIL for the
 duration of the foreign call, and the same libc function does the same work.
 
-Linux-only (as the rest of the subprocess executor: pidfds, /proc); when the libc symbols are
-missing the standard `os.posix_spawn` is used instead.
+Linux-only (as the rest of the host executor: pidfds, /proc); when the libc symbols are
+missing the standard `os.posix_spawn` is used instead. Standard library only: the launcher
+spawns every task with it, the daemon the ones too large for a message to the launcher.
 """
 
 from __future__ import annotations

@@ -1,10 +1,16 @@
-"""One thread waits for every watched task process to end and tells the event loop in batches.
+"""Learning that a process has ended, and with what status.
+
+One thread waits for every watched task process to end and tells the event loop in batches.
 
 Each process is watched through a pidfd (no polling; works for processes the daemon did not
 start, e.g. those adopted after a restart). The registration, the reaping and the reading of the
 exit-status file all happen off the event loop: done on it they cost about a fifth of its time per
 one-line job (two epoll_ctl calls, a waitpid, a file read), and a burst of exits now wakes the
 loop once instead of once per task.
+
+The status itself is in the task's exit-status file (`exit_code`, one line: the code as a shell
+reports it, `128+S` for signal S), written by the task's parent (the launcher, or the `sh`
+wrapper) before it is reaped, so a restarted daemon reads it too.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import select
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from runner.executors.base import ExitStatus
+from runner.executors.host.procfs import read_small_file
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +191,25 @@ def _settle(settled: list[tuple[ProcessWatch, Any]]) -> None:
             watch.future.set_exception(outcome)
         else:
             watch.future.set_result(outcome)
+
+
+def read_exit_file(path: str) -> ExitStatus | None:
+    data = read_small_file(path)
+    text = data.decode("ascii", "replace").strip() if data is not None else ""
+    if not text.lstrip("-").isdigit():
+        return None
+    return ExitStatus.from_exit_code(int(text))
+
+
+async def exit_file_within(path: str, limit_s: float) -> ExitStatus | None:
+    """The exit-status file's status, waiting for it up to `limit_s` (its writer may still be
+    about to write it); None if it never came."""
+    delay, waited = 0.005, 0.0
+    while waited < limit_s:
+        await asyncio.sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 0.25)
+        status = read_exit_file(path)
+        if status is not None:
+            return status
+    return None

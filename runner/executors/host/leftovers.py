@@ -20,7 +20,7 @@ again as killed parents hand their children over, until no root of the task is l
 the task's exit reported, so that the daemon reads its output up to the last leftover's end.
 A process that SIGKILL does not end (it waits in the kernel) holds the report at most GIVE_UP_S.
 
-Standard library only (the launcher runs it).
+Standard library only (the launcher runs it); the daemon's side of leftovers is strays.py.
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 
-from runner.executors.procfs import OwnChildren, descendants, environ_value, group_and_session
+from runner.executors.host.procfs import OwnChildren, descendants, environ_value, group_and_session
+from runner.executors.host.protocol import TASK_MARKER_VARIABLE
 
-# Set in the environment of every task: `localjobs-task:<owner>:<task name>`.
-TASK_MARKER_VARIABLE = "LOCALJOBS_TASK"
 _MARKER = TASK_MARKER_VARIABLE.encode()
 _PR_SET_CHILD_SUBREAPER = 36
 GIVE_UP_S = 5.0
