@@ -17,9 +17,11 @@ from runner.errors import CannotStart
 from runner.executors.registry import ExecutorRegistry
 from runner.gpus import discover
 from runner.models import parse_quantity
+from runner.notify import DeadlineBell
 from runner.profiles import ProfileCatalog
+from runner.recovery import ContainerSweep
 from runner.results import ResultService
-from runner.scheduler import Scheduler, owner_id
+from runner.scheduler import Scheduler
 from runner.secret_keys import Keyring
 from runner.secrets import SecretService
 from runner.service import JobService
@@ -91,13 +93,17 @@ class Daemon:
         with contextlib.suppress(FileExistsError):
             self.settings.work_dir.mkdir(mode=0o700)
         self._store = await Repository.open(self.settings.db_path)
+        # Every part is built here, once, and handed what it needs through its constructor.
         self._executors = ExecutorRegistry(
-            self.settings, owner_id(self.settings), self._access.workload_token_file
+            self.settings,
+            self._access.workload_token_file,
+            on_docker_connected=ContainerSweep(self._store, self.settings.keep_containers),
         )
         secrets = SecretService(self._store, self.clock, keyring)
         await secrets.seal_stored()
+        deadlines = DeadlineBell()
         self._scheduler = Scheduler(
-            self._store, self.clock, self.settings, self._executors, secrets, profiles, allocator
+            self._store, self.clock, self.settings, self._executors, secrets, profiles, allocator, deadlines
         )
         results = ResultService(self._store, self.clock, self.settings.work_dir)
         self._service = JobService(
@@ -112,24 +118,26 @@ class Daemon:
         )
         scheduler = self._scheduler
         self.watchdog = Watchdog(
-            self._store, self.clock, self.settings, profiles, lambda pk: scheduler.request_stop(pk, 0)
+            self._store,
+            self.clock,
+            self.settings,
+            profiles,
+            deadlines,
+            lambda pk: scheduler.request_stop(pk, 0),
         )
-        scheduler.on_active = self.watchdog.deadline_ahead
 
     def begin_running(self, base_url: str) -> None:
         """Start the background loops once the API answers at `base_url` (workloads call back there)."""
-        scheduler = self.scheduler
-        scheduler.base_url = base_url
         if self._lock is not None:
             self._lock.announce(base_url)
-        self._supervise("scheduler", self._recover_then_schedule(scheduler))
+        self._supervise("scheduler", self._recover_then_schedule(self.scheduler, base_url))
 
-    async def _recover_then_schedule(self, scheduler: Scheduler) -> None:
+    async def _recover_then_schedule(self, scheduler: Scheduler, base_url: str) -> None:
         # The watchdog starts only once every surviving step is adopted again: before that it
         # could judge a step whose workload this daemon does not hold yet.
         await scheduler.recover()
         self._supervise("watchdog", self.watchdog.run_forever())
-        await scheduler.run_forever()
+        await scheduler.run_forever(base_url)
 
     def _supervise(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name=name)

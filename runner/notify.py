@@ -23,3 +23,25 @@ class ChangeSignal:
     async def wait(token: asyncio.Event, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(token.wait(), timeout_s)
+
+
+class DeadlineBell:
+    """Rung by the scheduler when a step becomes active with a deadline (µs since the epoch; None:
+    not known, e.g. a resumed step whose deadlines run again); the watchdog sleeps on it until its
+    planned wake-up, and is woken only when a deadline comes before that: most activations then
+    cost the watchdog no look at the store."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._planned_us: int | None = None
+
+    def ring(self, at_us: int | None) -> None:
+        if at_us is None or self._planned_us is None or at_us < self._planned_us:
+            self._event.set()
+
+    async def sleep_until(self, planned_us: int, timeout_s: float) -> None:
+        """Sleep for `timeout_s` (the watchdog's plan: up to `planned_us`), or until rung earlier."""
+        self._planned_us = planned_us
+        self._event.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout_s)

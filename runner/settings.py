@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 
 ENV_PREFIX = "LOCALJOBS_"
 
@@ -80,8 +82,14 @@ class Settings:
     # When a step's main process ends, whatever it left running is ended too (SIGTERM, grace,
     # SIGKILL); True keeps such processes running, as the reference does.
     keep_leftover_processes: bool = False
+    # The daemon's own environment, read once at start (by load_settings; a Settings built in a
+    # test takes this process's): subprocess steps inherit `inherited_env` of it, the launcher all.
+    environment: Mapping[str, str] = field(
+        default_factory=lambda: dict(os.environ), repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "environment", MappingProxyType(dict(self.environment)))
         # Paths go to other processes (the launcher, tasks) with other working folders: absolute.
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
         if self.token_file is not None:
@@ -90,6 +98,17 @@ class Settings:
             object.__setattr__(self, "profiles_file", Path(self.profiles_file).absolute())
         if self.secrets_key_file is not None:
             object.__setattr__(self, "secrets_key_file", Path(self.secrets_key_file).absolute())
+
+    @property
+    def owner_id(self) -> str:
+        """Stable per data dir: labels this daemon's containers and marks its task processes, so
+        that it only ever cleans up its own."""
+        return hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+
+    @property
+    def inherited_environment(self) -> dict[str, str]:
+        """What a subprocess step inherits of the daemon's environment (`inherited_env` only)."""
+        return {k: self.environment[k] for k in self.inherited_env if k in self.environment}
 
     @property
     def db_path(self) -> Path:
@@ -137,6 +156,8 @@ def load_settings(overrides: Mapping[str, object], environ: Mapping[str, str]) -
     defaults = Settings()
     values: dict[str, object] = {}
     for f in fields(Settings):
+        if f.name == "environment":
+            continue
         default = getattr(defaults, f.name)
         if overrides.get(f.name) is not None:
             values[f.name] = _convert(f.name, str(overrides[f.name]), default)
@@ -146,4 +167,5 @@ def load_settings(overrides: Mapping[str, object], environ: Mapping[str, str]) -
             except ValueError as exc:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {_reason(exc)}") from exc
     values.setdefault("python_executable", venv_python_executable(environ))
+    values["environment"] = dict(environ)
     return Settings(**values)  # type: ignore[arg-type]

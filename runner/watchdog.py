@@ -9,7 +9,6 @@ tests move time forward and call `check()` instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import shutil
@@ -19,7 +18,9 @@ from dataclasses import dataclass
 from runner.clock import Clock
 from runner.environment import task_paths
 from runner.errors import Conflict
+from runner.executors.base import StepHandle
 from runner.models import JobStatus, StepRecord, WatchedStep
+from runner.notify import DeadlineBell
 from runner.profiles import ExecutionProfile, ProfileCatalog
 from runner.settings import Settings
 from runner.transitions import record_task_status, transition_step
@@ -80,25 +81,16 @@ class Watchdog:
         clock: Clock,
         settings: Settings,
         profiles: ProfileCatalog,
+        deadlines: DeadlineBell,
         stop_workload: Callable[[int], None],
     ) -> None:
         self._store = store
         self._clock = clock
         self._settings = settings
         self._profiles = profiles
+        self._deadlines = deadlines
         self._stop_workload = stop_workload
-        self._wake = asyncio.Event()
         self._started = clock.now_us()
-        self._planned_us: int | None = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def deadline_ahead(self, at_us: int | None) -> None:
-        """A step became active with a deadline at `at_us` (None: unknown). Wake only when it
-        comes before the planned wake-up: most activations then cost no look at the store."""
-        if at_us is None or self._planned_us is None or at_us < self._planned_us:
-            self._wake.set()
 
     async def run_forever(self) -> None:
         while True:
@@ -106,10 +98,7 @@ class Watchdog:
             delay = _MAX_SLEEP_S
             if next_deadline is not None:
                 delay = min(delay, max(0.0, (next_deadline - self._clock.now_us()) / _US))
-            self._planned_us = self._clock.now_us() + int(delay * _US)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await self._deadlines.sleep_until(self._clock.now_us() + int(delay * _US), delay)
             # A burst of steps becoming active costs one look at the store, not one each. Deadlines
             # are seconds away at the least, so this short delay changes no outcome.
             await asyncio.sleep(_COALESCE_S)
@@ -135,8 +124,8 @@ class Watchdog:
         keep_us = self._settings.ttl_seconds_after_finished * _US
         batch, next_finished = await self._store.finished_steps_with_folders(now - keep_us, _CLEANUP_BATCH)
         for step in batch:
-            for task in (step.handle or {}).get("tasks", []):
-                folder = task_paths(self._settings.work_dir, step, task["task_name"]).work_dir
+            for task in StepHandle.from_json(step.handle).tasks:
+                folder = task_paths(self._settings.work_dir, step, task.name).work_dir
                 await asyncio.to_thread(shutil.rmtree, folder, True)
             await self._store.write(functools.partial(WriteTx.mark_folders_removed, pk=step.pk))
         if len(batch) == _CLEANUP_BATCH:

@@ -160,9 +160,8 @@ def _owners_of_this_run(base: Path) -> set[str]:
     """The container owner labels of every daemon this run made: each has its data dir (with
     its database) under pytest's base folder. Another suite sharing the engine (a second clone,
     a CI job on the same machine) has its own."""
-    from runner.scheduler import owner_id
 
-    return {owner_id(Settings(data_dir=db.parent)) for db in base.rglob("localjobs.db")}
+    return {Settings(data_dir=db.parent).owner_id for db in base.rglob("localjobs.db")}
 
 
 @pytest.fixture(scope="module", autouse=True)

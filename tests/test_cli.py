@@ -327,11 +327,10 @@ def test_steps_whose_processes_died_with_the_daemon_are_settled_at_start(
 def test_orphaned_task_processes_are_killed_at_start(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     import subprocess
 
-    from runner.scheduler import owner_id
     from runner.settings import Settings
 
     data_dir = tmp_path / "data"
-    owner = owner_id(Settings(data_dir=data_dir))
+    owner = Settings(data_dir=data_dir).owner_id
     # A task wrapper of this data dir that no step in the store knows (as a crash could leave).
     orphan = subprocess.Popen(
         ["/bin/sh", "-c", "sleep 300", f"localjobs-task:{owner}:task-orphan", "x", "y"],

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from runner.scheduler import owner_id
 from tests.conftest import Api
 from tests.docker_env import TEST_IMAGE, containers_with_label, require_docker
 from web.app import Server
@@ -31,7 +30,7 @@ def container_step(name: str, script: str | None, provider: str = "cpu", **resou
 
 
 def _owned_containers(server: Server) -> list[str]:
-    return containers_with_label(f"localjobs.owner={owner_id(server.daemon.settings)}")
+    return containers_with_label(f"localjobs.owner={server.daemon.settings.owner_id}")
 
 
 async def test_execution_profiles_list_docker(api: Api) -> None:

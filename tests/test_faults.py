@@ -188,6 +188,9 @@ async def test_a_silent_step_whose_one_write_fails_on_the_full_disk_says_so(
         filler = await asyncio.to_thread(_fill, small_disk)
         go.touch()
         await _wait_gone(pid)  # it fails to write and ends (not a fixed sleep hoping it had)
+        # The daemon's first write after the end (the note, once it has looked at the disk) fails:
+        # only then may space return, or a loaded machine could see the end after the disk freed.
+        await _wait_health(srv, api, 503)
         filler.unlink()
         job = await api.wait_job("quiet", timeout_s=30)
         assert job["status"] == "error", job

@@ -28,7 +28,7 @@ def _launchers() -> list[psutil.Process]:
 @contextlib.asynccontextmanager
 async def _client(tmp_path: Path, idle_s: float = 30.0) -> AsyncIterator[LauncherClient]:
     exits = ExitWatcher()
-    client = LauncherClient(exits, tmp_path / "launcher.log", idle_s=idle_s)
+    client = LauncherClient(exits, tmp_path / "launcher.log", idle_s=idle_s, environment=os.environ)
     try:
         yield client
     finally:
@@ -222,7 +222,7 @@ async def test_a_workload_asked_for_after_shutdown_gets_a_status_not_an_error(tm
     from runner.executors.host.workloads import LaunchedTask
 
     exits = ExitWatcher()
-    client = LauncherClient(exits, tmp_path / "launcher.log")
+    client = LauncherClient(exits, tmp_path / "launcher.log", environment=os.environ)
     started = await client.start(_request(tmp_path / "task", ["/bin/sleep", "30"]))
     workload = LaunchedTask(
         started,

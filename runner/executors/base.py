@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runner.executors.folders import make_task_folders
@@ -84,9 +84,96 @@ class Launch:
     step: StepRecord
     argv: list[str]
     tasks: list[TaskLaunch]
-    labels: dict[str, str] = field(default_factory=dict)
     # Containers: the step's image, or its profile's default_task_image.
     image: str | None = None
+
+
+# --------------------------------------------------------------------------- the stored handle
+# What is stored of a started step so that a restarted daemon finds its workload again. The JSON
+# is the same as before these types existed ({kind, ...the workload's fields, tasks: [...]}), so
+# stores written by earlier versions read the same.
+
+
+@dataclass(frozen=True)
+class HostHandle:
+    """A host process: its pid, told apart from a later process with the same pid by its start
+    time (clock ticks since boot) and the boot it ran in."""
+
+    pid: int | None
+    start_ticks: int | None
+    boot_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "subprocess",
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "boot_id": self.boot_id,
+        }
+
+
+@dataclass(frozen=True)
+class ContainerHandle:
+    """A step's containers (one per node) and the network joining them (multi-node steps)."""
+
+    containers: tuple[str, ...]
+    network: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "docker", "containers": list(self.containers), "network": self.network}
+
+
+WorkloadHandle = HostHandle | ContainerHandle
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task of a started step: its row, its name (its folder), the GPUs (device ids) it holds."""
+
+    pk: int
+    name: str
+    gpus: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepHandle:
+    """The tasks of a started step (recorded before the spawn) and, once spawned, its workload's
+    handle: `workload is None` means "recorded, never spawned"."""
+
+    tasks: tuple[TaskRef, ...] = ()
+    workload: WorkloadHandle | None = None
+
+    def spawned(self, workload: WorkloadHandle) -> StepHandle:
+        return StepHandle(self.tasks, workload)
+
+    def to_json(self) -> dict[str, Any]:
+        tasks = [{"task_pk": t.pk, "task_name": t.name, "gpus": list(t.gpus)} for t in self.tasks]
+        return {**(self.workload.to_json() if self.workload is not None else {}), "tasks": tasks}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> StepHandle:
+        data = data or {}
+        tasks = tuple(
+            TaskRef(int(t["task_pk"]), str(t["task_name"]), tuple(t.get("gpus") or ()))
+            for t in data.get("tasks", [])
+        )
+        workload: WorkloadHandle | None = None
+        if data.get("kind") == "subprocess":
+            workload = HostHandle(
+                _int(data.get("pid")), _int(data.get("start_ticks")), _str(data.get("boot_id"))
+            )
+        elif data.get("kind") == "docker":
+            network = _str(data.get("network"))
+            workload = ContainerHandle(tuple(str(c) for c in data.get("containers") or ()), network)
+        return cls(tasks, workload)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 _SIGNAL_NUMBERS = frozenset(s.value for s in signal.Signals)
@@ -129,7 +216,7 @@ class Workload(Protocol):
     """A started step. `handle` is stored so that a restarted daemon can find the workload again."""
 
     @property
-    def handle(self) -> dict[str, Any]: ...
+    def handle(self) -> WorkloadHandle: ...
 
     @property
     def details(self) -> dict[str, Any]:
@@ -159,7 +246,7 @@ class Executor(Protocol):
     async def start(self, launch: Launch) -> Workload: ...
 
     async def recover(
-        self, step: StepRecord, handle: dict[str, Any], paths: list[TaskPaths]
+        self, step: StepRecord, handle: WorkloadHandle | None, paths: list[TaskPaths]
     ) -> Workload | ExitStatus | None:
         """Re-attach to a workload started by an earlier daemon: the live workload, its final
         status if it ended meanwhile, or None when it cannot be found at all."""

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ import aiohttp
 from aiodocker.containers import DockerContainer
 
 from runner.executors.base import (
+    ContainerHandle,
     ExecutorError,
     ExitStatus,
     Launch,
     TaskPaths,
     VisiblePaths,
+    WorkloadHandle,
     prepare_task_folders,
 )
 from runner.models import ComputeResources, StepRecord, parse_quantity
@@ -105,8 +108,8 @@ class DockerWorkload:
         self._exit: asyncio.Task[ExitStatus] = asyncio.create_task(self._watch(), name="docker-wait")
 
     @property
-    def handle(self) -> dict[str, Any]:
-        return {"kind": "docker", "containers": [c.id for c in self._containers], "network": self._network}
+    def handle(self) -> ContainerHandle:
+        return ContainerHandle(tuple(c.id for c in self._containers), self._network)
 
     @property
     def details(self) -> dict[str, Any]:
@@ -272,7 +275,7 @@ class DockerExecutor:
         distributed = executor.provider == "gpu_distributed"
         network = f"lj-{launch.step.id.lower()}"[:60] if distributed else None
         if network:
-            await self._create_network(network, launch.labels)
+            await self._create_network(network, self._labels(launch.step))
         names = [f"lj-{task.task_name}" for task in launch.tasks]
         containers: list[DockerContainer] = []
         try:
@@ -291,7 +294,7 @@ class DockerExecutor:
                     )
                 config = self._container_config(launch, image, env, task.paths, network, task.gpus)
                 config["Labels"] = {
-                    **launch.labels,
+                    **self._labels(launch.step),
                     "localjobs.task": task.task_name,
                     "localjobs.rank": str(rank),
                 }
@@ -368,9 +371,10 @@ class DockerExecutor:
             raise ExecutorError(f"could not create the step's network: {_engine_reason(exc)}") from exc
 
     async def recover(
-        self, step: StepRecord, handle: dict[str, Any], paths: list[TaskPaths]
+        self, step: StepRecord, handle: WorkloadHandle | None, paths: list[TaskPaths]
     ) -> DockerWorkload | ExitStatus | None:
-        ids = handle.get("containers")
+        recorded = handle if isinstance(handle, ContainerHandle) else ContainerHandle((), None)
+        ids: Sequence[str] = recorded.containers
         if not ids:
             # The daemon died between creating the containers and recording them: find them by label.
             found = await self._labelled({"localjobs.step-id": step.id})
@@ -392,7 +396,7 @@ class DockerExecutor:
                 return None
             containers.append(container)
         image = str(containers[0]["Config"].get("Image", ""))
-        network = handle.get("network") or (f"lj-{step.id.lower()}"[:60] if len(containers) > 1 else None)
+        network = recorded.network or (f"lj-{step.id.lower()}"[:60] if len(containers) > 1 else None)
         unstarted = [c for c in containers if (c["State"] or {}).get("Status") == "created"]
         if unstarted:
             # The daemon died between creating a container and starting it: nothing of it ran, and
@@ -406,6 +410,18 @@ class DockerExecutor:
                 reason = f"could not start the container: {_engine_reason(exc)}"
                 return ExitStatus(exit_code=None, reason=reason)
         return DockerWorkload(self._client, containers, paths, network, image)
+
+    def _labels(self, step: StepRecord) -> dict[str, str]:
+        """What ties a container to this daemon (its owner id: one per data dir) and its step; the
+        recovery and the orphan sweep find containers by them."""
+        return {
+            "localjobs.owner": self._owner,
+            "localjobs.workspace": step.workspace,
+            "localjobs.job": step.job_name,
+            "localjobs.attempt": step.attempt_id,
+            "localjobs.step": step.name,
+            "localjobs.step-id": step.id,
+        }
 
     async def _labelled(self, labels: dict[str, str]) -> list[DockerContainer]:
         wanted = [f"localjobs.owner={self._owner}", *(f"{k}={v}" for k, v in labels.items())]

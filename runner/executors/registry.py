@@ -23,13 +23,19 @@ _REPROBE_AFTER_S = 30.0
 
 
 class ExecutorRegistry:
-    def __init__(self, settings: Settings, owner: str, token_file: Path | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        token_file: Path | None,
+        on_docker_connected: Callable[[DockerExecutor], Awaitable[None]] | None = None,
+    ) -> None:
         self._settings = settings
-        self._owner = owner
+        self._owner = owner = settings.owner_id
         self._token_file = token_file
         self.subprocess = SubprocessExecutor(
             settings.python_executable,
             owner,
+            environment=settings.environment,
             launcher_log=settings.data_dir / "launcher.log",
             token_file=token_file,
             # What a step leaves running when its main process ends: ended after the grace period.
@@ -40,7 +46,7 @@ class ExecutorRegistry:
         self._docker_error = "not checked yet"
         self._docker_lock = asyncio.Lock()
         # Called once when an engine first answers, e.g. to remove containers left by a crash.
-        self.on_docker_connected: Callable[[DockerExecutor], Awaitable[None]] | None = None
+        self._on_docker_connected = on_docker_connected
 
     async def for_provider(self, provider: str) -> Executor:
         if runs_as_host_process(self._settings, provider):
@@ -70,8 +76,8 @@ class ExecutorRegistry:
                 else:
                     # Said in the log now that the profiles no longer carry it (the reference's shape).
                     log.info("container steps run on %s", self._docker.engine_description)
-                    if self.on_docker_connected is not None:
-                        await self.on_docker_connected(self._docker)
+                    if self._on_docker_connected is not None:
+                        await self._on_docker_connected(self._docker)
             return self._docker
 
     async def profiles(self, catalog: ProfileCatalog) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,12 @@ import psutil
 from runner.executors.base import (
     ExecutorError,
     ExitStatus,
+    HostHandle,
     Launch,
     TaskLaunch,
     TaskPaths,
     VisiblePaths,
+    WorkloadHandle,
     prepare_task_folders,
 )
 from runner.executors.host.exits import ExitWatcher, read_exit_file
@@ -109,6 +112,7 @@ class SubprocessExecutor:
         python_executable: str,
         owner: str,
         *,
+        environment: Mapping[str, str],
         launcher_log: Path,
         token_file: Path | None,
         leftover_grace_s: float | None = None,
@@ -121,7 +125,9 @@ class SubprocessExecutor:
         self._marker = f"{MARKER_PREFIX}{owner}:"
         self._leftover_grace_s = leftover_grace_s
         self._exits = ExitWatcher()
-        self._launcher = LauncherClient(self._exits, launcher_log, leftover_grace_s=leftover_grace_s)
+        self._launcher = LauncherClient(
+            self._exits, launcher_log, environment=environment, leftover_grace_s=leftover_grace_s
+        )
 
     def _resolve(self, argv: list[str], env: dict[str, str]) -> list[str]:
         program = argv[0]
@@ -199,22 +205,23 @@ class SubprocessExecutor:
         return LeftoverRule(self._marker + task_name, self._leftover_grace_s)
 
     async def recover(
-        self, step: StepRecord, handle: dict[str, Any], task_paths: list[TaskPaths]
+        self, step: StepRecord, handle: WorkloadHandle | None, task_paths: list[TaskPaths]
     ) -> HostTask | ExitStatus | None:
         (paths,) = task_paths
         name = os.path.basename(paths.work_dir)
-        pid = handle.get("pid")
-        if isinstance(pid, int) and handle.get("boot_id") == BOOT_ID:
+        host = handle if isinstance(handle, HostHandle) else HostHandle(None, None, None)
+        pid = host.pid
+        if pid is not None and host.boot_id == BOOT_ID:
             started = start_ticks(pid)
             # A bare pid is no identity: it must also be the same process start on the same boot.
-            if started is not None and started == handle.get("start_ticks"):
+            if started is not None and started == host.start_ticks:
                 return self._adopt(pid, started, paths.exit_file, name)
             # Gone, not even a zombie: its parent wrote its status before reaping it, or never will.
-            return await self._after_end(read_exit_file(paths.exit_file), handle, name)
+            return await self._after_end(read_exit_file(paths.exit_file), host, name)
         found = self.task_processes().get(name)
         if found is not None:
             return self._adopt(found.pid, start_ticks(found.pid), paths.exit_file, name)
-        status = await self._after_end(read_exit_file(paths.exit_file), handle, name)
+        status = await self._after_end(read_exit_file(paths.exit_file), host, name)
         if status is None and pid is None and _exists(paths.stdout_file):
             # Spawned (the spawn creates its output file) before its pid was recorded, and ended;
             # a zombie not yet recorded is not found by its environment: give its parent a moment.
@@ -235,7 +242,7 @@ class SubprocessExecutor:
         )
 
     async def _after_end(
-        self, status: ExitStatus | None, handle: dict[str, Any], name: str
+        self, status: ExitStatus | None, handle: HostHandle, name: str
     ) -> EndedTask | ExitStatus | None:
         """The main process ended while the daemon was down: if it left processes running, a
         workload that ends them (and reads the output meanwhile) before it reports `status`."""
@@ -244,10 +251,9 @@ class SubprocessExecutor:
             return status
         if not await asyncio.to_thread(with_marker, rule.marker):
             return status
-        pid, ticks = handle.get("pid"), handle.get("start_ticks")
         return EndedTask(
-            pid if isinstance(pid, int) else 0,
-            ticks if isinstance(ticks, int) else None,
+            handle.pid if handle.pid is not None else 0,
+            handle.start_ticks,
             status,
             loop=asyncio.get_running_loop(),
             leftovers=rule,

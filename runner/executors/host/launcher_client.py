@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,14 @@ class LauncherClient:
         log_file: Path,
         idle_s: float = 30.0,
         *,
+        environment: Mapping[str, str],
         leftover_grace_s: float | None = None,
     ) -> None:
         """`leftover_grace_s`: what a task leaves running when its main process ends gets SIGTERM,
         this long, then SIGKILL, and its exit is told only once they are gone (the launcher sees
         them: leftovers.py); None leaves them running."""
         self._exits = exits
+        self._environment = environment  # the daemon's (Settings.environment): the launcher's own
         self._log_file = log_file
         self._idle_s = idle_s
         self._leftover_grace_s = leftover_grace_s
@@ -213,8 +216,8 @@ class LauncherClient:
 
     async def _launch(self) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        search_path = os.pathsep.join(filter(None, [_IMPORT_ROOT, os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": search_path}
+        search_path = os.pathsep.join(filter(None, [_IMPORT_ROOT, self._environment.get("PYTHONPATH")]))
+        env = {**self._environment, "PYTHONPATH": search_path}
         # -S: no site (fast start, small); -P: the daemon's working folder is not on its path.
         argv = [
             sys.executable,

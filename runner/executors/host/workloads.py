@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from runner.executors.base import ExitStatus
+from runner.executors.base import ExitStatus, HostHandle
 from runner.executors.host.exits import ExitWatcher, ProcessWatch, exit_file_within, read_exit_file
 from runner.executors.host.launcher_client import Launched, LauncherClient, signal_task_group
 from runner.executors.host.leftovers import GIVE_UP_S
@@ -95,8 +95,8 @@ class HostTask:
     # ------------------------------------------------------------------ shared
 
     @property
-    def handle(self) -> dict[str, Any]:
-        return {"kind": "subprocess", "pid": self._pid, "start_ticks": self._start_ticks, "boot_id": BOOT_ID}
+    def handle(self) -> HostHandle:
+        return HostHandle(self._pid, self._start_ticks, BOOT_ID)
 
     @property
     def details(self) -> dict[str, Any]:

@@ -1,0 +1,487 @@
+"""One step's run, from its claim to its final status: start it (or take it over after a
+restart), see it active, follow its output, record how it ended; pause, resume and stop it
+meanwhile. The scheduler owns the runs; each run owns its own state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from runner.allocation import Allocator
+from runner.clock import Clock
+from runner.environment import task_environment, task_paths
+from runner.errors import NotFound
+from runner.executors.base import (
+    ExecutorError,
+    ExitStatus,
+    Launch,
+    StepHandle,
+    TaskLaunch,
+    TaskPaths,
+    TaskRef,
+    Workload,
+)
+from runner.executors.registry import ExecutorRegistry
+from runner.gpus import Gpu
+from runner.logs import OutputCollector, OutputTarget
+from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
+from runner.notify import ChangeSignal, DeadlineBell
+from runner.profiles import ExecutionProfile, ProfileCatalog
+from runner.settings import Settings
+from runner.transitions import record_task_status, settle_step, transition_step
+from storage import Repository, WriteTx
+
+log = logging.getLogger(__name__)
+
+_ERROR_TAIL_LINES = 20
+STARTABLE = (JobStatus.CREATED, JobStatus.RESUMING)
+_SETTLES_UNSTARTED = {JobStatus.CANCELLING: JobStatus.CANCELLED, JobStatus.PAUSING: JobStatus.PAUSED}
+
+
+class SecretSource(Protocol):
+    async def resolve(self, step: StepRecord) -> dict[str, str]:
+        """Environment variables holding the values of the step's `from_secret` references."""
+        ...
+
+    async def values_for(self, step: StepRecord) -> list[str]:
+        """Secret values to mask in the step's output."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """A task of a run: what is stored of it, and where its files are."""
+
+    ref: TaskRef
+    paths: TaskPaths
+
+    @property
+    def pk(self) -> int:
+        return self.ref.pk
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+
+def run_tasks(settings: Settings, step: StepRecord, handle: StepHandle) -> list[RunTask]:
+    return [RunTask(ref, task_paths(settings.work_dir, step, ref.name)) for ref in handle.tasks]
+
+
+def handle_of(tasks: list[RunTask], workload: Workload | None = None) -> StepHandle:
+    return StepHandle(tuple(t.ref for t in tasks), workload.handle if workload is not None else None)
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """What every run needs, built once by the scheduler."""
+
+    store: Repository
+    clock: Clock
+    settings: Settings
+    executors: ExecutorRegistry
+    secrets: SecretSource
+    profiles: ProfileCatalog
+    allocator: Allocator
+    log_signal: ChangeSignal
+    deadlines: DeadlineBell
+    wake_scheduler: Callable[[], None]
+
+    def profile_of(self, step: StepRecord) -> ExecutionProfile:
+        return self.profiles.in_force(step.spec.executor.provider, step.spec.executor.profile)
+
+
+class StepRun:
+    """A step this daemon has claimed: being started, running, or being wound down."""
+
+    def __init__(self, parts: RunParts, step_pk: int, job_pk: int | None = None) -> None:
+        self._parts = parts
+        self.step_pk = step_pk
+        self.job_pk = job_pk
+        self.workload: Workload | None = None
+        self.stop_requested = False
+        self.pause_requested = False
+        self.frozen = False
+        self.shutdown = False
+        self.stop_grace_s = parts.settings.grace_period_s
+        self.task: asyncio.Task[None] | None = None
+        self._control_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ control
+
+    def request_stop(self, grace_s: float | None = None) -> None:
+        self.stop_requested = True
+        if grace_s is not None:
+            self.stop_grace_s = grace_s
+        if self.workload is not None:
+            self._control(self.workload.stop(self.stop_grace_s))
+
+    def request_pause(self) -> None:
+        self.pause_requested = True
+        if self.workload is not None:
+            self._control(self._pause())
+
+    def request_resume(self) -> None:
+        if self.pause_requested or self.frozen:
+            self.pause_requested = False
+            self._control(self._resume())
+
+    def stop_for_shutdown(self) -> None:
+        """End it because the daemon stops, with its profile's grace (set when it started)."""
+        self.shutdown = True
+        self.stop_requested = True
+        if self.workload is not None:
+            self._control(self.workload.stop(self.stop_grace_s))
+
+    def _control(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"control-step-{self.step_pk}")
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+        task.add_done_callback(log_failure)
+
+    # ------------------------------------------------------------------ a fresh start
+
+    async def start(self, base_url: str, on_recorded: Callable[[], None] = lambda: None) -> None:
+        """Record the start (its tasks, `pending`), spawn it, follow it to its end. `on_recorded`
+        is told once the start is recorded (the step is no longer `created`)."""
+        parts = self._parts
+        step_pk = self.step_pk
+        now = parts.clock.now_us()
+
+        def record_start(tx: WriteTx) -> tuple[StepRecord, list[RunTask]] | None:
+            fresh = tx.get_step_by_pk(step_pk)
+            if fresh is None or fresh.status not in STARTABLE:
+                # Cancelled or paused between the claim and now: nothing ran, so settle it here.
+                if fresh is not None and fresh.status in _SETTLES_UNSTARTED:
+                    final = _SETTLES_UNSTARTED[fresh.status]
+                    settle_step(tx, fresh, final, now=now, status_details={"message": final.title()})
+                return None
+            executor_spec = fresh.spec.executor
+            count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
+            names = [new_task_name() for _ in range(count)]
+            per_task = _split(parts.allocator.gpus_of(step_pk), count)
+            tasks = [
+                RunTask(
+                    TaskRef(
+                        tx.insert_task(
+                            id=new_entity_id("platform-job-task"),
+                            step_pk=fresh.pk,
+                            name=name,
+                            status=JobStatus.PENDING,
+                            status_details={"message": "Starting"},
+                            error_details=None,
+                            error_stack=None,
+                            heartbeat_at=None,
+                            now=now,
+                        ),
+                        name,
+                        tuple(g.device_id for g in gpus),
+                    ),
+                    task_paths(parts.settings.work_dir, fresh, name),
+                )
+                for name, gpus in zip(names, per_task, strict=True)
+            ]
+            # Recorded before the spawn: after a crash the next daemon knows where to look, and
+            # never starts the step a second time.
+            outcome = transition_step(
+                tx,
+                fresh,
+                JobStatus.PENDING,
+                now=now,
+                status_details={"message": "Starting"},
+                handle=handle_of(tasks).to_json(),
+            )
+            return outcome.step, tasks
+
+        started = await parts.store.write(record_start)
+        on_recorded()
+        if started is None:
+            return
+        step, tasks = started
+        self.job_pk = step.job_pk
+        profile = parts.profile_of(step)
+        if not self.stop_requested:  # a stop asked for already keeps the grace it was given
+            self.stop_grace_s = profile.graceful_shutdown_timeout_seconds
+        try:
+            workload, secrets = await self._spawn(step, tasks, profile, base_url)
+        except Exception as exc:  # whatever stops a start ends the step in error, never stuck
+            if not isinstance(exc, ExecutorError | OSError | NotFound):
+                log.exception("unexpected failure starting step %s of job %s", step.name, step.job_name)
+            failure = ExitStatus(exit_code=None, reason=str(exc) or type(exc).__name__)
+            await self._finish(step, tasks, failure, message=str(exc), with_output=False)
+            return
+        self.workload = workload
+        await self._mark_active(step, tasks, workload)
+        await self._follow(step, tasks, workload, offsets={}, masked=list(secrets.values()))
+
+    async def _spawn(
+        self, step: StepRecord, tasks: list[RunTask], profile: ExecutionProfile, base_url: str
+    ) -> tuple[Workload, dict[str, str]]:
+        parts = self._parts
+        executor_spec = step.spec.executor
+        executor = await parts.executors.for_provider(executor_spec.provider)
+        secrets = await parts.secrets.resolve(step)
+        inherited = parts.settings.inherited_environment if executor_spec.provider == "subprocess" else {}
+        launches = []
+        for task in tasks:
+            env = task_environment(
+                step=step,
+                task_name=task.name,
+                paths=executor.visible_paths(task.paths),
+                base_url=executor.callback_url(base_url),
+                inherited=inherited,
+                profile_env=profile.env,
+                secrets=secrets,
+            )
+            if task.ref.gpus:  # exactly the GPUs it was given (host processes; Docker gets DeviceIDs)
+                env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(task.ref.gpus)
+            launches.append(TaskLaunch(task_name=task.name, env=env, paths=task.paths, gpus=task.ref.gpus))
+        workload = await executor.start(
+            Launch(step=step, argv=_argv(step), tasks=launches, image=_image(step, profile))
+        )
+        return workload, secrets
+
+    async def _mark_active(self, step: StepRecord, tasks: list[RunTask], workload: Workload) -> None:
+        parts = self._parts
+        now = parts.clock.now_us()
+        details = {"message": "Job is running", **workload.details, **_folder_details(step, tasks[0].paths)}
+        handle = handle_of(tasks, workload).to_json()
+
+        def record_active(tx: WriteTx) -> None:
+            fresh = tx.get_step_by_pk(step.pk)
+            assert fresh is not None
+            if fresh.status in (JobStatus.PENDING, JobStatus.RESUMING):
+                transition_step(tx, fresh, JobStatus.ACTIVE, now=now, status_details=details, handle=handle)
+            else:  # cancelling or pausing meanwhile: the status waits, the handle must not
+                tx.set_step_handle(step.pk, handle)
+            for task in tasks:
+                task_details = {**details, "gpus": list(task.ref.gpus)} if task.ref.gpus else details
+                record_task_status(
+                    tx, task.pk, JobStatus.ACTIVE, task_details, None, None, now, job_pk=step.job_pk
+                )
+
+        await parts.store.write(record_active, patient=True)
+        limits = [parts.profile_of(step).ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
+        positive = [limit for limit in limits if limit > 0]
+        parts.deadlines.ring(now + min(positive) * 1_000_000 if positive else None)
+
+    # ------------------------------------------------------------------ after a restart
+
+    async def adopt(
+        self,
+        step: StepRecord,
+        tasks: list[RunTask],
+        found: Workload | ExitStatus,
+        offsets: dict[int, dict[str, int]],
+    ) -> None:
+        """Carry on with a step an earlier daemon started: its workload, or how it ended."""
+        self.stop_grace_s = self._parts.profile_of(step).graceful_shutdown_timeout_seconds
+        masked = await self._parts.secrets.values_for(step)
+        if isinstance(found, ExitStatus):
+            for task in tasks:
+                await self._collector(step, task, offsets.get(task.pk, {}), masked).finish()
+            await self._finish(step, tasks, found, message=None)
+            return
+        self.workload = found
+        if step.status == JobStatus.PENDING:
+            await self._mark_active(step, tasks, found)
+        elif step.status == JobStatus.CANCELLING:
+            self.stop_requested = True
+        elif step.status == JobStatus.PAUSING:
+            self.pause_requested = True
+        elif step.status == JobStatus.RESUMING:
+            self._control(self._resume())
+        await self._follow(step, tasks, found, offsets, masked)
+
+    # ------------------------------------------------------------------ running, and the end
+
+    async def _follow(
+        self,
+        step: StepRecord,
+        tasks: list[RunTask],
+        workload: Workload,
+        offsets: dict[int, dict[str, int]],
+        masked: list[str],
+    ) -> None:
+        if self.stop_requested:
+            self._control(workload.stop(self.stop_grace_s))
+        elif self.pause_requested:
+            self._control(self._pause())
+        collectors = [self._collector(step, task, offsets.get(task.pk, {}), masked) for task in tasks]
+        for collector in collectors:
+            collector.start()
+        try:
+            try:
+                status = await workload.wait()
+            except Exception as exc:  # lost track of it: say so, rather than leave it active
+                log.exception("lost track of step %s of job %s", step.name, step.job_name)
+                status = ExitStatus(exit_code=None, reason=f"lost track of the workload: {exc}")
+            finally:
+                await _finish_collecting(collectors, step)
+            if self._control_tasks:
+                await asyncio.gather(*self._control_tasks, return_exceptions=True)
+            await self._finish(step, tasks, status, message=None, shutdown=self.shutdown)
+        finally:
+            # A run cancelled by a shutdown that keeps steps running must leave its workload be.
+            current = asyncio.current_task()
+            left_running = current is not None and current.cancelling() > 0
+            if not self._parts.settings.keep_containers and not left_running:
+                await workload.release()
+
+    def _collector(
+        self, step: StepRecord, task: RunTask, offsets: dict[str, int], masked: list[str]
+    ) -> OutputCollector:
+        parts = self._parts
+        return OutputCollector(
+            parts.store,
+            parts.clock,
+            OutputTarget(step.job_pk, step.attempt_id, step.name, task.pk, task.name),
+            task.paths,
+            offsets,
+            parts.settings.log_poll_max_s,
+            mask_values=masked,
+            max_task_bytes=parts.settings.log_max_bytes_per_task,
+            on_stored=parts.log_signal.notify,
+        )
+
+    async def _finish(
+        self,
+        step: StepRecord,
+        tasks: list[RunTask],
+        status: ExitStatus,
+        *,
+        message: str | None,
+        shutdown: bool = False,
+        with_output: bool = True,
+    ) -> None:
+        """Record how the workload ended, mapped against what the step was asked to do meanwhile."""
+        parts = self._parts
+        now = parts.clock.now_us()
+        tail = await self._output_tail(step) if with_output and not status.succeeded else []
+
+        def record_outcome(tx: WriteTx) -> None:
+            fresh = tx.get_step_by_pk(step.pk)
+            if fresh is None:
+                return  # the job was deleted meanwhile
+            details = {**status.as_details()}
+            errors: dict[str, Any] | None = None
+            if fresh.status.is_terminal:
+                final = fresh.status  # a client or the watchdog already decided
+                errors = fresh.error_details
+            elif fresh.status == JobStatus.CANCELLING:
+                final = JobStatus.CANCELLED
+                details["message"] = "Job was cancelled" + _with_code(status)
+            elif shutdown:
+                final = JobStatus.ERROR
+                details["message"] = "Stopped because the localjobs daemon shut down"
+                errors = {"message": details["message"], **status.as_details()}
+            elif status.succeeded:
+                final = JobStatus.COMPLETED
+                details["message"] = "Job completed successfully with exit code 0"
+            else:
+                final = JobStatus.ERROR
+                details["message"] = message or status.describe()
+                errors = {"message": message or status.describe(), **status.as_details()}
+                if tail:
+                    errors["last_lines"] = tail
+            if not fresh.status.is_terminal:
+                settle_step(tx, fresh, final, now=now, status_details=details, error_details=errors)
+            stack = "\n".join(tail) if final == JobStatus.ERROR and tail else None
+            for task in tasks:
+                record_task_status(tx, task.pk, final, details, errors, stack, now, job_pk=step.job_pk)
+
+        # Until stored: a disk full for longer than a patient write waits must not leave the step
+        # `active` for ever once space returns (shut-down cancels the wait).
+        await parts.store.write(record_outcome, until_stored=True)
+        parts.log_signal.notify(step.job_pk)
+        parts.wake_scheduler()
+
+    async def _output_tail(self, step: StepRecord) -> list[str]:
+        query = LogQuery(job_pk=step.job_pk, attempt_id=step.attempt_id, step_name=step.name)
+        lines = await self._parts.store.log_lines_before(query, None, _ERROR_TAIL_LINES)
+        return [line.message for line in lines]
+
+    async def _pause(self) -> None:
+        if self.workload is None:
+            return
+        await self.workload.pause()
+        self.frozen = True
+        now = self._parts.clock.now_us()
+        step_pk = self.step_pk
+
+        def record_paused(tx: WriteTx) -> None:
+            step = tx.get_step_by_pk(step_pk)
+            if step is not None and step.status == JobStatus.PAUSING:
+                transition_step(tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"})
+
+        await self._parts.store.write(record_paused, patient=True)
+
+    async def _resume(self) -> None:
+        if self.workload is None:
+            return
+        await self.workload.resume()
+        self.frozen = False
+        now = self._parts.clock.now_us()
+        step_pk = self.step_pk
+
+        def record_running(tx: WriteTx) -> None:
+            step = tx.get_step_by_pk(step_pk)
+            if step is not None and step.status == JobStatus.RESUMING:
+                transition_step(
+                    tx, step, JobStatus.ACTIVE, now=now, status_details={"message": "Job is running"}
+                )
+
+        await self._parts.store.write(record_running, patient=True)
+        self._parts.deadlines.ring(None)  # its deadlines run again from now
+
+
+def _split(gpus: list[Gpu], tasks: int) -> list[list[Gpu]]:
+    """A distributed step's GPUs, the same number for each of its tasks (nodes)."""
+    each = len(gpus) // tasks if tasks else 0
+    return [gpus[i * each : (i + 1) * each] for i in range(tasks)]
+
+
+def _image(step: StepRecord, profile: ExecutionProfile) -> str | None:
+    executor = step.spec.executor
+    if executor.provider == "subprocess":
+        return None
+    return executor.container.image or profile.default_task_image
+
+
+def _argv(step: StepRecord) -> list[str]:
+    executor = step.spec.executor
+    if executor.provider == "subprocess":
+        return list(executor.command)
+    return [*executor.container.entrypoint, *executor.container.command]
+
+
+async def _finish_collecting(collectors: list[OutputCollector], step: StepRecord) -> None:
+    """Store the rest of each task's output. A failure to store (e.g. the disk is full) is
+    logged and must not keep the step from getting its final status."""
+    for collector in collectors:
+        try:
+            await collector.finish()
+        except Exception:
+            log.exception("could not store the output of step %s of job %s", step.name, step.job_name)
+
+
+def log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _folder_details(step: StepRecord, paths: TaskPaths) -> dict[str, str]:
+    """Where the task's files are, under the keys the reference's subprocess backend uses."""
+    if step.spec.executor.provider == "subprocess":
+        return {
+            "subprocess_work_dir": paths.work_dir,
+            "subprocess_persistent_storage_path": paths.persistent_dir,
+        }
+    return {"work_dir": paths.work_dir}
+
+
+def _with_code(status: ExitStatus) -> str:
+    return f" with exit code {status.exit_code}" if status.exit_code is not None else ""
