@@ -12,8 +12,9 @@ from typing import Any
 
 from runner.allocation import unfit_reason
 from runner.executors.base import ExecutorError, ExitStatus, StepHandle, Workload
+from runner.launching import RunTask, run_tasks
 from runner.models import JobStatus, StepRecord, step_needs
-from runner.step_run import STARTABLE, RunParts, RunTask, run_tasks
+from runner.step_run import STARTABLE, RunParts
 from runner.transitions import record_task_status, settle_step
 from storage import Repository, WriteTx
 

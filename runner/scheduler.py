@@ -16,12 +16,13 @@ from runner.allocation import Allocator
 from runner.clock import Clock
 from runner.executors.base import ExitStatus, Workload
 from runner.executors.registry import ExecutorRegistry
+from runner.launching import RunTask
 from runner.models import StepRecord
 from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ProfileCatalog
 from runner.recovery import Recovery
 from runner.settings import Settings
-from runner.step_run import RunParts, RunTask, SecretSource, StepRun, log_failure
+from runner.step_run import RunParts, SecretSource, StepRun, log_failure
 from storage import Repository
 
 

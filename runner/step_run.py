@@ -12,25 +12,22 @@ from typing import Any, Protocol
 
 from runner.allocation import Allocator
 from runner.clock import Clock
-from runner.environment import task_environment, task_paths
+from runner.environment import task_paths
 from runner.errors import NotFound
 from runner.executors.base import (
     ExecutorError,
     ExitStatus,
-    Launch,
-    StepHandle,
-    TaskLaunch,
-    TaskPaths,
     TaskRef,
     Workload,
 )
 from runner.executors.registry import ExecutorRegistry
-from runner.gpus import Gpu
+from runner.launching import RunTask, folder_details, handle_of, launch_of, split_gpus
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ExecutionProfile, ProfileCatalog
 from runner.settings import Settings
+from runner.step_outcome import step_outcome
 from runner.transitions import record_task_status, settle_step, transition_step
 from storage import Repository, WriteTx
 
@@ -49,30 +46,6 @@ class SecretSource(Protocol):
     async def values_for(self, step: StepRecord) -> list[str]:
         """Secret values to mask in the step's output."""
         ...
-
-
-@dataclass(frozen=True)
-class RunTask:
-    """A task of a run: what is stored of it, and where its files are."""
-
-    ref: TaskRef
-    paths: TaskPaths
-
-    @property
-    def pk(self) -> int:
-        return self.ref.pk
-
-    @property
-    def name(self) -> str:
-        return self.ref.name
-
-
-def run_tasks(settings: Settings, step: StepRecord, handle: StepHandle) -> list[RunTask]:
-    return [RunTask(ref, task_paths(settings.work_dir, step, ref.name)) for ref in handle.tasks]
-
-
-def handle_of(tasks: list[RunTask], workload: Workload | None = None) -> StepHandle:
-    return StepHandle(tuple(t.ref for t in tasks), workload.handle if workload is not None else None)
 
 
 @dataclass(frozen=True)
@@ -162,7 +135,7 @@ class StepRun:
             executor_spec = fresh.spec.executor
             count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
             names = [new_task_name() for _ in range(count)]
-            per_task = _split(parts.allocator.gpus_of(step_pk), count)
+            per_task = split_gpus(parts.allocator.gpus_of(step_pk), count)
             tasks = [
                 RunTask(
                     TaskRef(
@@ -206,7 +179,11 @@ class StepRun:
         if not self.stop_requested:  # a stop asked for already keeps the grace it was given
             self.stop_grace_s = profile.graceful_shutdown_timeout_seconds
         try:
-            workload, secrets = await self._spawn(step, tasks, profile, base_url)
+            executor = await parts.executors.for_provider(step.spec.executor.provider)
+            secrets = await parts.secrets.resolve(step)
+            workload = await executor.start(
+                launch_of(step, tasks, executor, profile, base_url, parts.settings, secrets)
+            )
         except Exception as exc:  # whatever stops a start ends the step in error, never stuck
             if not isinstance(exc, ExecutorError | OSError | NotFound):
                 log.exception("unexpected failure starting step %s of job %s", step.name, step.job_name)
@@ -217,37 +194,10 @@ class StepRun:
         await self._mark_active(step, tasks, workload)
         await self._follow(step, tasks, workload, offsets={}, masked=list(secrets.values()))
 
-    async def _spawn(
-        self, step: StepRecord, tasks: list[RunTask], profile: ExecutionProfile, base_url: str
-    ) -> tuple[Workload, dict[str, str]]:
-        parts = self._parts
-        executor_spec = step.spec.executor
-        executor = await parts.executors.for_provider(executor_spec.provider)
-        secrets = await parts.secrets.resolve(step)
-        inherited = parts.settings.inherited_environment if executor_spec.provider == "subprocess" else {}
-        launches = []
-        for task in tasks:
-            env = task_environment(
-                step=step,
-                task_name=task.name,
-                paths=executor.visible_paths(task.paths),
-                base_url=executor.callback_url(base_url),
-                inherited=inherited,
-                profile_env=profile.env,
-                secrets=secrets,
-            )
-            if task.ref.gpus:  # exactly the GPUs it was given (host processes; Docker gets DeviceIDs)
-                env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(task.ref.gpus)
-            launches.append(TaskLaunch(task_name=task.name, env=env, paths=task.paths, gpus=task.ref.gpus))
-        workload = await executor.start(
-            Launch(step=step, argv=_argv(step), tasks=launches, image=_image(step, profile))
-        )
-        return workload, secrets
-
     async def _mark_active(self, step: StepRecord, tasks: list[RunTask], workload: Workload) -> None:
         parts = self._parts
         now = parts.clock.now_us()
-        details = {"message": "Job is running", **workload.details, **_folder_details(step, tasks[0].paths)}
+        details = {"message": "Job is running", **workload.details, **folder_details(step, tasks[0].paths)}
         handle = handle_of(tasks, workload).to_json()
 
         def record_active(tx: WriteTx) -> None:
@@ -366,32 +316,15 @@ class StepRun:
             fresh = tx.get_step_by_pk(step.pk)
             if fresh is None:
                 return  # the job was deleted meanwhile
-            details = {**status.as_details()}
-            errors: dict[str, Any] | None = None
-            if fresh.status.is_terminal:
-                final = fresh.status  # a client or the watchdog already decided
-                errors = fresh.error_details
-            elif fresh.status == JobStatus.CANCELLING:
-                final = JobStatus.CANCELLED
-                details["message"] = "Job was cancelled" + _with_code(status)
-            elif shutdown:
-                final = JobStatus.ERROR
-                details["message"] = "Stopped because the localjobs daemon shut down"
-                errors = {"message": details["message"], **status.as_details()}
-            elif status.succeeded:
-                final = JobStatus.COMPLETED
-                details["message"] = "Job completed successfully with exit code 0"
-            else:
-                final = JobStatus.ERROR
-                details["message"] = message or status.describe()
-                errors = {"message": message or status.describe(), **status.as_details()}
-                if tail:
-                    errors["last_lines"] = tail
+            end = step_outcome(fresh, status, message=message, shutdown=shutdown, tail=tail)
             if not fresh.status.is_terminal:
-                settle_step(tx, fresh, final, now=now, status_details=details, error_details=errors)
-            stack = "\n".join(tail) if final == JobStatus.ERROR and tail else None
+                settle_step(
+                    tx, fresh, end.status, now=now, status_details=end.details, error_details=end.errors
+                )
             for task in tasks:
-                record_task_status(tx, task.pk, final, details, errors, stack, now, job_pk=step.job_pk)
+                record_task_status(
+                    tx, task.pk, end.status, end.details, end.errors, end.stack, now, job_pk=step.job_pk
+                )
 
         # Until stored: a disk full for longer than a patient write waits must not leave the step
         # `active` for ever once space returns (shut-down cancels the wait).
@@ -438,26 +371,6 @@ class StepRun:
         self._parts.deadlines.ring(None)  # its deadlines run again from now
 
 
-def _split(gpus: list[Gpu], tasks: int) -> list[list[Gpu]]:
-    """A distributed step's GPUs, the same number for each of its tasks (nodes)."""
-    each = len(gpus) // tasks if tasks else 0
-    return [gpus[i * each : (i + 1) * each] for i in range(tasks)]
-
-
-def _image(step: StepRecord, profile: ExecutionProfile) -> str | None:
-    executor = step.spec.executor
-    if executor.provider == "subprocess":
-        return None
-    return executor.container.image or profile.default_task_image
-
-
-def _argv(step: StepRecord) -> list[str]:
-    executor = step.spec.executor
-    if executor.provider == "subprocess":
-        return list(executor.command)
-    return [*executor.container.entrypoint, *executor.container.command]
-
-
 async def _finish_collecting(collectors: list[OutputCollector], step: StepRecord) -> None:
     """Store the rest of each task's output. A failure to store (e.g. the disk is full) is
     logged and must not keep the step from getting its final status."""
@@ -471,17 +384,3 @@ async def _finish_collecting(collectors: list[OutputCollector], step: StepRecord
 def log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s failed", task.get_name(), exc_info=task.exception())
-
-
-def _folder_details(step: StepRecord, paths: TaskPaths) -> dict[str, str]:
-    """Where the task's files are, under the keys the reference's subprocess backend uses."""
-    if step.spec.executor.provider == "subprocess":
-        return {
-            "subprocess_work_dir": paths.work_dir,
-            "subprocess_persistent_storage_path": paths.persistent_dir,
-        }
-    return {"work_dir": paths.work_dir}
-
-
-def _with_code(status: ExitStatus) -> str:
-    return f" with exit code {status.exit_code}" if status.exit_code is not None else ""
