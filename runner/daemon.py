@@ -12,10 +12,12 @@ from typing import Any
 from runner import datadir
 from runner.access import Access, resolve_access
 from runner.allocation import Allocator, Machine, machine_of
+from runner.capacity_view import CapacityView
 from runner.clock import Clock, SystemClock
 from runner.errors import CannotStart
 from runner.executors.registry import ExecutorRegistry
 from runner.gpus import discover
+from runner.log_service import LogService
 from runner.models import parse_quantity
 from runner.notify import DeadlineBell
 from runner.profiles import ProfileCatalog
@@ -26,6 +28,7 @@ from runner.secret_keys import Keyring
 from runner.secrets import SecretService
 from runner.service import JobService
 from runner.settings import Settings
+from runner.task_service import TaskService
 from runner.watchdog import Watchdog
 from storage import Repository
 
@@ -114,7 +117,9 @@ class Daemon:
             results,
             self._scheduler.log_signal,
             profiles,
-            allocator,
+            capacity=CapacityView(self._store, self.clock, allocator),
+            logs=LogService(self._store, self._scheduler.log_signal, self._scheduler),
+            tasks=TaskService(self._store, self.clock, secrets),
         )
         scheduler = self._scheduler
         self.watchdog = Watchdog(

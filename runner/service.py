@@ -9,14 +9,15 @@ from __future__ import annotations
 import getpass
 import re
 import secrets
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runner.allocation import Allocator, GpuUse, Hold, StepRef, Usage, Wait, unfit_reason, wait_reason
+from runner.allocation import unfit_reason
+from runner.capacity_view import CapacityView
 from runner.clock import Clock
-from runner.errors import BadRequest, Conflict, NotFound, Unprocessable
-from runner.log_pages import Cursor, LogPage, decode_cursor, encode_cursor, page_logs, scope_hash
+from runner.errors import Conflict, NotFound, Unprocessable
+from runner.log_service import LogService
+from runner.lookups import current_step, existing_job, existing_job_in, existing_step, reload_job
 from runner.models import (
     NAME_PATTERN,
     CreateJobRequest,
@@ -24,9 +25,6 @@ from runner.models import (
     JobRecord,
     JobSort,
     JobStatus,
-    LogLine,
-    LogQuery,
-    Needs,
     Page,
     ResultRecord,
     StepFilter,
@@ -34,7 +32,6 @@ from runner.models import (
     StepSort,
     SubprocessExecutor,
     TaskRecord,
-    TaskUpdate,
     base58,
     new_entity_id,
     step_needs,
@@ -43,6 +40,7 @@ from runner.notify import ChangeSignal
 from runner.profiles import ProfileCatalog
 from runner.results import Artifact, ResultService
 from runner.secrets import SecretService
+from runner.task_service import TaskService
 from runner.transitions import TransitionOutcome, settle_step, transition_step
 from storage import AlreadyExists, Repository, WriteTx
 
@@ -105,11 +103,16 @@ class JobService:
         results: ResultService,
         log_signal: ChangeSignal,
         profiles: ProfileCatalog,
-        allocator: Allocator,
+        capacity: CapacityView,
+        logs: LogService,
+        tasks: TaskService,
     ) -> None:
         self._store = store
         self._profiles = profiles
-        self._allocator = allocator
+        # The operations on a job's parts, each service its own room (web calls them as these).
+        self.capacity = capacity
+        self.logs = logs
+        self.tasks = tasks
         self._clock = clock
         self._workloads = workloads
         self.secrets = secrets
@@ -119,41 +122,6 @@ class JobService:
 
     async def profiles(self) -> list[dict[str, Any]]:
         return await self._workloads.profiles()
-
-    def resources(self) -> tuple[Needs, Needs]:
-        """(what the machine has, what running steps hold now): GPUs, CPUs, memory."""
-        return self._allocator.capacity, self._allocator.in_use()
-
-    async def usage(self) -> Usage:
-        """The machine, what is in use, every GPU with the step holding it, and the steps that
-        wait for GPUs, CPUs or memory, with why (the scheduler's own rule, applied to now)."""
-        refs: dict[int, StepRef | None] = {}
-
-        async def ref(step_pk: int) -> StepRef | None:
-            if step_pk not in refs:
-                step = await self._store.get_step_by_pk(step_pk)
-                refs[step_pk] = None if step is None else StepRef(step.workspace, step.job_name, step.name)
-            return refs[step_pk]
-
-        holdings = self._allocator.holdings()
-        holder = {g.device_id: pk for pk, holding in holdings.items() for g in holding.gpus}
-        uses = [
-            GpuUse(gpu=g, held_by=await ref(holder[g.device_id]) if g.device_id in holder else None)
-            for g in self._allocator.machine.gpus
-        ]
-        waiting = [d for d in await self._store.runnable_steps(0) if d.step_pk not in holdings]
-        waits = []
-        for decision in self._allocator.plan(waiting, self._clock.now_us()):
-            step_ref = await ref(decision.demand.step_pk)
-            if step_ref is not None:  # (a step that fits and still waits: for a slot)
-                waits.append(
-                    Wait(step_ref, decision.demand.needs, wait_reason(decision, self._allocator.backfill_s))
-                )
-        held = []
-        for step_pk, holding in holdings.items():
-            if (step_ref := await ref(step_pk)) is not None:
-                held.append(Hold(step_ref, holding.needs, holding.gpus))
-        return Usage(self._allocator.capacity, self._allocator.in_use(), uses, held, waits)
 
     async def store_problem(self) -> str | None:
         """Why the store cannot take writes now (None: it can); plain words, no names or paths."""
@@ -203,9 +171,9 @@ class JobService:
         for step in request.platform_spec.steps:
             executor = step.executor
             needs = step_needs(executor)
-            if needs and self._allocator.never_fits(needs):
+            if needs and self.capacity.never_fits(needs):
                 # It could never start: refused now rather than left waiting forever.
-                why = unfit_reason(needs, self._allocator.capacity)
+                why = unfit_reason(needs, self.capacity.resources()[0])
                 raise Unprocessable(f"step {step.name!r} can never start here: {why}")
             profile = self._profiles.get(executor.provider, executor.profile)
             if profile.backend == "subprocess" or isinstance(executor, SubprocessExecutor):
@@ -224,7 +192,7 @@ class JobService:
                 )
 
     async def get_job(self, workspace: str, name: str) -> JobRecord:
-        return await _existing_job(self._store, workspace, name)
+        return await existing_job(self._store, workspace, name)
 
     async def list_jobs(self, flt: JobFilter, sort: JobSort, page: int, page_size: int) -> Page[JobRecord]:
         return await self._store.list_jobs(flt, sort, page, page_size)
@@ -233,7 +201,7 @@ class JobService:
         await self._workloads.ready()
 
         def delete(tx: WriteTx) -> None:
-            job = _existing_job_in(tx, workspace, name)
+            job = existing_job_in(tx, workspace, name)
             steps = tx.steps_of_job(job.pk)
             if not job.status.is_terminal or any(not s.status.is_terminal for s in steps):
                 raise Conflict(f"job {name!r} is {job.status.value!r}: only a finished job can be deleted")
@@ -257,7 +225,7 @@ class JobService:
         now = self._clock.now_us()
 
         def merge(tx: WriteTx) -> None:
-            job = _existing_job_in(tx, workspace, name)
+            job = existing_job_in(tx, workspace, name)
             tx.update_job_state(
                 job.pk,
                 status=job.status,
@@ -275,17 +243,17 @@ class JobService:
         now = self._clock.now_us()
 
         def cancel(tx: WriteTx) -> tuple[JobRecord, int | None]:
-            job, step = _current_step(tx, workspace, name)
+            job, step = current_step(tx, workspace, name)
             if step is None or step.status.is_terminal:
                 return job, None
             # settle_step takes the legal path (a pausing or paused step passes through paused
             # and cancelling), so cancel works from every unfinished status.
             if self._workloads.is_running(step.pk):
                 settle_step(tx, step, JobStatus.CANCELLING, now=now, status_details={"message": "Cancelling"})
-                return _reload_job(tx, job), step.pk
+                return reload_job(tx, job), step.pk
             message = {"message": "Cancelled before it ran"}
             settle_step(tx, step, JobStatus.CANCELLED, now=now, status_details=message)
-            return _reload_job(tx, job), None
+            return reload_job(tx, job), None
 
         job, live_step = await self._store.write(cancel)
         if live_step is not None:
@@ -297,7 +265,7 @@ class JobService:
         now = self._clock.now_us()
 
         def pause(tx: WriteTx) -> tuple[JobRecord, int | None]:
-            job, step = _current_step(tx, workspace, name)
+            job, step = current_step(tx, workspace, name)
             if step is None or step.status not in (JobStatus.CREATED, JobStatus.PENDING, JobStatus.ACTIVE):
                 return job, None
             live = self._workloads.is_running(step.pk)
@@ -306,7 +274,7 @@ class JobService:
             ).step
             if not live:
                 transition_step(tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"})
-            return _reload_job(tx, job), step.pk if live else None
+            return reload_job(tx, job), step.pk if live else None
 
         job, live_step = await self._store.write(pause)
         if live_step is not None:
@@ -318,11 +286,11 @@ class JobService:
         now = self._clock.now_us()
 
         def resume(tx: WriteTx) -> tuple[JobRecord, int | None, bool]:
-            job, step = _current_step(tx, workspace, name)
+            job, step = current_step(tx, workspace, name)
             if step is None or step.status != JobStatus.PAUSED:
                 return job, None, False
             transition_step(tx, step, JobStatus.RESUMING, now=now, status_details={"message": "Resuming"})
-            return _reload_job(tx, job), step.pk, self._workloads.is_running(step.pk)
+            return reload_job(tx, job), step.pk, self._workloads.is_running(step.pk)
 
         job, step_pk, live = await self._store.write(resume)
         if step_pk is not None and live:
@@ -339,11 +307,7 @@ class JobService:
         return await self._store.list_steps(flt, sort, page, page_size)
 
     async def get_step(self, workspace: str, job_name: str, step_name: str) -> StepRecord:
-        step = await self._store.get_step(workspace, job_name, step_name)
-        if step is None:
-            await self.get_job(workspace, job_name)
-            raise NotFound(f"step {step_name!r} not found in job {job_name!r}")
-        return step
+        return await existing_step(self._store, workspace, job_name, step_name)
 
     async def update_step_status(
         self,
@@ -390,165 +354,6 @@ class JobService:
         elif status in (JobStatus.RESUMING, JobStatus.ACTIVE):
             self._workloads.request_resume(outcome.step.pk)  # a no-op unless it was frozen
 
-    # ------------------------------------------------------------------------------ tasks
-
-    async def list_tasks(self, workspace: str, job_name: str, step_name: str) -> list[TaskRecord]:
-        step = await self.get_step(workspace, job_name, step_name)
-        return await self._store.tasks_of_step(step.pk)
-
-    async def get_task(self, workspace: str, job_name: str, step_name: str, task_name: str) -> TaskRecord:
-        step = await self.get_step(workspace, job_name, step_name)
-        task = await self._store.get_task(step.pk, task_name)
-        if task is None:
-            raise NotFound(f"task {task_name!r} not found in step {step_name!r} of job {job_name!r}")
-        return task
-
-    async def put_task(
-        self, workspace: str, job_name: str, step_name: str, task_name: str, update: TaskUpdate
-    ) -> TaskRecord:
-        """A PUT from a workload or client: upsert, and count it as the task's heartbeat."""
-        step = await self.get_step(workspace, job_name, step_name)
-        masker = await self.secrets.masker_for_job(await self.get_job(workspace, job_name))
-        if masker:
-            # A workload reporting its own secret must not publish it through the API. Only the
-            # free-form fields: `status` is checked against the table as sent.
-            update = update.model_copy(
-                update={
-                    "status_details": masker.json(update.status_details),
-                    "error_details": masker.json(update.error_details),
-                    "error_stack": masker.json(update.error_stack),
-                }
-            )
-        now = self._clock.now_us()
-
-        def upsert(tx: WriteTx) -> TaskRecord | None:
-            task = tx.get_task(step.pk, task_name)
-            if task is None:
-                pk = tx.insert_task(
-                    id=new_entity_id("platform-job-task"),
-                    step_pk=step.pk,
-                    name=task_name,
-                    status=update.status,
-                    status_details=update.status_details or {},
-                    error_details=update.error_details or None,
-                    error_stack=update.error_stack or None,
-                    heartbeat_at=now,
-                    now=now,
-                )
-            else:
-                pk = task.pk
-                # An invalid task transition is ignored (reference behaviour), but it still counts
-                # as a sign of life.
-                allowed = task.status.can_transition_to(update.status)
-                tx.update_task(
-                    pk,
-                    status=update.status if allowed else task.status,
-                    status_details={**task.status_details, **(update.status_details or {})}
-                    if allowed
-                    else task.status_details,
-                    error_details=(update.error_details or task.error_details)
-                    if allowed
-                    else task.error_details,
-                    error_stack=(update.error_stack or task.error_stack) if allowed else task.error_stack,
-                    heartbeat_at=now,
-                    now=now,
-                )
-            if update.status_details:
-                job = tx.get_job_by_pk(step.job_pk)
-                assert job is not None
-                tx.update_job_state(
-                    job.pk,
-                    status=job.status,
-                    status_details={**job.status_details, **update.status_details},
-                    error_details=job.error_details,
-                    now=job.updated_at,
-                )
-            return tx.get_task_by_pk(pk)
-
-        fresh = await self._store.write(upsert)
-        assert fresh is not None
-        return fresh
-
-    # ------------------------------------------------------------------------------ logs
-
-    async def page_logs(
-        self,
-        workspace: str,
-        name: str,
-        *,
-        limit: int | None,
-        page_cursor: str | None,
-        tail: int | None,
-        attempt: str | None,
-        step_name: str | None,
-        task_name: str | None,
-    ) -> LogPage:
-        job = await self.get_job(workspace, name)
-        query = self._log_query(job, attempt, step_name, task_name)
-        return await page_logs(self._store, query, limit=limit, page_cursor=page_cursor, tail=tail)
-
-    def _log_query(
-        self, job: JobRecord, attempt: str | None, step_name: str | None, task_name: str | None
-    ) -> LogQuery:
-        # The reference types attempt_id as an integer yet stores string ids, so an explicit value
-        # never matches there. Here an integer is the attempt's sequence number (0 = first).
-        if attempt is None or attempt in (job.attempt_id, str(job.attempt_seq)):
-            attempt_id = job.attempt_id
-        else:
-            attempt_id = f"no-such-attempt:{attempt}"
-        return LogQuery(job_pk=job.pk, attempt_id=attempt_id, step_name=step_name, task_name=task_name)
-
-    async def follow_logs(
-        self,
-        workspace: str,
-        name: str,
-        *,
-        page_cursor: str | None,
-        attempt: str | None,
-        step_name: str | None,
-        task_name: str | None,
-        tail: int | None = None,
-        idle_check_s: float = 1.0,
-    ) -> AsyncGenerator[tuple[LogLine, str], None]:
-        """Every line after `page_cursor` (or the last `tail` lines) as it arrives, each with the
-        cursor to resume after it; ends once the job is finished and everything it printed has
-        been sent. The job and the cursor are checked here, before anything is streamed."""
-        if tail is not None and page_cursor is not None:
-            raise BadRequest("`tail` cannot be combined with `page_cursor`")
-        job = await self.get_job(workspace, name)
-        query = self._log_query(job, attempt, step_name, task_name)
-        after = 0
-        if page_cursor:
-            cursor = decode_cursor(page_cursor, query)
-            after = cursor.line_id if cursor.direction == "f" else max(0, cursor.line_id - 1)
-        elif tail is not None:
-            last = await self._store.log_lines_before(query, None, tail)
-            after = last[0].id - 1 if last else 0
-        return self._follow(job, query, after, idle_check_s)
-
-    async def _follow(
-        self, job: JobRecord, query: LogQuery, after: int, idle_check_s: float
-    ) -> AsyncGenerator[tuple[LogLine, str], None]:
-        scope = scope_hash(query)
-        while True:
-            token = self._log_signal.token(job.pk)
-            # Status before lines: the final status is written only after the last line is stored.
-            current = await self._store.get_job_by_pk(job.pk)
-            # A finished status can precede the last lines (a watchdog or client verdict is
-            # recorded before the workload is stopped): also wait for its workload to be let go.
-            finished = current is None or (
-                current.status.is_terminal and not self._workloads.job_is_live(job.pk)
-            )
-            lines = await self._store.log_lines_after(query, after, 500)
-            for line in lines:
-                after = line.id
-                yield line, encode_cursor(Cursor("f", after, scope))
-            if lines:
-                continue
-            if finished:
-                return
-            await self._log_signal.wait(token, idle_check_s)
-
     # ------------------------------------------------------------------------------ results
 
     async def create_result(
@@ -576,36 +381,3 @@ class JobService:
     ) -> tuple[ResultRecord, Artifact]:
         job, result = await self.get_result(workspace, job_name, name)
         return result, self._results.artifact(job, result)
-
-
-def _no_such_job(workspace: str, name: str) -> NotFound:
-    return NotFound(f"job {name!r} not found in workspace {workspace!r}")
-
-
-async def _existing_job(store: Repository, workspace: str, name: str) -> JobRecord:
-    job = await store.get_job(workspace, name)
-    if job is None:
-        raise _no_such_job(workspace, name)
-    return job
-
-
-def _existing_job_in(tx: WriteTx, workspace: str, name: str) -> JobRecord:
-    job = tx.get_job(workspace, name)
-    if job is None:
-        raise _no_such_job(workspace, name)
-    return job
-
-
-def _current_step(tx: WriteTx, workspace: str, name: str) -> tuple[JobRecord, StepRecord | None]:
-    """The job and its first unfinished step, if any."""
-    job = _existing_job_in(tx, workspace, name)
-    for step in tx.steps_of_job(job.pk):
-        if not step.status.is_terminal:
-            return job, step
-    return job, None
-
-
-def _reload_job(tx: WriteTx, job: JobRecord) -> JobRecord:
-    fresh = tx.get_job_by_pk(job.pk)
-    assert fresh is not None
-    return fresh

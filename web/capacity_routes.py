@@ -29,7 +29,7 @@ def _needs(needs: Needs) -> dict[str, Any]:
 
 @routes.get(CAPACITY_PATH)
 async def capacity(request: web.Request) -> web.Response:
-    usage = await request.app[SERVICE].usage()
+    usage = await request.app[SERVICE].capacity.usage()
     body = {
         **capacity_body(usage.capacity, usage.in_use),
         "held": [
@@ -50,7 +50,7 @@ async def capacity(request: web.Request) -> web.Response:
 
 @routes.get(GPUS_PATH)
 async def gpus(request: web.Request) -> web.Response:
-    usage = await request.app[SERVICE].usage()
+    usage = await request.app[SERVICE].capacity.usage()
     body: dict[str, Any] = {
         "total": len(usage.gpus),
         "free": usage.free_gpus,

@@ -122,7 +122,7 @@ async def execution_profiles(request: web.Request) -> web.Response:
     service = _service(request)
     # A localjobs extension on each item: the machine's capacity and what is in use (all profiles
     # share the one machine). The reference's models and the SDK ignore keys they do not know.
-    capacity = serialize.capacity_body(*service.resources())
+    capacity = serialize.capacity_body(*service.capacity.resources())
     return _json([{**profile, "capacity": capacity} for profile in await service.profiles()])
 
 
@@ -211,7 +211,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     q = parse_paging(_LogsQuery, request.query)
     if q.follow:
         return await _follow_logs(request, workspace, q)
-    page = await _service(request).page_logs(
+    page = await _service(request).logs.page(
         workspace,
         request.match_info["name"],
         limit=q.limit,
@@ -260,7 +260,7 @@ async def update_step_status(request: web.Request) -> web.Response:
 @routes.get(W + "/jobs/{job}/steps/{name}/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     m = request.match_info
-    tasks = await _service(request).list_tasks(workspace_of(request), m["job"], m["name"])
+    tasks = await _service(request).tasks.list(workspace_of(request), m["job"], m["name"])
     return _json({"data": [serialize.task(t) for t in tasks]})
 
 
@@ -274,20 +274,20 @@ async def put_task(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise InvalidRequest(validation_detail(exc, ["body"])) from None
     m = request.match_info
-    task = await _service(request).put_task(workspace, m["job"], m["step"], task_name, update)
+    task = await _service(request).tasks.put(workspace, m["job"], m["step"], task_name, update)
     return _json(serialize.task(task))
 
 
 @routes.get(W + "/jobs/{job}/steps/{step}/tasks/{name}")
 async def get_task(request: web.Request) -> web.Response:
     m = request.match_info
-    task = await _service(request).get_task(workspace_of(request), m["job"], m["step"], m["name"])
+    task = await _service(request).tasks.get(workspace_of(request), m["job"], m["step"], m["name"])
     return _json(serialize.task(task))
 
 
 async def _follow_logs(request: web.Request, workspace: str, q: _LogsQuery) -> web.StreamResponse:
     """`?follow=true`: NDJSON, one line per log line with the cursor to resume after it."""
-    lines = await _service(request).follow_logs(
+    lines = await _service(request).logs.follow(
         workspace,
         request.match_info["name"],
         page_cursor=q.page_cursor,
