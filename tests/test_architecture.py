@@ -1,4 +1,4 @@
-"""Imports point one way: web -> runner -> storage, with runner/models.py as the shared leaf."""
+"""Imports point one way: web -> runner -> storage, with the runner/models/ package as the shared leaf."""
 
 from __future__ import annotations
 
@@ -50,9 +50,21 @@ def test_import_direction() -> None:
                     problems.append(f"{rel}: storage may import only runner.models, not {name}")
                 if package in ("storage", "runner") and top == "web":
                     problems.append(f"{rel}: {package} imports web")
-                if rel == "runner/models.py" and top in ("runner", "storage", "web"):
-                    problems.append(f"{rel}: the leaf module imports {name}")
+                ours = top in ("runner", "storage", "web")
+                within_leaf = name == "runner.models" or name.startswith("runner.models.")
+                if rel.startswith("runner/models/") and ours and not within_leaf:
+                    problems.append(f"{rel}: the leaf package imports {name}")
     assert problems == []
+
+
+def test_the_leaf_package_imports_its_modules_absolutely() -> None:
+    """The leaf rule above reads absolute imports only: a relative one would slip past it."""
+    relative = []
+    for path in _modules("runner/models"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                relative.append(path.relative_to(ROOT).as_posix())
+    assert _modules("runner/models") and relative == []
 
 
 def test_sql_lives_in_storage() -> None:

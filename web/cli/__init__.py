@@ -13,7 +13,14 @@ import click
 
 from web.cli.outcome import INTERRUPTED, USAGE
 
-_JOBS = ("run", "wait", "ls", "status", "logs", "cancel", "pause", "resume", "rm")
+# The job commands, by module; each of these modules maps its commands' names to them in `BY_NAME`.
+_JOB_MODULES = {
+    "web.cli.run": ("run", "wait"),
+    "web.cli.listing": ("ls", "status"),
+    "web.cli.logs": ("logs",),
+    "web.cli.control": ("cancel", "pause", "resume", "rm"),
+}
+_JOBS = tuple(name for names in _JOB_MODULES.values() for name in names)
 # Each command's module is imported only when that command runs: `serve` loads no client code,
 # a client command no daemon code.
 _MODULES = {
@@ -24,7 +31,7 @@ _MODULES = {
     "gpus": "web.cli.capacity",
     "capacity": "web.cli.capacity",
 }
-_MODULES.update(dict.fromkeys(_JOBS, "web.cli.jobs"))
+_MODULES.update({name: module for module, names in _JOB_MODULES.items() for name in names})
 
 
 class _LazyGroup(click.Group):

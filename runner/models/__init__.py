@@ -1,0 +1,124 @@
+"""Domain types shared by every package: statuses, the transition table, job specs, stored records.
+
+This package is the leaf of the import graph: its modules import nothing of ours but each other,
+so `storage`, `runner` and `web` may all depend on it. Every public name is re-exported here;
+import from `runner.models`, not from its modules:
+
+- `statuses`: JobStatus, the terminal statuses and the reference's transition table;
+- `ids`: entity ids, task names, the name and workspace rules, timestamps in microseconds;
+- `quantities`: Kubernetes quantities ('250m', '128Mi');
+- `specs`: the request side, the job specification and the status updates;
+- `records`: what storage returns (jobs, steps, tasks, log lines, secrets, results);
+- `queries`: what callers ask storage for (filters, sort orders, a page, a log query);
+- `resources`: what a step takes from the machine (Needs) and the rule that reads it off a spec.
+"""
+
+from runner.models.ids import (
+    MAX_WORKSPACE_BYTES,
+    NAME_PATTERN,
+    NAME_RULE,
+    WORKSPACE_PATTERN,
+    base58,
+    check_name,
+    check_workspace,
+    datetime_to_us,
+    new_entity_id,
+    new_task_name,
+    now_us,
+)
+from runner.models.quantities import parse_quantity
+from runner.models.queries import (
+    JobFilter,
+    JobSort,
+    LogQuery,
+    Page,
+    StepFilter,
+    StepSort,
+    StringCondition,
+)
+from runner.models.records import (
+    JobRecord,
+    JobState,
+    LogLine,
+    ResultRecord,
+    SecretRecord,
+    StepRecord,
+    TaskRecord,
+    WatchedStep,
+)
+from runner.models.resources import Needs, ResourceDemand, needs_of, step_needs
+from runner.models.specs import (
+    MAX_NODES,
+    ComputeResources,
+    ComputeResourceSpec,
+    ContainerSpec,
+    CPUExecutor,
+    CreateJobRequest,
+    DistributedGPUExecutor,
+    EnvironmentVariable,
+    Executor,
+    GPUExecutor,
+    JobSecret,
+    PlatformJobSpec,
+    SecretRef,
+    StatusUpdate,
+    StepLifecycle,
+    StepSpec,
+    SubprocessExecutor,
+    TaskUpdate,
+)
+from runner.models.statuses import TERMINAL_STATUSES, JobStatus
+
+__all__ = [
+    "MAX_NODES",
+    "MAX_WORKSPACE_BYTES",
+    "NAME_PATTERN",
+    "NAME_RULE",
+    "TERMINAL_STATUSES",
+    "WORKSPACE_PATTERN",
+    "CPUExecutor",
+    "ComputeResourceSpec",
+    "ComputeResources",
+    "ContainerSpec",
+    "CreateJobRequest",
+    "DistributedGPUExecutor",
+    "EnvironmentVariable",
+    "Executor",
+    "GPUExecutor",
+    "JobFilter",
+    "JobRecord",
+    "JobSecret",
+    "JobSort",
+    "JobState",
+    "JobStatus",
+    "LogLine",
+    "LogQuery",
+    "Needs",
+    "Page",
+    "PlatformJobSpec",
+    "ResourceDemand",
+    "ResultRecord",
+    "SecretRecord",
+    "SecretRef",
+    "StatusUpdate",
+    "StepFilter",
+    "StepLifecycle",
+    "StepRecord",
+    "StepSort",
+    "StepSpec",
+    "StringCondition",
+    "SubprocessExecutor",
+    "TaskRecord",
+    "TaskUpdate",
+    "WatchedStep",
+    "base58",
+    "check_name",
+    "check_workspace",
+    "datetime_to_us",
+    "needs_of",
+    "new_entity_id",
+    "new_task_name",
+    "now_us",
+    "parse_quantity",
+    "step_needs",
+]

@@ -1,0 +1,71 @@
+"""Identifiers, names and time: the id and task-name formats, the name and workspace rules, and
+timestamps as integer microseconds."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+
+# The reference's NAME_PATTERN. Python's `re` is needed: the lookarounds are beyond pydantic's
+# Rust regex engine, so names are checked in validators rather than with `pattern=`. Every
+# pattern here is anchored with \A...\Z (and used with fullmatch): `$` also matches before a
+# trailing newline, which let `nl` and `nl\n` be two jobs (and two task folders).
+NAME_PATTERN = re.compile(r"\A[a-z](?!.*--)[a-z0-9\-@.+_]{1,62}(?<!-)\Z")
+WORKSPACE_PATTERN = re.compile(r"\A[\w\-\+.@:]+\Z")
+# A workspace is a folder name under <data-dir>/work: at most what a file system takes (bytes).
+MAX_WORKSPACE_BYTES = 255
+NAME_RULE = (
+    "must start with a lowercase letter, be 2-63 characters, contain only lowercase letters, digits "
+    "and - @ . + _, have no consecutive hyphens and not end with a hyphen"
+)
+
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def base58(data: bytes) -> str:
+    number = int.from_bytes(data, "big")
+    digits = []
+    while number:
+        number, rem = divmod(number, 58)
+        digits.append(_B58[rem])
+    return "".join(reversed(digits)) or _B58[0]
+
+
+def new_entity_id(entity_type: str) -> str:
+    """`platform-job-step-<base58 uuid4>`, the reference's id format."""
+    return f"{entity_type}-{base58(uuid.uuid4().bytes)}"
+
+
+def new_task_name() -> str:
+    return f"task-{uuid.uuid4().hex}"
+
+
+def now_us() -> int:
+    """Wall-clock time in integer microseconds since the epoch: how every timestamp is stored."""
+    return time.time_ns() // 1000
+
+
+def datetime_to_us(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1_000_000)
+
+
+def check_name(value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(f"name {value!r} {NAME_RULE}")
+    return value
+
+
+def check_workspace(value: str) -> str:
+    if not WORKSPACE_PATTERN.fullmatch(value):
+        raise ValueError("workspace may contain only letters, digits and _ - + . @ :")
+    if value in (".", ".."):
+        # Task folders live in <data-dir>/work/<workspace>/<job>/...: these would move them up.
+        raise ValueError(f"workspace {value!r} is not allowed: it names a folder's parent or itself")
+    if len(value.encode()) > MAX_WORKSPACE_BYTES:
+        raise ValueError(f"workspace may be at most {MAX_WORKSPACE_BYTES} bytes long (UTF-8)")
+    return value
