@@ -59,6 +59,7 @@ TASK_SELECT = (
 
 
 def string_condition(column: str, cond: StringCondition, where: list[str], args: list[Any]) -> None:
+    """A filter's condition on a text column ($eq, $like, $in, $nin), added to `where` and `args`."""
     if cond.eq is not None:
         where.append(f"{column} = ?")
         args.append(cond.eq)
