@@ -1,6 +1,15 @@
-"""Errors raised by the runner. The web layer maps each class to one HTTP status in one middleware."""
+"""Errors raised by the runner. The web layer maps each class to one HTTP status in one middleware.
+
+The web layer reaches storage's errors only through this module: `StorageError` (the root of
+storage/errors.py; the store failed, HTTP 503) is re-exported here, as it is raised through the
+runner untranslated (a caller can only try again later)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.errors import StorageError as StorageError
 
 
 class RunnerError(Exception):
@@ -25,3 +34,13 @@ class BadRequest(RunnerError):
 
 class CannotStart(RunnerError):
     """The daemon must not start: its data dir is in use, its token cannot be read, an unsafe setting."""
+
+
+def __getattr__(name: str) -> Any:
+    """`StorageError`, imported on first use: client commands import this module (through
+    runner/datadir.py) and must not load the store (aiosqlite, the models) to print a job list."""
+    if name == "StorageError":
+        from storage.errors import StorageError
+
+        return StorageError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

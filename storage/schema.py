@@ -1,6 +1,26 @@
-"""The SQLite schema as an ordered list of migrations; `PRAGMA user_version` records how far a file got."""
+"""The SQLite schema as an ordered list of migrations (MIGRATIONS, below), and `migrate`, which
+runs those a file has not had; `PRAGMA user_version` records how far a file got."""
 
 from __future__ import annotations
+
+import sqlite3
+
+from storage.errors import StorageUnavailable
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the store up to the newest schema: run, in order, each migration it has not had.
+    Outside any transaction of the writer's (`WriterThread.call(..., in_transaction=False)`)."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    version = row[0] if row else 0
+    if version > len(MIGRATIONS):
+        raise StorageUnavailable(
+            f"the database is at schema version {version}, newer than this localjobs ({len(MIGRATIONS)})"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript commits on its own; the version bump is part of the same script.
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
 
 # Each entry runs once, in order, inside one transaction. Never edit a released entry: append a new one.
 MIGRATIONS: list[str] = [

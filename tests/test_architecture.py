@@ -33,27 +33,43 @@ def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
+# Which of our packages each package may import; every one may also import the leaf
+# package runner/models/. tests/ and scripts/ may import anything; nothing else imports web.
+_MAY_IMPORT = {
+    "web": {"web", "runner"},
+    "runner": {"runner", "storage"},
+    "storage": {"storage"},
+}
+_OURS = ("runner", "storage", "web")
+
+
+def _direction_problems(rel: str, names: set[str]) -> list[str]:
+    """What `rel` (a path under runner/, storage/ or web/) may not import among `names`."""
+    package = rel.split("/")[0]
+    problems = []
+    for name in sorted(names):
+        top = name.split(".")[0]
+        if name.startswith("aiosqlite") and package != "storage":
+            problems.append(f"{rel}: aiosqlite outside storage/")
+        if name.startswith("aiohttp.web") and package != "web":
+            problems.append(f"{rel}: aiohttp.web outside web/")
+        if name.startswith("aiodocker") and rel != "runner/executors/docker.py":
+            problems.append(f"{rel}: aiodocker outside the docker executor")
+        if top not in _OURS:
+            continue
+        within_leaf = name == "runner.models" or name.startswith("runner.models.")
+        if rel.startswith("runner/models/") and not within_leaf:
+            problems.append(f"{rel}: the leaf package imports {name}")
+        elif top not in _MAY_IMPORT[package] and not (name + ".").startswith("runner.models."):
+            problems.append(f"{rel}: {package} may not import {name}")
+    return problems
+
+
 def test_import_direction() -> None:
     problems = []
-    for package in ("runner", "storage", "web"):
+    for package in _OURS:
         for path in _modules(package):
-            rel = path.relative_to(ROOT).as_posix()
-            for name in _imports(path):
-                top = name.split(".")[0]
-                if name.startswith("aiosqlite") and package != "storage":
-                    problems.append(f"{rel}: aiosqlite outside storage/")
-                if name.startswith("aiohttp.web") and package != "web":
-                    problems.append(f"{rel}: aiohttp.web outside web/")
-                if name.startswith("aiodocker") and rel != "runner/executors/docker.py":
-                    problems.append(f"{rel}: aiodocker outside the docker executor")
-                if package == "storage" and top == "runner" and not name.startswith("runner.models"):
-                    problems.append(f"{rel}: storage may import only runner.models, not {name}")
-                if package in ("storage", "runner") and top == "web":
-                    problems.append(f"{rel}: {package} imports web")
-                ours = top in ("runner", "storage", "web")
-                within_leaf = name == "runner.models" or name.startswith("runner.models.")
-                if rel.startswith("runner/models/") and ours and not within_leaf:
-                    problems.append(f"{rel}: the leaf package imports {name}")
+            problems += _direction_problems(path.relative_to(ROOT).as_posix(), _imports(path))
     assert problems == []
 
 
@@ -65,6 +81,49 @@ def test_the_leaf_package_imports_its_modules_absolutely() -> None:
             if isinstance(node, ast.ImportFrom) and node.level:
                 relative.append(path.relative_to(ROOT).as_posix())
     assert _modules("runner/models") and relative == []
+
+
+def test_the_import_check_sees_every_direction() -> None:
+    assert _direction_problems("web/errors.py", {"runner.errors", "runner.models", "web.app"}) == []
+    assert _direction_problems("web/errors.py", {"storage", "storage.StorageError"}) == [
+        "web/errors.py: web may not import storage",
+        "web/errors.py: web may not import storage.StorageError",
+    ]
+    assert _direction_problems("runner/service.py", {"storage", "runner.models"}) == []
+    assert _direction_problems("runner/service.py", {"web.serialize"}) == [
+        "runner/service.py: runner may not import web.serialize"
+    ]
+    assert _direction_problems("storage/reads.py", {"runner.models", "runner.models.JobRecord"}) == []
+    assert _direction_problems("storage/reads.py", {"runner.errors", "web"}) == [
+        "storage/reads.py: storage may not import runner.errors",
+        "storage/reads.py: storage may not import web",
+    ]
+    assert _direction_problems("runner/models/specs.py", {"storage", "runner.models.ids"}) == [
+        "runner/models/specs.py: the leaf package imports storage"
+    ]
+
+
+def test_storage_errors_reach_web_through_runner_errors_only_when_used() -> None:
+    """runner.errors re-exports storage's root error on first use: client commands import
+    runner.errors (through runner.datadir) without loading the store."""
+    import subprocess
+
+    code = (
+        "import sys, runner.datadir, runner.errors; print('storage' in sys.modules, 'aiosqlite' in sys.modules);"
+        " from runner.errors import StorageError; import storage; print(StorageError is storage.StorageError)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]
+
+
+def test_storage_modules_stay_small() -> None:
+    """One job per module (#11): none of storage/ grows back into a god module."""
+    big = {
+        path.relative_to(ROOT).as_posix(): lines
+        for path in _modules("storage")
+        if (lines := len(path.read_text().splitlines())) > 400
+    }
+    assert big == {}
 
 
 def test_sql_lives_in_storage() -> None:

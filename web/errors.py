@@ -10,8 +10,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from runner.errors import BadRequest, Conflict, NotFound, RunnerError, Unprocessable
-from storage import StorageError
+from runner.errors import BadRequest, Conflict, NotFound, RunnerError, StorageError, Unprocessable
 
 log = logging.getLogger(__name__)
 

@@ -115,8 +115,7 @@ def serve(log_level: str, keep_running: bool | None, allowed_hosts: tuple[str, .
 
 async def _serve(settings: Settings, lock: DataDirLock) -> int:
     from runner.daemon import Daemon
-    from runner.errors import CannotStart
-    from storage import StorageError
+    from runner.errors import CannotStart, StorageError
     from web.app import Server
 
     server = Server(Daemon(settings, lock=lock))

@@ -1,0 +1,397 @@
+"""The write transaction: `WriteTx`, the typed reads and writes of every aggregate (jobs, steps,
+tasks, secrets, results; logs through storage/logs.py) available to a unit of work that
+`Repository.write()` runs on the writer's thread, inside `BEGIN IMMEDIATE`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from runner.models import (
+    JobRecord,
+    JobState,
+    JobStatus,
+    PlatformJobSpec,
+    ResultRecord,
+    SecretRecord,
+    StepRecord,
+    TaskRecord,
+)
+from storage import logs, queries
+from storage.errors import AlreadyExists
+from storage.rows import dump, load, secret_record
+
+
+class WriteTx:
+    """The typed reads and writes available inside one `Repository.write()`: plain (blocking)
+    calls, made on the writer's thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def _run[T](self, query: queries.Query[T]) -> T:
+        return query.build(self._conn.execute(query.sql, query.args).fetchall())
+
+    def _one(self, sql: str, args: Sequence[Any]) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()
+        return row
+
+    def get_job(self, workspace: str, name: str) -> JobRecord | None:
+        return self._run(queries.job_named(workspace, name))
+
+    def get_job_by_pk(self, pk: int) -> JobRecord | None:
+        return self._run(queries.job_by_pk(pk))
+
+    def job_state(self, pk: int) -> JobState | None:
+        """What a status roll-up needs of the job, without parsing the whole row."""
+        row = self._one(
+            "SELECT status, error_details, json_array_length(platform_spec, '$.steps') FROM jobs"
+            " WHERE pk = ?",
+            (pk,),
+        )
+        if row is None:
+            return None
+        return JobState(pk=pk, status=JobStatus(row[0]), error_details=load(row[1]), step_count=row[2])
+
+    def get_step_by_pk(self, pk: int) -> StepRecord | None:
+        return self._run(queries.step_by_pk(pk))
+
+    def steps_of_job(self, job_pk: int) -> list[StepRecord]:
+        return self._run(queries.steps_of_job(job_pk))
+
+    def tasks_of_step(self, step_pk: int) -> list[TaskRecord]:
+        return self._run(queries.tasks_of_step(step_pk))
+
+    def get_task(self, step_pk: int, name: str) -> TaskRecord | None:
+        return self._run(queries.task_named(step_pk, name))
+
+    def get_task_by_pk(self, pk: int) -> TaskRecord | None:
+        return self._run(queries.task_by_pk(pk))
+
+    def get_secret(self, workspace: str, name: str) -> SecretRecord | None:
+        return self._run(queries.secret_named(workspace, name))
+
+    def get_result(self, job_pk: int, name: str) -> ResultRecord | None:
+        return self._run(queries.result_named(job_pk, name))
+
+    def insert_job(
+        self,
+        *,
+        id: str,
+        workspace: str,
+        name: str,
+        project: str | None,
+        description: str | None,
+        source: str,
+        spec: dict[str, Any],
+        platform_spec: PlatformJobSpec,
+        fileset: str,
+        output_location: str | None,
+        ownership: dict[str, Any] | None,
+        custom_fields: dict[str, Any] | None,
+        auth_context: dict[str, Any] | None,
+        attempt_id: str,
+        now: int,
+    ) -> JobRecord:
+        try:
+            cursor = self._conn.execute(
+                "INSERT INTO jobs (id, workspace, name, project, description, source, spec, platform_spec,"
+                " fileset, output_location, ownership, custom_fields, auth_context, attempt_id, status,"
+                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    id,
+                    workspace,
+                    name,
+                    project,
+                    description,
+                    source,
+                    dump(spec),
+                    platform_spec.model_dump_json(),
+                    fileset,
+                    output_location,
+                    dump(ownership),
+                    dump(custom_fields),
+                    dump(auth_context),
+                    attempt_id,
+                    JobStatus.CREATED.value,
+                    now,
+                    now,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"a job named {name!r} already exists in workspace {workspace!r}") from exc
+        assert cursor.lastrowid is not None
+        return JobRecord(
+            pk=cursor.lastrowid,
+            id=id,
+            name=name,
+            workspace=workspace,
+            project=project,
+            description=description,
+            source=source,
+            spec=spec,
+            platform_spec=platform_spec,
+            fileset=fileset,
+            output_location=output_location,
+            ownership=ownership,
+            custom_fields=custom_fields,
+            auth_context=auth_context,
+            created_at=now,
+            updated_at=now,
+            attempt_id=attempt_id,
+            attempt_seq=0,
+            status=JobStatus.CREATED,
+            status_details={},
+            error_details=None,
+        )
+
+    def insert_step(self, job: JobRecord, index: int, step_id: str, now: int) -> int:
+        spec = job.platform_spec.steps[index]
+        cursor = self._conn.execute(
+            "INSERT INTO steps (id, workspace, job_pk, job_name, job_source, attempt_id, fileset,"
+            " output_location, auth_context, idx, name, spec, status, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                step_id,
+                job.workspace,
+                job.pk,
+                job.name,
+                job.source,
+                job.attempt_id,
+                job.fileset,
+                job.output_location,
+                dump(job.auth_context),
+                index,
+                spec.name,
+                spec.model_dump_json(),
+                JobStatus.CREATED.value,
+                now,
+                now,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def update_job_state(
+        self,
+        pk: int,
+        *,
+        status: JobStatus,
+        status_details: dict[str, Any],
+        error_details: dict[str, Any] | None,
+        now: int,
+    ) -> None:
+        self._conn.execute(
+            "UPDATE jobs SET status = ?, status_details = ?, error_details = ?, updated_at = ? WHERE pk = ?",
+            (status.value, dump(status_details), dump(error_details), now, pk),
+        )
+
+    def merge_job_status_details(self, pk: int, details: dict[str, Any]) -> None:
+        """Shallow: each key replaces the job's (a nested object is not merged into)."""
+        row = self._conn.execute("SELECT status_details FROM jobs WHERE pk = ?", (pk,)).fetchone()
+        if row is None:
+            return
+        merged = {**json.loads(row[0]), **details}
+        self._conn.execute("UPDATE jobs SET status_details = ? WHERE pk = ?", (dump(merged), pk))
+
+    def update_step_state(
+        self,
+        pk: int,
+        *,
+        status: JobStatus,
+        status_details: dict[str, Any],
+        error_details: dict[str, Any] | None,
+        active_since: int | None,
+        now: int,
+        active_us: int = 0,
+        handle: dict[str, Any] | None = None,
+    ) -> None:
+        """`handle`, when given, is recorded in the same statement (None leaves it as it is)."""
+        self._conn.execute(
+            "UPDATE steps SET status = ?, status_details = ?, error_details = ?, active_since = ?,"
+            " active_us = ?, updated_at = ?, handle = COALESCE(?, handle) WHERE pk = ?",
+            (
+                status.value,
+                dump(status_details),
+                dump(error_details),
+                active_since,
+                active_us,
+                now,
+                dump(handle),
+                pk,
+            ),
+        )
+
+    def set_job_status(
+        self, pk: int, *, status: JobStatus, error_details: dict[str, Any] | None, now: int
+    ) -> None:
+        self._conn.execute(
+            "UPDATE jobs SET status = ?, error_details = ?, updated_at = ? WHERE pk = ?",
+            (status.value, dump(error_details), now, pk),
+        )
+
+    def mark_folders_removed(self, pk: int) -> None:
+        self._conn.execute("UPDATE steps SET folders_removed = 1 WHERE pk = ?", (pk,))
+
+    def set_step_handle(self, pk: int, handle: dict[str, Any] | None) -> None:
+        self._conn.execute("UPDATE steps SET handle = ? WHERE pk = ?", (dump(handle), pk))
+
+    def insert_task(
+        self,
+        *,
+        id: str,
+        step_pk: int,
+        name: str,
+        status: JobStatus,
+        status_details: dict[str, Any],
+        error_details: dict[str, Any] | None,
+        error_stack: str | None,
+        heartbeat_at: int | None,
+        now: int,
+    ) -> int:
+        cursor = self._conn.execute(
+            "INSERT INTO tasks (id, step_pk, name, status, status_details, error_details, error_stack,"
+            " created_at, updated_at, heartbeat_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                id,
+                step_pk,
+                name,
+                status.value,
+                dump(status_details),
+                dump(error_details),
+                error_stack,
+                now,
+                now,
+                heartbeat_at,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def record_task_outcome(
+        self,
+        pk: int,
+        *,
+        status: JobStatus,
+        allowed_from: Iterable[JobStatus],
+        details: dict[str, Any],
+        errors: dict[str, Any] | None,
+        stack: str | None,
+        now: int,
+    ) -> None:
+        """One statement: the status changes only from `allowed_from`, details merge shallowly
+        (json_patch on flat objects), errors and stack replace only when given. Never a heartbeat."""
+        sources = [s.value for s in allowed_from]
+        self._conn.execute(
+            f"UPDATE tasks SET status = CASE WHEN status IN ({','.join('?' * len(sources))}) THEN ?"
+            " ELSE status END, status_details = json_patch(status_details, ?),"
+            " error_details = COALESCE(?, error_details), error_stack = COALESCE(?, error_stack),"
+            " updated_at = ? WHERE pk = ?",
+            (*sources, status.value, dump(details), dump(errors), stack, now, pk),
+        )
+
+    def update_task(
+        self,
+        pk: int,
+        *,
+        status: JobStatus,
+        status_details: dict[str, Any],
+        error_details: dict[str, Any] | None,
+        error_stack: str | None,
+        heartbeat_at: int | None,
+        now: int,
+    ) -> None:
+        self._conn.execute(
+            "UPDATE tasks SET status = ?, status_details = ?, error_details = ?, error_stack = ?,"
+            " heartbeat_at = ?, updated_at = ? WHERE pk = ?",
+            (
+                status.value,
+                dump(status_details),
+                dump(error_details),
+                error_stack,
+                heartbeat_at,
+                now,
+                pk,
+            ),
+        )
+
+    def delete_job(self, pk: int) -> None:
+        self._conn.execute("DELETE FROM jobs WHERE pk = ?", (pk,))
+
+    def append_log_lines(
+        self,
+        *,
+        job_pk: int,
+        attempt_id: str,
+        step_name: str,
+        task_pk: int,
+        task_name: str,
+        stream: str,
+        lines: Sequence[tuple[int, str]],
+        new_offset: int,
+        max_task_bytes: int = 0,
+    ) -> int:
+        """Store lines and the file offset they end at in one commit: a crash loses or repeats nothing.
+
+        With `max_task_bytes` > 0 the task keeps only its newest output within that size; the
+        number of lines dropped is returned (and counted in log_stats). See storage/logs.py."""
+        return logs.append_lines(
+            self._conn,
+            job_pk=job_pk,
+            attempt_id=attempt_id,
+            step_name=step_name,
+            task_pk=task_pk,
+            task_name=task_name,
+            stream=stream,
+            lines=lines,
+            new_offset=new_offset,
+            max_task_bytes=max_task_bytes,
+        )
+
+    # ------------------------------------------------------------------------- secrets
+
+    def insert_secret(
+        self, workspace: str, name: str, description: str | None, value: str, key_id: str, now: int
+    ) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO secrets (workspace, name, description, value, key_id, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (workspace, name, description, value, key_id, now, now),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"a secret named {name!r} already exists in workspace {workspace!r}") from exc
+
+    def update_secret(
+        self, pk: int, description: str | None, value: str, key_id: str | None, now: int
+    ) -> None:
+        self._conn.execute(
+            "UPDATE secrets SET description = ?, value = ?, key_id = ?, updated_at = ? WHERE pk = ?",
+            (description, value, key_id, now, pk),
+        )
+
+    def reseal_secret(self, pk: int, value: str, key_id: str) -> None:
+        """A new sealed form of the same value: not a change a client sees (updated_at stays)."""
+        self._conn.execute("UPDATE secrets SET value = ?, key_id = ? WHERE pk = ?", (value, key_id, pk))
+
+    def all_secrets(self) -> list[SecretRecord]:
+        return [secret_record(r) for r in self._conn.execute("SELECT * FROM secrets ORDER BY pk")]
+
+    def delete_secret(self, pk: int) -> None:
+        self._conn.execute("DELETE FROM secrets WHERE pk = ?", (pk,))
+
+    # ------------------------------------------------------------------------- results
+
+    def insert_result(
+        self, *, id: str, job_pk: int, name: str, artifact_url: str, storage_type: str, now: int
+    ) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO results (id, job_pk, name, artifact_url, artifact_storage_type, created_at,"
+                " updated_at) VALUES (?,?,?,?,?,?,?)",
+                (id, job_pk, name, artifact_url, storage_type, now, now),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"a result named {name!r} already exists for this job") from exc
