@@ -313,11 +313,3 @@ def launchers_of(pid: int) -> list[psutil.Process]:
             if "runner.executors.launcher" in child.cmdline():
                 found.append(child)
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` is a live (non-zombie) process."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
