@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 TERMINAL = {"completed", "error", "cancelled"}
 
@@ -97,6 +98,17 @@ def pid_alive(process: int | psutil.Process) -> bool:
 async def wait_gone(pid: int, timeout_s: float = 20, poll_s: float = 0.02) -> None:
     """Until process `pid` has ended (a zombie counts: it runs no more)."""
     await until(lambda: not pid_alive(pid), what=f"process {pid} ending", timeout_s=timeout_s, poll_s=poll_s)
+
+
+def require(reason: str | None, *, switch: str, what: str, needs: str) -> None:
+    """Tests that need something optional (Docker, a browser): go on when `reason` is None (it
+    is there); skip only when explicitly allowed (`switch`=1 in the environment, as scripts/test.sh
+    sets outside CI when the setup failed); otherwise fail, saying what is missing."""
+    if reason is None:
+        return
+    if os.environ.get(switch) == "1":
+        pytest.skip(f"{what} tests skipped ({switch}=1): {reason}")
+    pytest.fail(f"{what} tests need {needs}: {reason}")
 
 
 def ts(value: str) -> datetime:
