@@ -3,8 +3,8 @@
     .venv/bin/python scripts/bench_dashboard.py [--jobs 100000] [--runs 7] [--json out.json]
 
 1. Fills a fresh data dir with N finished jobs (one step each; 0.5 % paused, so the list also asks
-   for the steps in flight) through storage.Repository (the schema) and bulk inserts encoded as the
-   repository encodes rows; writing them one by one through the API would take most of an hour.
+   for the steps in flight) through storage/bulk.py (bulk inserts encoded as the repository encodes
+   rows); writing them one by one through the API would take most of an hour.
 2. Starts `localjobs serve` on it (port 0), then for each run opens a new browser context (an empty
    cache), signed in with the session cookie, and loads:
    - the jobs list `/` (first page of 25, newest first),
@@ -22,12 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,14 +33,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.models import PlatformJobSpec, new_entity_id  # noqa: E402
-from storage import Repository  # noqa: E402
+from runner.models import JobStatus, PlatformJobSpec  # noqa: E402
+from storage.bulk import FilledJob, FilledStep, bulk_fill  # noqa: E402
 from tests.browser_env import CHROMIUM  # noqa: E402
+from tests.daemon_process import DaemonError, DaemonProcess  # noqa: E402
 from web.security import AccessPolicy  # noqa: E402
 
 TOKEN = "bench-dashboard-token-0123456789"
 WORKSPACE = "default"
-STATUS_MIX = [("completed", 0.695), ("error", 0.2), ("cancelled", 0.1), ("paused", 0.005)]
+STATUS_MIX = [
+    (JobStatus.COMPLETED, 0.695),
+    (JobStatus.ERROR, 0.2),
+    (JobStatus.CANCELLED, 0.1),
+    (JobStatus.PAUSED, 0.005),
+]
 
 
 def log(message: str) -> None:
@@ -53,22 +55,13 @@ def log(message: str) -> None:
 
 def fill_store(data_dir: Path, n_jobs: int, seed: int = 15) -> None:
     rng = random.Random(seed)
-    db_path = data_dir / "localjobs.db"
-
-    async def migrate() -> None:
-        repo = await Repository.open(db_path)
-        await repo.close()
-
-    asyncio.run(migrate())
     spec = PlatformJobSpec.model_validate(
         {"steps": [{"name": "train", "executor": {"provider": "subprocess", "command": ["true"]}}]}
     )
-    spec_json, step_json = spec.model_dump_json(), spec.steps[0].model_dump_json()
     statuses, weights = zip(*STATUS_MIX, strict=True)
     base_us = int(time.time() * 1e6) - n_jobs * 60_000_000
-    jobs, steps = [], []
+    jobs = []
     for j in range(n_jobs):
-        name = f"job-{j:06d}"
         status = rng.choices(statuses, weights)[0]
         created = base_us + j * 60_000_000
         updated = created + rng.randrange(1_000_000, 3_000_000_000)
@@ -76,82 +69,32 @@ def fill_store(data_dir: Path, n_jobs: int, seed: int = 15) -> None:
         if rng.random() < 0.5:
             details["percentage_done"] = 100 if status == "completed" else rng.randrange(0, 100)
         errors = {"message": "Job exited with code 1", "exit_code": 1, "last_lines": ["boom"]}
-        error_json = json.dumps(errors) if status == "error" else None
-        attempt = new_entity_id("platform-job-attempt")
+        error_details = errors if status == JobStatus.ERROR else None
+        step = FilledStep(status, created, updated, status_details=details, error_details=error_details)
         jobs.append(
-            (
-                j + 1,
-                new_entity_id("platform-job"),
-                WORKSPACE,
-                name,
-                "bench",
-                "{}",
-                spec_json,
-                f"job-fileset-{name}",
-                attempt,
-                status,
-                json.dumps(details),
-                error_json,
-                created,
-                updated,
+            FilledJob(
+                workspace=WORKSPACE,
+                name=f"job-{j:06d}",
+                source="bench",
+                platform_spec=spec,
+                status=status,
+                created_at=created,
+                updated_at=updated,
+                steps=[step],
+                status_details=details,
+                error_details=error_details,
             )
         )
-        steps.append(
-            (
-                new_entity_id("platform-job-step"),
-                WORKSPACE,
-                j + 1,
-                name,
-                "bench",
-                attempt,
-                f"job-fileset-{name}",
-                0,
-                "train",
-                step_json,
-                status,
-                json.dumps(details),
-                error_json,
-                created,
-                updated,
-            )
-        )
-    conn = sqlite3.connect(db_path)
+    bulk_fill(data_dir / "localjobs.db", jobs)
+
+
+def start_daemon(data_dir: Path, logs: Path) -> DaemonProcess:
+    daemon = DaemonProcess(logs, data_dir=data_dir, host=None, token=TOKEN)
     try:
-        with conn:
-            conn.executemany(
-                "INSERT INTO jobs (pk, id, workspace, name, source, spec, platform_spec, fileset, attempt_id,"
-                " status, status_details, error_details, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                jobs,
-            )
-            conn.executemany(
-                "INSERT INTO steps (id, workspace, job_pk, job_name, job_source, attempt_id, fileset, idx, name,"
-                " spec, status, status_details, error_details, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                steps,
-            )
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
-
-
-def start_daemon(data_dir: Path, logs: Path) -> tuple[subprocess.Popen[bytes], str]:
-    out, err = (logs / "serve.out").open("wb"), (logs / "serve.err").open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALJOBS_")}
-    env.update({"LOCALJOBS_TOKEN": TOKEN, "LOCALJOBS_DATA_DIR": str(data_dir)})
-    localjobs = Path(sys.executable).parent / "localjobs"
-    argv = [str(localjobs)] if localjobs.exists() else [sys.executable, "-m", "web.cli"]
-    proc = subprocess.Popen([*argv, "serve", "--port", "0"], stdout=out, stderr=err, env=env, cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        for line in (logs / "serve.out").read_text().splitlines():
-            if line.startswith("localjobs ready "):
-                return proc, line.split()[-1]
-        if proc.poll() is not None:
-            raise SystemExit(f"the daemon exited: {(logs / 'serve.err').read_text()[-2000:]}")
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the daemon did not get ready within 120 s")
+        daemon.start(timeout_s=120)
+    except DaemonError as exc:
+        raise SystemExit(f"the daemon did not get ready: {exc}") from None
+    return daemon
 
 
 _MEASURE = """() => {
@@ -245,16 +188,19 @@ def main() -> None:
         started = time.monotonic()
         fill_store(data_dir, args.jobs)
         log(f"store filled with {args.jobs:,} jobs in {time.monotonic() - started:.1f} s")
-        proc, base = start_daemon(data_dir, logs)
+        daemon = start_daemon(data_dir, logs)
         try:
             found = asyncio.run(
                 measure(
-                    base, args.runs, f"job-{args.jobs // 2:06d}", "job-0999", max(1, args.jobs // 25 // 2)
+                    daemon.base_url,
+                    args.runs,
+                    f"job-{args.jobs // 2:06d}",
+                    "job-0999",
+                    max(1, args.jobs // 25 // 2),
                 )
             )
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            daemon.close(grace_s=60)
     print(
         f"\nDashboard on a store of {args.jobs:,} jobs, {args.runs} runs each (medians; a cold cache each run)"
     )

@@ -20,33 +20,30 @@ case "${CI:-}" in
     *) IN_CI=1 ;;
 esac
 
-if [ "$IN_CI" -eq 1 ]; then
-    step "docker engine (CI: required)"
-    bash scripts/setup_docker.sh
-elif [ "$(id -u)" -eq 0 ]; then
-    step "docker engine"
-    if ! bash scripts/setup_docker.sh; then
-        echo "WARNING: Docker setup failed; Docker tests will be skipped (LOCALJOBS_SKIP_DOCKER=1)" >&2
-        export LOCALJOBS_SKIP_DOCKER=1
+# optional_setup STEP SCRIPT SKIP_VAR PROBE THING ABSENT TESTS: in CI, run the setup SCRIPT, which
+# must work; as root, run it and only warn if it fails; otherwise PROBE says whether THING is
+# there. When it is not (outside CI), export SKIP_VAR=1 so TESTS tests skip instead of failing.
+optional_setup() {
+    local name="$1" script="$2" skip_var="$3" probe="$4" thing="$5" absent="$6" tests="$7"
+    if [ "$IN_CI" -eq 1 ]; then
+        step "$name (CI: required)"
+        bash "$script"
+    elif [ "$(id -u)" -eq 0 ]; then
+        step "$name"
+        if ! bash "$script"; then
+            echo "WARNING: $thing setup failed; $tests tests will be skipped ($skip_var=1)" >&2
+            export "$skip_var=1"
+        fi
+    elif ! eval "$probe"; then
+        echo "WARNING: no $absent and this is not root: $tests tests will be skipped" >&2
+        export "$skip_var=1"
     fi
-elif ! timeout 15 docker info >/dev/null 2>&1; then
-    echo "WARNING: no Docker engine answers and this is not root: Docker tests will be skipped" >&2
-    export LOCALJOBS_SKIP_DOCKER=1
-fi
+}
 
-if [ "$IN_CI" -eq 1 ]; then
-    step "browser (CI: required)"
-    bash scripts/setup_browser.sh
-elif [ "$(id -u)" -eq 0 ]; then
-    step "browser"
-    if ! bash scripts/setup_browser.sh; then
-        echo "WARNING: Chromium setup failed; browser tests will be skipped (LOCALJOBS_SKIP_BROWSER=1)" >&2
-        export LOCALJOBS_SKIP_BROWSER=1
-    fi
-elif ! command -v "${LOCALJOBS_CHROMIUM:-chromium}" >/dev/null 2>&1; then
-    echo "WARNING: no Chromium and this is not root: browser tests will be skipped" >&2
-    export LOCALJOBS_SKIP_BROWSER=1
-fi
+optional_setup "docker engine" scripts/setup_docker.sh LOCALJOBS_SKIP_DOCKER \
+    'timeout 15 docker info >/dev/null 2>&1' Docker "Docker engine answers" Docker
+optional_setup "browser" scripts/setup_browser.sh LOCALJOBS_SKIP_BROWSER \
+    'command -v "${LOCALJOBS_CHROMIUM:-chromium}" >/dev/null 2>&1' Chromium Chromium browser
 
 step "ruff check"
 .venv/bin/ruff check .

@@ -7,7 +7,7 @@ import importlib.util
 import os
 import shutil
 
-import pytest
+from tests.helpers import require
 
 CHROMIUM = os.environ.get("LOCALJOBS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -23,9 +23,4 @@ def browser_ready() -> str | None:
 
 def require_browser() -> None:
     """Skip only when explicitly allowed (LOCALJOBS_SKIP_BROWSER=1); otherwise a missing browser fails."""
-    reason = browser_ready()
-    if reason is None:
-        return
-    if os.environ.get("LOCALJOBS_SKIP_BROWSER") == "1":
-        pytest.skip(f"browser tests skipped (LOCALJOBS_SKIP_BROWSER=1): {reason}")
-    pytest.fail(f"browser tests need Chromium and Playwright: {reason}")
+    require(browser_ready(), switch="LOCALJOBS_SKIP_BROWSER", what="browser", needs="Chromium and Playwright")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -18,9 +18,9 @@ from runner.clock import Clock
 from runner.daemon import Daemon
 from runner.settings import ENV_PREFIX, Settings
 from tests.daemon_process import AUTH_HEADERS, TEST_TOKEN
+from tests.helpers import TERMINAL, wait_status
 from web.app import Server
 
-TERMINAL = {"completed", "error", "cancelled"}
 # Every test daemon runs with TEST_TOKEN (auth is on by default); `Api` sends it.
 
 
@@ -80,21 +80,32 @@ class Api:
     async def wait_job(
         self, name: str, statuses: set[str] | None = None, timeout_s: float = 20
     ) -> dict[str, Any]:
-        wanted = statuses or TERMINAL
-        deadline = time.monotonic() + timeout_s
-        while True:
-            status, job = await self.request("GET", f"/jobs/{name}")
-            assert status == 200, job
-            if job["status"] in wanted:
-                return job  # type: ignore[no-any-return]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {name} still {job['status']} after {timeout_s}s: {job}")
-            await asyncio.sleep(0.02)
+        return await wait_status(
+            lambda: self.job(name), statuses or TERMINAL, what=f"job {name}", timeout_s=timeout_s
+        )
+
+    async def job(self, name: str) -> dict[str, Any]:
+        """GET the job now (no waiting)."""
+        status, job = await self.request("GET", f"/jobs/{name}")
+        assert status == 200, job
+        return job  # type: ignore[no-any-return]
 
     async def logs(self, name: str, **params: Any) -> list[str]:
         status, page = await self.request("GET", f"/jobs/{name}/logs", params={"limit": 10000, **params})
         assert status == 200, page
         return [line["message"] for line in page["data"]]
+
+    async def logs_until(
+        self, name: str, done: Callable[[list[str]], bool], what: str, timeout_s: float = 20
+    ) -> list[str]:
+        """The job's stored lines once `done(lines)` holds (polled, bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while not done(lines := await self.logs(name)):
+            assert time.monotonic() < deadline, (
+                f"{what}: not within {timeout_s} s ({len(lines)} lines): {lines[-20:]}"
+            )
+            await asyncio.sleep(0.05)
+        return lines
 
 
 def assert_422(body: Any) -> list[dict[str, Any]]:

@@ -8,11 +8,18 @@
 
 Every wait is bounded. Output goes to files (never pipes), so a chatty daemon can not block on a
 full pipe and the files can be read at any time for assertions and failure messages.
+
+The one helper that runs the daemon as a child process: the tests and the benchmarks
+(`scripts/bench/`, `scripts/bench_dashboard.py`) use it. `await daemon.astart()` waits for the
+ready line without blocking an event loop; `detached=True` gives the daemon a session of its own
+and SIGTERM should this process die (what a benchmark wants: no daemon outlives it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -33,6 +40,12 @@ AUTH_HEADERS = {"Authorization": f"Bearer {TEST_TOKEN}"}
 READY = re.compile(r"^localjobs ready (http://\S+)$", re.MULTILINE)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASK_MARKER = "localjobs-task:"
+
+
+def die_with_parent() -> None:
+    # If this process is killed, the daemon gets SIGTERM instead of lingering (Linux only).
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class DaemonError(AssertionError):
@@ -66,16 +79,24 @@ class DaemonProcess:
         port: int | None = 0,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        token: str | None = TEST_TOKEN,
+        detached: bool = False,
     ) -> None:
+        """`token` goes in LOCALJOBS_TOKEN (None: not set); `env` may override it. `detached`: a
+        session of its own (SIGKILL then ends the whole process group) and SIGTERM when this
+        process dies."""
         self.log_dir = log_dir
         self.data_dir = data_dir
         self.host = host
         self.port = port
         self.args = list(args)
-        self.env = {ENV_PREFIX + "TOKEN": TEST_TOKEN, **(env or {})}
+        self.env = {**({ENV_PREFIX + "TOKEN": token} if token is not None else {}), **(env or {})}
+        self.detached = detached
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
         self.returncode: int | None = None
+        self.startup_s = float("nan")  # launch -> ready line, of the last start
+        self._launched_at = 0.0
         self._runs = 0
         self._stdout_path = log_dir / "stdout.log"
         self._stderr_path = log_dir / "stderr.log"
@@ -102,6 +123,8 @@ class DaemonProcess:
         self._stderr_path = self.log_dir / f"stderr-{self._runs}.log"
         self.base_url = ""
         self.returncode = None
+        self.startup_s = float("nan")
+        self._launched_at = time.monotonic()
         with self._stdout_path.open("wb") as out, self._stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 self.argv(),
@@ -110,31 +133,47 @@ class DaemonProcess:
                 stderr=err,
                 env=clean_environment(self.env),
                 cwd=REPO_ROOT,
+                start_new_session=self.detached,
+                preexec_fn=die_with_parent if self.detached else None,
             )
         return self.proc
 
+    def _ready(self, deadline: float, timeout_s: float) -> bool:
+        """One look for the ready line: True once seen; DaemonError if the process exited or
+        `deadline` passed (then it is killed)."""
+        proc = self._require_proc()
+        match = READY.search(self.stdout)
+        if match:
+            self.base_url = match.group(1)
+            self.startup_s = time.monotonic() - self._launched_at
+            return True
+        if proc.poll() is not None:
+            self.returncode = proc.returncode
+            raise DaemonError(f"the daemon exited with code {proc.returncode} before it was ready\n{self}")
+        if time.monotonic() > deadline:
+            self.kill()
+            raise DaemonError(f"no ready line within {timeout_s}s\n{self}")
+        return False
+
     def wait_ready(self, timeout_s: float = 20.0) -> str:
         """Wait for the `localjobs ready URL` line; fail (and kill the process) if it never comes."""
-        proc = self._require_proc()
         deadline = time.monotonic() + timeout_s
-        while True:
-            match = READY.search(self.stdout)
-            if match:
-                self.base_url = match.group(1)
-                return self.base_url
-            if proc.poll() is not None:
-                self.returncode = proc.returncode
-                raise DaemonError(
-                    f"the daemon exited with code {proc.returncode} before it was ready\n{self}"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise DaemonError(f"no ready line within {timeout_s}s\n{self}")
+        while not self._ready(deadline, timeout_s):
             time.sleep(0.02)
+        return self.base_url
 
     def start(self, timeout_s: float = 20.0) -> str:
         self.launch()
         return self.wait_ready(timeout_s)
+
+    async def astart(self, timeout_s: float = 20.0, poll_s: float = 0.01) -> str:
+        """`start()` for a caller on an event loop: the wait does not block the loop."""
+        self.launch()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._ready(deadline, timeout_s):
+                return self.base_url
+            await asyncio.sleep(poll_s)
 
     @property
     def token(self) -> str:
@@ -181,15 +220,20 @@ class DaemonProcess:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.kill()
+            if self.detached:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.returncode = self.proc.wait(timeout=10)
 
-    def close(self) -> None:
-        """Teardown: end the daemon (gracefully if it is up) and any task process it left behind."""
+    def close(self, grace_s: float = 15.0) -> None:
+        """Teardown: end the daemon (gracefully if it is up, SIGTERM then `grace_s` at most) and
+        any task process it left behind."""
         if self.running():
             with contextlib.suppress(DaemonError):
-                self.stop(timeout_s=15.0)
+                self.stop(timeout_s=grace_s)
         self.kill()
         for proc in self.task_processes():
             with contextlib.suppress(psutil.Error):
@@ -218,6 +262,13 @@ class DaemonProcess:
     @property
     def stderr(self) -> str:
         return _read(self._stderr_path)
+
+    def stderr_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.stderr.splitlines()[-lines:])
+
+    def rss_mb(self) -> float:
+        """The daemon's resident set size now (MiB)."""
+        return float(psutil.Process(self.pid).memory_info().rss) / 2**20
 
     def __str__(self) -> str:
         return (
@@ -262,11 +313,3 @@ def launchers_of(pid: int) -> list[psutil.Process]:
             if "runner.executors.host.launcher" in child.cmdline():
                 found.append(child)
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` is a live (non-zombie) process."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-import pytest
+from tests.helpers import require
 
 TEST_IMAGE = os.environ.get("LOCALJOBS_TEST_IMAGE", "localjobs-test:busybox")
 
@@ -28,12 +28,12 @@ def docker_ready() -> str | None:
 
 def require_docker() -> None:
     """Skip only when explicitly allowed (LOCALJOBS_SKIP_DOCKER=1); otherwise a missing engine fails."""
-    reason = docker_ready()
-    if reason is None:
-        return
-    if os.environ.get("LOCALJOBS_SKIP_DOCKER") == "1":
-        pytest.skip(f"container tests skipped (LOCALJOBS_SKIP_DOCKER=1): {reason}")
-    pytest.fail(f"container tests need a Docker engine (run scripts/setup_docker.sh): {reason}")
+    require(
+        docker_ready(),
+        switch="LOCALJOBS_SKIP_DOCKER",
+        what="container",
+        needs="a Docker engine (run scripts/setup_docker.sh)",
+    )
 
 
 def containers_with_label(label: str) -> list[str]:

@@ -14,16 +14,15 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import TERMINAL
 from tests.daemon_process import (
     AUTH_HEADERS as AUTH,
 )
 from tests.daemon_process import (
     DaemonProcess,
     launchers_of,
-    pid_alive,
     task_processes_under,
 )
+from tests.helpers import TERMINAL, pid_alive, until_blocking, wait_status_blocking
 
 WS = "/apis/jobs/v2/workspaces/default"
 
@@ -64,17 +63,15 @@ def _create_job(base_url: str, name: str, *command: str) -> dict[str, Any]:
 
 
 def _wait_job(daemon: DaemonProcess, name: str, statuses: set[str], timeout_s: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def fetch() -> dict[str, Any]:
         resp = _get(daemon.base_url, f"{WS}/jobs/{name}")
         assert resp.status_code == 200, resp.text
-        job: dict[str, Any] = resp.json()
-        if job["status"] in statuses:
-            return job
-        if time.monotonic() > deadline:
-            steps = _get(daemon.base_url, f"{WS}/jobs/{name}/status").json()
-            raise AssertionError(f"job {name} still {job['status']} after {timeout_s}s: {steps}\n{daemon}")
-        time.sleep(0.05)
+        return resp.json()  # type: ignore[no-any-return]
+
+    def detail(job: dict[str, Any]) -> str:
+        return f"{_get(daemon.base_url, f'{WS}/jobs/{name}/status').json()}\n{daemon}"
+
+    return wait_status_blocking(fetch, statuses, what=f"job {name}", timeout_s=timeout_s, detail=detail)
 
 
 def _free_port() -> int:
@@ -256,10 +253,7 @@ def test_a_step_that_ends_while_the_daemon_is_down_gets_its_true_exit_code(
     _wait_job(daemon, "ends-alone", {"active"})
     pid = _get(url, f"{WS}/jobs/ends-alone/steps/main").json()["status_details"]["pid"]
     assert daemon.stop() == 0
-    deadline = time.monotonic() + 10
-    while pid_alive(pid):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    until_blocking(lambda: not pid_alive(pid), what=f"step process {pid} ending", timeout_s=10)
     url = daemon.start()
     job = _wait_job(daemon, "ends-alone", TERMINAL)
     assert job["status"] == "error"

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.daemon_process import DaemonProcess, clean_environment, localjobs_command
+from tests.helpers import until_blocking
 
 Result = subprocess.CompletedProcess[str]
 
@@ -76,7 +77,7 @@ def test_a_cancelled_job_exits_75_for_run_and_wait(daemon: DaemonProcess) -> Non
         stderr=subprocess.PIPE,
         text=True,
     )
-    _until(lambda: _job(data, "long-job")["status"] == "active")
+    until_blocking(lambda: _job(data, "long-job")["status"] == "active", what="long-job active")
     cancel = cli(data, "cancel", "long-job")
     assert cancel.returncode == 0, cancel
     out, err = attached.communicate(timeout=30)
@@ -253,13 +254,6 @@ def test_client_commands_do_not_import_the_daemon() -> None:
 def _job(data: Path, name: str) -> dict[str, Any]:
     result = cli(data, "status", "--json", name)
     return json.loads(result.stdout) if result.returncode == 0 else {"status": "?"}  # type: ignore[no-any-return]
-
-
-def _until(condition: Any, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_an_explicit_url_gets_no_token_from_the_data_dir(daemon: DaemonProcess) -> None:

@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 
 from tests.daemon_process import AUTH_HEADERS as AUTH
-from tests.daemon_process import DaemonProcess, pid_alive
+from tests.daemon_process import DaemonProcess
 from tests.docker_env import TEST_IMAGE, require_docker
+from tests.helpers import pid_alive
 
 WS = "/apis/jobs/v2/workspaces/crash"
 HEARTBEAT = (

@@ -159,24 +159,13 @@ async def _docker_last_line(container_id: str) -> str:
     return done.stdout.strip()
 
 
-async def _logs_until(api: Api, job: str, done: Any, what: str, timeout_s: float = 30) -> list[str]:
-    """The job's stored lines once `done(lines)` holds (polled, bounded)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not done(lines := await api.logs(job)):
-        assert asyncio.get_running_loop().time() < deadline, (
-            f"{what}: not within {timeout_s} s ({len(lines)} lines)"
-        )
-        await asyncio.sleep(0.05)
-    return lines
-
-
 async def test_pause_and_resume_a_container(api: Api) -> None:
     counter = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done"
     await api.create_job([container_step("count", counter)], name="cpause")
     await api.wait_job("cpause", {"active"}, timeout_s=60)
     _, s = await api.request("GET", "/jobs/cpause/steps/count")
     (container_id,) = s["status_details"]["container_ids"]
-    await _logs_until(api, "cpause", lambda lines: len(lines) >= 5, "it counts")
+    await api.logs_until("cpause", lambda lines: len(lines) >= 5, "it counts")
     await api.request("POST", "/jobs/cpause/pause")
     await api.wait_job("cpause", {"paused"}, timeout_s=60)
     # Frozen: the collector stores what was printed before the freeze, up to the counter's last
@@ -193,7 +182,7 @@ async def test_pause_and_resume_a_container(api: Api) -> None:
     assert await api.logs("cpause") == frozen
     await api.request("POST", "/jobs/cpause/resume")
     await api.wait_job("cpause", {"active"}, timeout_s=60)
-    resumed = await _logs_until(api, "cpause", lambda lines: len(lines) > len(frozen), "it counts on")
+    resumed = await api.logs_until("cpause", lambda lines: len(lines) > len(frozen), "it counts on")
     later = [int(x) for x in resumed]
     assert len(later) > len(frozen)
     assert later == list(range(1, len(later) + 1))

@@ -24,7 +24,7 @@ import pytest
 
 from storage.health import WriteHealth
 from tests.conftest import Api, api_for, running_server, shell, step
-from tests.daemon_process import pid_alive
+from tests.helpers import wait_gone
 from web.app import Server
 
 FULL = "no space left on device"
@@ -91,14 +91,6 @@ async def _pid(api: Api, job: str, step_name: str) -> int:
     return int(s["status_details"]["pid"])
 
 
-async def _wait_gone(pid: int, timeout_s: float = 20) -> None:
-    """Until the task's process has ended (a zombie counts: it runs no more)."""
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid):
-        assert time.monotonic() < deadline, f"process {pid} still running after {timeout_s} s"
-        await asyncio.sleep(0.02)
-
-
 async def _stdout(api: Api, job: str) -> list[str]:
     status, page = await api.request("GET", f"/jobs/{job}/logs", params={"limit": 10000})
     assert status == 200, page
@@ -161,7 +153,7 @@ async def test_a_step_killed_by_the_full_disk_ends_in_error_naming_it(
         pid = await _pid(api, "writer", "writer")
         filler = await asyncio.to_thread(_fill, small_disk)
         await _wait_health(srv, api, 503)
-        await _wait_gone(pid)  # the task dies of it (not a fixed sleep hoping it had)
+        await wait_gone(pid)  # the task dies of it (not a fixed sleep hoping it had)
         filler.unlink()
         job = await api.wait_job("writer", timeout_s=30)
         assert job["status"] == "error", job
@@ -187,7 +179,7 @@ async def test_a_silent_step_whose_one_write_fails_on_the_full_disk_says_so(
         pid = await _pid(api, "quiet", "quiet")
         filler = await asyncio.to_thread(_fill, small_disk)
         go.touch()
-        await _wait_gone(pid)  # it fails to write and ends (not a fixed sleep hoping it had)
+        await wait_gone(pid)  # it fails to write and ends (not a fixed sleep hoping it had)
         # The daemon's first write after the end (the note, once it has looked at the disk) fails:
         # only then may space return, or a loaded machine could see the end after the disk freed.
         await _wait_health(srv, api, 503)

@@ -3,22 +3,17 @@ a workload makes keep the modes it gives them (no umask is imposed on it)."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 from storage import Repository
 from tests.conftest import Api, shell
+from tests.helpers import file_mode
 
 PRIVATE_FILE = 0o600
 PRIVATE_FOLDER = 0o700
-
-
-def _mode(path: str | Path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def _umask() -> int:
@@ -47,17 +42,17 @@ async def _run(api: Api, name: str, config: dict[str, str] | None = None) -> tup
 def _assert_task_files_private(work_dir: str, work_root: Path) -> None:
     folder = Path(work_dir)
     for path in (folder / "stdout.log", folder / "stderr.log", folder / "exit_code"):
-        assert _mode(path) == PRIVATE_FILE, path
+        assert file_mode(path) == PRIVATE_FILE, path
     config = folder / "config" / "job_step_config.json"
-    assert _mode(config) == PRIVATE_FILE
+    assert file_mode(config) == PRIVATE_FILE
     storage = folder.parent.parent / "job-storage"
     for path in (folder / "scratch", folder / "config", storage):
-        assert _mode(path) == PRIVATE_FOLDER, path
+        assert file_mode(path) == PRIVATE_FOLDER, path
     # The task folder and every folder made on the way to it, below the work folder.
     while folder != work_root:
-        assert _mode(folder) == PRIVATE_FOLDER, folder
+        assert file_mode(folder) == PRIVATE_FOLDER, folder
         folder = folder.parent
-    assert _mode(work_root) == PRIVATE_FOLDER
+    assert file_mode(work_root) == PRIVATE_FOLDER
 
 
 def _assert_workload_modes_untouched(lines: list[str]) -> None:
@@ -74,8 +69,8 @@ async def test_the_daemons_files_are_private_after_a_real_job(api: Api, tmp_path
     _assert_workload_modes_untouched(lines)
     # The database and the files SQLite makes beside it while the daemon runs.
     for name in ("localjobs.db", "localjobs.db-wal", "localjobs.db-shm"):
-        assert _mode(data / name) == PRIVATE_FILE, name
-    assert _mode(data / "launcher.log") == PRIVATE_FILE
+        assert file_mode(data / name) == PRIVATE_FILE, name
+    assert file_mode(data / "launcher.log") == PRIVATE_FILE
 
 
 async def test_a_start_made_by_the_daemon_itself_is_private_too(api: Api, tmp_path: Path) -> None:
@@ -102,11 +97,11 @@ async def test_a_database_left_with_wide_modes_is_narrowed(tmp_path: Path) -> No
     path.chmod(0o644)  # whatever the umask: as an older version left it
     subprocess.run([sys.executable, "-c", _LEAVE_WAL, str(path)], check=True)
     for suffix in ("", "-wal", "-shm"):
-        assert _mode(f"{path}{suffix}") == 0o644
+        assert file_mode(f"{path}{suffix}") == 0o644
     store = await Repository.open(path)
     try:
         for suffix in ("", "-wal", "-shm"):
-            assert _mode(f"{path}{suffix}") == PRIVATE_FILE, suffix
+            assert file_mode(f"{path}{suffix}") == PRIVATE_FILE, suffix
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:  # nothing was lost on the way
@@ -117,8 +112,8 @@ async def test_a_new_database_is_private_from_creation(tmp_path: Path) -> None:
     path = tmp_path / "new" / "store.db"
     store = await Repository.open(path)
     try:
-        assert _mode(path.parent) == PRIVATE_FOLDER
+        assert file_mode(path.parent) == PRIVATE_FOLDER
         for suffix in ("", "-wal", "-shm"):
-            assert _mode(f"{path}{suffix}") == PRIVATE_FILE, suffix
+            assert file_mode(f"{path}{suffix}") == PRIVATE_FILE, suffix
     finally:
         await store.close()

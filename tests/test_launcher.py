@@ -19,6 +19,7 @@ from runner.executors.host.launcher_client import LauncherClient
 from runner.executors.host.protocol import StartRequest, TaskStart
 from tests.conftest import Api, shell, step
 from tests.daemon_process import launchers_of
+from tests.helpers import pid_alive, until
 
 
 def _launchers() -> list[psutil.Process]:
@@ -50,13 +51,6 @@ def _request(folder: Path, argv: list[str]) -> TaskStart:
     )
 
 
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 async def test_many_starts_at_once_all_get_their_answer(tmp_path: Path) -> None:
     """More requests than the launcher's socket queue holds (~10): they wait their turn."""
     async with _client(tmp_path) as client:
@@ -82,10 +76,9 @@ async def test_an_idle_launcher_leaves_and_the_next_start_brings_a_new_one(tmp_p
         (launcher,) = _launchers()
         go.touch()
         assert await asyncio.wait_for(first.exited, 30) == 0
-        deadline = asyncio.get_running_loop().time() + 10
-        while _alive(launcher):
-            assert asyncio.get_running_loop().time() < deadline, "the idle launcher stayed"
-            await asyncio.sleep(0.05)
+        await until(
+            lambda: not pid_alive(launcher), what="the idle launcher leaving", timeout_s=10, poll_s=0.05
+        )
         second = await client.start(_request(tmp_path / "second", ["/bin/sh", "-c", "exit 3"]))
         os.close(second.pidfd)
         assert await asyncio.wait_for(second.exited, 10) == 3

@@ -17,8 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import TERMINAL, Api, api_for, running_server, shell
-from tests.daemon_process import DaemonProcess, launchers_of, pid_alive
+from tests.conftest import Api, api_for, running_server, shell
+from tests.daemon_process import DaemonProcess, launchers_of
+from tests.helpers import TERMINAL, pid_alive, until, until_blocking, wait_status_blocking
 
 WS = "/apis/jobs/v2/workspaces/default"
 GRACE_S = 2.0
@@ -65,13 +66,6 @@ def _kill(procs: list[psutil.Process]) -> None:
             proc.kill()
 
 
-async def _until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        await asyncio.sleep(0.02)
-
-
 def _wait_for(name: str) -> str:
     """Shell: wait (bounded, ~60 s) until the test creates `name` in the job's storage. A step
     that must run until the test has seen something waits so, not for a fixed time (a loaded
@@ -101,7 +95,9 @@ async def test_fifty_left_behind_are_all_gone_within_the_grace_period(tmp_path: 
         script = FIFTY + "echo spawned; " + _wait_for("go") + "exit 0"
         await api.create_job([shell("main", script)], name="fifty")
         storage = await _job_storage(api, "fifty")
-        await _until(lambda: len(_sleeps(data_dir, *marks)) == 50, 30, "50 background processes")
+        await until(
+            lambda: len(_sleeps(data_dir, *marks)) == 50, what="50 background processes", timeout_s=30
+        )
         (storage / "go").touch()  # the main process ends now: the grace period starts after this
         main_ended = time.monotonic()
         job = await api.wait_job("fifty", timeout_s=GRACE_S + 20)
@@ -151,17 +147,17 @@ async def test_one_that_left_the_session_and_cleared_its_environment_is_ended_to
             )
             anon = await _job_storage(api, "anon")
             # Exec'd as `sleep` (not `setsid ... sleep 3601` any more): it left the session.
-            await _until(
+            await until(
                 lambda: [p.info["cmdline"] for p in _host_sleeps("3601")] == [["sleep", "3601"]],
-                30,
-                "it left the session",
+                what="it left the session",
+                timeout_s=30,
             )
             (anon / "go").touch()
             assert (await api.wait_job("anon"))["status"] == "completed"
             assert len(_host_sleeps("3601")) == 1  # `other` still runs: it may be its
             (other / "go").touch()
             assert (await api.wait_job("other"))["status"] == "completed"
-            await _until(lambda: not _host_sleeps("3601"), 10, "ended")
+            await until(lambda: not _host_sleeps("3601"), what="ended", timeout_s=10)
         finally:
             _kill(_host_sleeps("3601"))
 
@@ -215,7 +211,11 @@ async def test_the_keep_setting_leaves_them_running(tmp_path: Path) -> None:
         assert job["status"] == "completed"
         assert time.monotonic() - started < grace_s / 2  # nothing waited for them
         # All three running (the double-forked one may exec only after the step ended).
-        await _until(lambda: len(_sleeps(data_dir, "3201", "3202", "3203")) == 3, 10, "three left running")
+        await until(
+            lambda: len(_sleeps(data_dir, "3201", "3202", "3203")) == 3,
+            what="three left running",
+            timeout_s=10,
+        )
 
 
 def _host_sleeps(*marks: str) -> list[psutil.Process]:
@@ -243,7 +243,9 @@ async def test_a_container_steps_leftovers_die_with_its_container(tmp_path: Path
             await api.create_job(
                 [{"name": "main", "executor": {"provider": "cpu", "container": container}}], name="box"
             )
-            await _until(lambda: len(_host_sleeps(*marks)) == 3, 60, "three running in the container")
+            await until(
+                lambda: len(_host_sleeps(*marks)) == 3, what="three running in the container", timeout_s=60
+            )
             (await _job_storage(api, "box") / "go").touch()
             job = await api.wait_job("box", timeout_s=60)
             assert job["status"] == "completed", job
@@ -343,20 +345,13 @@ def _submit(daemon: DaemonProcess, name: str, script: str) -> None:
 
 
 def _wait(daemon: DaemonProcess, name: str, statuses: set[str], timeout_s: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job: dict[str, Any] = _call(daemon, "GET", f"/jobs/{name}")
-        if job["status"] in statuses:
-            return job
-        assert time.monotonic() < deadline, f"{name} still {job['status']}\n{daemon}"
-        time.sleep(0.05)
-
-
-def _wait_until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.05)
+    return wait_status_blocking(
+        lambda: _call(daemon, "GET", f"/jobs/{name}"),
+        statuses,
+        what=name,
+        timeout_s=timeout_s,
+        detail=lambda job: daemon,
+    )
 
 
 LEAVES_THREE = "sleep 3301 & setsid sleep 3302 & (sleep 3303 &); exit 0"
@@ -373,12 +368,12 @@ def test_a_restart_sweeps_the_leftovers_of_a_task_no_step_knows(
     daemon.start()
     _submit(daemon, "kept", LEAVES_THREE)
     assert _wait(daemon, "kept", TERMINAL)["status"] == "completed"
-    _wait_until(lambda: len(_sleeps(data_dir, *THREE)) == 3, 5, "three left running")
+    until_blocking(lambda: len(_sleeps(data_dir, *THREE)) == 3, what="three left running", timeout_s=5)
     daemon.stop(signal.SIGKILL)
     assert len(_sleeps(data_dir, *THREE)) == 3
     del daemon.env["LOCALJOBS_KEEP_LEFTOVER_PROCESSES"]
     daemon.start()
-    _wait_until(lambda: not _sleeps(data_dir, *THREE), 10, "the sweep ends them")
+    until_blocking(lambda: not _sleeps(data_dir, *THREE), what="the sweep ends them", timeout_s=10)
 
 
 def test_with_the_keep_setting_a_restart_keeps_what_an_ended_task_left(
@@ -389,7 +384,7 @@ def test_with_the_keep_setting_a_restart_keeps_what_an_ended_task_left(
     daemon.start()
     _submit(daemon, "kept", LEAVES_THREE)
     assert _wait(daemon, "kept", TERMINAL)["status"] == "completed"
-    _wait_until(lambda: len(_sleeps(data_dir, *THREE)) == 3, 5, "three left running")
+    until_blocking(lambda: len(_sleeps(data_dir, *THREE)) == 3, what="three left running", timeout_s=5)
     daemon.stop(signal.SIGKILL)
     daemon.start()
     time.sleep(1.0)  # the sweep runs before the daemon takes steps: long done by now
@@ -408,18 +403,18 @@ def test_leftovers_of_a_task_whose_launcher_died_are_swept(daemon: DaemonProcess
     _wait(daemon, "orphaned", {"active"})
     step = _call(daemon, "GET", "/jobs/orphaned/steps/main")
     pid = int(step["status_details"]["pid"])
-    _wait_until(lambda: len(_sleeps(data_dir, *THREE)) == 3, 20, "three running")
+    until_blocking(lambda: len(_sleeps(data_dir, *THREE)) == 3, what="three running", timeout_s=20)
     (launcher,) = launchers_of(daemon.pid)
     daemon.stop(signal.SIGKILL)
     launcher.kill()
     launcher.wait(10)
     (_storage_of(step) / "go").touch()
-    _wait_until(lambda: not pid_alive(pid), 20, "the main process ends")
+    until_blocking(lambda: not pid_alive(pid), what="the main process ends", timeout_s=20)
     assert len(_sleeps(data_dir, *THREE)) == 3
     daemon.start()
     job = _wait(daemon, "orphaned", TERMINAL)
     assert job["status"] == "error", job
-    _wait_until(lambda: not _sleeps(data_dir, *THREE), 10, "the sweep ends them")
+    until_blocking(lambda: not _sleeps(data_dir, *THREE), what="the sweep ends them", timeout_s=10)
 
 
 def test_after_a_restart_leftovers_are_still_ended_and_their_output_stored(

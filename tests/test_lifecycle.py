@@ -96,14 +96,13 @@ async def test_daemon_environment_does_not_leak(api: Api, monkeypatch: object) -
 
 async def test_status_details_are_truthful_while_running(api: Api) -> None:
     await api.create_job([shell("slow", "echo started; sleep 30")], name="running")
-    job = await api.wait_job("running", {"active"})
+    await api.wait_job("running", {"active"})
     status, s = await api.request("GET", "/jobs/running/steps/slow")
     assert s["status"] == "active"
     pid = s["status_details"]["pid"]
     import os
 
     os.kill(pid, 0)  # the recorded pid is a live process
-    assert job["status"] == "active"
     status, job = await api.request("POST", "/jobs/running/cancel")
     assert status == 200
     job = await api.wait_job("running")

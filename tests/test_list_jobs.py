@@ -11,6 +11,7 @@ import pytest
 from yarl import URL
 
 from tests.conftest import Api, assert_422, shell, step
+from tests.helpers import ts
 
 PAGINATION_FIELDS = {"page", "page_size", "current_page_size", "total_pages", "total_results"}
 JOB_FIELDS = {
@@ -56,10 +57,6 @@ async def list_jobs(api: Api, query: str = "", workspace: str | None = None) -> 
 def sdk(params: dict[str, str]) -> str:
     """The SDK's encoding: urllib's urlencode, so [ ] $ , : + are all percent-encoded."""
     return urlencode(params)
-
-
-def ts(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def names(page: dict[str, Any]) -> list[str]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 import pytest
 from yarl import URL
 
 from tests.conftest import Api, assert_422, shell, step
+from tests.helpers import ts
 
 SEED_ORDER = [
     "id",
@@ -61,10 +61,6 @@ async def list_steps(
     status, page = await raw(api, f"/jobs/{job}/steps{'?' + query if query else ''}", workspace)
     assert status == 200, page
     return page  # type: ignore[no-any-return]
-
-
-def ts(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def names(page: dict[str, Any]) -> list[tuple[str, str]]:

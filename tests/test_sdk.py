@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TERMINAL
-from tests.daemon_process import TEST_TOKEN, pid_alive
+from tests.daemon_process import TEST_TOKEN
+from tests.helpers import TERMINAL, pid_alive, wait_gone, wait_status
 from web.app import Server
 
 if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
@@ -51,15 +51,13 @@ class Sdk:
         return await asyncio.to_thread(collect)
 
     async def wait_job(self, name: str, statuses: set[str] | None = None, timeout_s: float = 20) -> Any:
-        wanted = statuses or TERMINAL
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = await self(self.jobs.retrieve, name)
-            if job.status in wanted:
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {name} still {job.status} after {timeout_s}s")
-            await asyncio.sleep(0.02)
+        return await wait_status(
+            lambda: self(self.jobs.retrieve, name),
+            statuses or TERMINAL,
+            what=f"job {name}",
+            timeout_s=timeout_s,
+            detail=lambda job: "",
+        )
 
     async def create(self, name: str | None, *steps: dict[str, Any], **extra: Any) -> Any:
         if name is not None:
@@ -228,7 +226,7 @@ async def test_update_status_details_and_step_status(sdk: Sdk) -> None:
     job = await sdk.wait_job("sdk-patch")
     assert job.status == "error"
     assert job.error_details["message"] == "given up by the client"
-    await _wait_gone(pid)
+    await wait_gone(pid)
 
     with pytest.raises(ConflictError):
         await sdk(sdk.jobs.steps.update_status, "slow", job="sdk-patch", status="active")
@@ -247,7 +245,7 @@ async def test_cancel_a_sleeping_job_then_delete_it(sdk: Sdk) -> None:
     assert job.status in ("cancelling", "cancelled")
     job = await sdk.wait_job("sdk-cancel")
     assert job.status == "cancelled"
-    await _wait_gone(pid)
+    await wait_gone(pid)
 
     assert await sdk(sdk.jobs.delete, "sdk-cancel") is None
     with pytest.raises(NotFoundError):
@@ -259,9 +257,9 @@ async def test_pause_and_resume(sdk: Sdk) -> None:
     await sdk.create("sdk-pause", sh("slow", "sleep 300"))
     await sdk.wait_job("sdk-pause", {"active"})
     await sdk(sdk.jobs.pause, "sdk-pause")
-    assert (await sdk.wait_job("sdk-pause", {"paused"})).status == "paused"
+    await sdk.wait_job("sdk-pause", {"paused"})
     await sdk(sdk.jobs.resume, "sdk-pause")
-    assert (await sdk.wait_job("sdk-pause", {"active"})).status == "active"
+    await sdk.wait_job("sdk-pause", {"active"})
     await sdk(sdk.jobs.cancel, "sdk-pause")
     assert (await sdk.wait_job("sdk-pause")).status == "cancelled"
 
@@ -319,13 +317,6 @@ async def test_async_client_auto_pagination(server: Server) -> None:
         assert [s.name for s in steps] == ["print"]
     finally:
         await client.close()
-
-
-async def _wait_gone(pid: int, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid):
-        assert time.monotonic() < deadline, f"process {pid} still alive"
-        await asyncio.sleep(0.05)
 
 
 async def test_results_through_the_sdk(sdk: Sdk) -> None:

@@ -3,9 +3,7 @@ and comes out of no jobs API response."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 from runner.secrets import MASK, Masker
@@ -31,16 +29,6 @@ async def _create_secret(api: Api, name: str, value: str) -> None:
     assert status == 201, body
 
 
-async def _logs_until(api: Api, job: str, markers: set[str], timeout_s: float = 20) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        lines = await api.logs(job)
-        if markers <= set(lines):
-            return lines
-        assert time.monotonic() < deadline, lines
-        await asyncio.sleep(0.05)
-
-
 async def test_no_write_path_stores_a_secret_value(api: Api) -> None:
     for name, value in (("one", VALUE), ("key", MULTI), ("later", LATER), ("number", NUMBER)):
         await _create_secret(api, name, value)
@@ -58,7 +46,9 @@ async def test_no_write_path_stores_a_secret_value(api: Api) -> None:
     created = await api.create_job([first, second], name="leaky")
 
     # Output, including a value on several lines (each of its lines is masked).
-    lines = await _logs_until(api, "leaky", {"printed", "[stderr] printed"})
+    lines = await api.logs_until(
+        "leaky", lambda lines: {"printed", "[stderr] printed"} <= set(lines), "both printed"
+    )
     stdout = [line for line in lines if not line.startswith("[stderr] ")]  # in order per stream
     assert stdout == [f"one={MASK}", *[MASK] * 4, f"crlf:{MASK}", f"n={MASK}", "printed"]
     assert [line for line in lines if line not in stdout] == [f"[stderr] {MASK}"] * 4 + ["[stderr] printed"]

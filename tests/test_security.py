@@ -9,7 +9,6 @@ import asyncio
 import http.client
 import json
 import os
-import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 from runner.settings import load_settings
 from tests.conftest import Api, shell, step
 from tests.daemon_process import TEST_TOKEN, DaemonProcess
+from tests.helpers import file_mode, wait_status_blocking
 from web.app import Server
 
 WS = "/apis/jobs/v2/workspaces/default"
@@ -198,10 +198,6 @@ def _daemon(made: list[DaemonProcess], tmp_path: Path, data_dir: Path, **kwargs:
     return daemon
 
 
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
 def test_first_start_creates_a_private_token_that_clients_use(
     daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
@@ -211,8 +207,8 @@ def test_first_start_creates_a_private_token_that_clients_use(
     url = daemon.start()
     token_file = data_dir / "token"
     token = token_file.read_text().strip()
-    assert len(token) >= 32 and _mode(token_file) == 0o600
-    assert _mode(data_dir) == 0o700
+    assert len(token) >= 32 and file_mode(token_file) == 0o600
+    assert file_mode(data_dir) == 0o700
     assert httpx.get(url + WS + "/jobs", timeout=10).status_code == 401
     assert httpx.get(url + WS + "/jobs", headers=_bearer(token), timeout=10).status_code == 200
     assert str(token_file) in daemon.stderr and token not in daemon.stderr + daemon.stdout
@@ -298,7 +294,7 @@ def test_an_existing_data_dir_keeps_its_mode(daemons: list[DaemonProcess], tmp_p
     shared.chmod(0o777)
     daemon = _daemon(daemons, tmp_path, shared)
     daemon.start()
-    assert _mode(shared) == 0o777
+    assert file_mode(shared) == 0o777
     assert "writable by other users" in daemon.stderr
     daemon.stop()
     plain = tmp_path / "plain"
@@ -306,20 +302,19 @@ def test_an_existing_data_dir_keeps_its_mode(daemons: list[DaemonProcess], tmp_p
     plain.chmod(0o755)
     daemon = _daemon(daemons, tmp_path, plain)
     daemon.start()
-    assert _mode(plain) == 0o755 and "writable by other users" not in daemon.stderr
-    assert _mode(plain / "token") == 0o600 if (plain / "token").exists() else True
+    assert file_mode(plain) == 0o755 and "writable by other users" not in daemon.stderr
+    assert file_mode(plain / "token") == 0o600 if (plain / "token").exists() else True
 
 
 def _wait_status(
     url: str, headers: dict[str, str], name: str, statuses: set[str], timeout_s: float = 15
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = httpx.get(f"{url}{WS}/jobs/{name}", headers=headers, timeout=10).json()
-        if job["status"] in statuses:
-            return job  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
+    return wait_status_blocking(
+        lambda: httpx.get(f"{url}{WS}/jobs/{name}", headers=headers, timeout=10).json(),
+        statuses,
+        what=f"job {name}",
+        timeout_s=timeout_s,
+    )
 
 
 # ------------------------------------------------------------------------ workloads

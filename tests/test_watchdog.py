@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from runner.clock import ManualClock
 from tests.conftest import Api, api_for, running_server, shell
+from tests.helpers import wait_gone
 
 PUT_HEARTBEAT = (
     'curl -s -X PUT -H "content-type: application/json" -H "Authorization: Bearer $(cat "$NMP_WORKLOAD_IDENTITY_TOKEN_FILE")" -d \'{"status":"active"}\' '
@@ -19,12 +19,13 @@ PUT_HEARTBEAT = (
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+async def _left_alone(api: Api, name: str, status: str) -> None:
+    """The watchdog did not end the job: read now (not waited for), still `status`, no error
+    written, and its step likewise."""
+    job = await api.job(name)
+    assert job["status"] == status and not job["error_details"], job
+    _, steps = await api.request("GET", f"/jobs/{name}/steps")
+    assert [(s["status"], bool(s["error_details"])) for s in steps["data"]] == [(status, False)], steps
 
 
 async def _task_name(api: Api, job: str, step: str) -> str:
@@ -44,7 +45,7 @@ async def test_staleness_on_an_injected_clock(tmp_path: Path) -> None:
 
         clock.advance(4)
         await watchdog.check()
-        assert (await api.wait_job("stale", {"active"}))["status"] == "active"
+        await _left_alone(api, "stale", "active")
 
         # A PUT from the workload is a heartbeat even when nothing else changes.
         task = await _task_name(api, "stale", "quiet")
@@ -54,17 +55,14 @@ async def test_staleness_on_an_injected_clock(tmp_path: Path) -> None:
         assert status == 200
         clock.advance(4)  # 8 s after start, 4 s after the heartbeat
         await watchdog.check()
-        assert (await api.wait_job("stale", {"active"}))["status"] == "active"
+        await _left_alone(api, "stale", "active")
 
         clock.advance(1.5)  # 5.5 s after the heartbeat
         await watchdog.check()
         job = await api.wait_job("stale")
         assert job["status"] == "error"
         assert job["error_details"]["message"] == "Job terminated: no task updates received within 5 s"
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            await __import__("asyncio").sleep(0.02)
-        assert not _alive(pid)
+        await wait_gone(pid, timeout_s=5)
         _, tasks = await api.request("GET", "/jobs/stale/steps/quiet/tasks")
         assert tasks["data"][0]["status"] == "error"
 
@@ -96,12 +94,12 @@ async def test_active_time_limit_ignores_paused_time(tmp_path: Path) -> None:
         await api.wait_job("limited", {"paused"})
         clock.advance(100)  # paused: neither the limit nor staleness runs
         await watchdog.check()
-        assert (await api.wait_job("limited", {"paused"}))["status"] == "paused"
+        await _left_alone(api, "limited", "paused")
         await api.request("POST", "/jobs/limited/resume")
         await api.wait_job("limited", {"active"})
         clock.advance(3)  # 9 s active in all
         await watchdog.check()
-        assert (await api.wait_job("limited", {"active"}))["status"] == "active"
+        await _left_alone(api, "limited", "active")
         clock.advance(2)  # 11 s active
         await watchdog.check()
         job = await api.wait_job("limited")
@@ -180,7 +178,7 @@ async def test_paused_step_does_not_go_stale_and_is_watched_again_after_resume(t
         await api.request("POST", "/jobs/paused-stale/pause")
         await api.wait_job("paused-stale", {"paused"})
         await asyncio.sleep(3)  # longer than the timeout, but paused
-        assert (await api.wait_job("paused-stale", {"paused"}))["status"] == "paused"
+        await _left_alone(api, "paused-stale", "paused")
         await api.request("POST", "/jobs/paused-stale/resume")
         await api.wait_job("paused-stale", {"active"})
         job = await api.wait_job("paused-stale", timeout_s=15)  # silent again: ended ~2 s later

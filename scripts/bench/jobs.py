@@ -1,0 +1,177 @@
+"""The `jobs` section: submit and spawn latency, N jobs end to end against the spawn floor, RSS."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from scripts.bench.client import one_step_job, post_job, wait_all_completed
+from scripts.bench.common import MAX_RUNNING_STEPS, V2, log, pct, profiler, quiesce_disk
+from scripts.bench.daemon import AUTH_HEADERS, running_daemon
+from scripts.bench.daemon import launcher as daemon_launcher
+
+
+@dataclass
+class RunResult:
+    values: dict[str, float] = field(default_factory=dict)
+
+
+async def phase_spawn_latency(
+    session: aiohttp.ClientSession, base: str, count: int, gap_s: float, result: RunResult
+) -> None:
+    """Idle daemon, one POST at a time: submit latency, and POST-sent -> workload-started latency."""
+    workspace = "bench-spawn"
+    date = shutil.which("date") or "/bin/date"
+    sent_ns: dict[str, int] = {}
+    submit_ms: list[float] = []
+    for i in range(count):
+        name = f"spawn-{i}"
+        body = one_step_job(name, [date, "+%s%N"])
+        t_ns = time.time_ns()
+        t0 = time.perf_counter()
+        await post_job(session, base, workspace, body)
+        submit_ms.append((time.perf_counter() - t0) * 1000)
+        sent_ns[name] = t_ns
+        await asyncio.sleep(gap_s)
+    await wait_all_completed(session, base, workspace, count, timeout_s=60 + count)
+    spawn_ms: list[float] = []
+    for name, t_ns in sent_ns.items():
+        async with session.get(f"{base}{V2}/workspaces/{workspace}/jobs/{name}/logs") as resp:
+            raw = await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"GET logs of {name} -> {resp.status}: {raw[:300]!r}")
+            page = json.loads(raw)
+        started = [int(line["message"]) for line in page["data"] if line["message"].strip().isdigit()]
+        if not started:
+            raise RuntimeError(f"job {name}: no start time in its logs: {page}")
+        spawn_ms.append((started[0] - t_ns) / 1e6)
+    result.values["submit_idle_p50"] = pct(submit_ms, 50)
+    result.values["submit_idle_p95"] = pct(submit_ms, 95)
+    result.values["spawn_p50"] = pct(spawn_ms, 50)
+    result.values["spawn_p95"] = pct(spawn_ms, 95)
+
+
+async def phase_end_to_end(
+    session: aiohttp.ClientSession, base: str, n: int, concurrency: int, result: RunResult
+) -> None:
+    """N one-step `true` jobs, submitted `concurrency` at a time: first POST -> all completed."""
+    workspace = "bench-e2e"
+    true = shutil.which("true") or "/bin/true"
+    sem = asyncio.Semaphore(concurrency)
+    submit_ms: list[float] = []
+
+    async def submit(i: int) -> None:
+        async with sem:
+            t0 = time.perf_counter()
+            await post_job(session, base, workspace, one_step_job(f"e2e-{i}", [true]))
+            submit_ms.append((time.perf_counter() - t0) * 1000)
+
+    t_start = time.monotonic()
+    submitters = asyncio.gather(*(submit(i) for i in range(n)))
+    try:
+        await asyncio.wait_for(asyncio.shield(submitters), timeout=60 + n * 0.5)
+    except BaseException:
+        submitters.cancel()
+        with contextlib.suppress(BaseException):
+            await submitters
+        raise
+    t_submitted = time.monotonic()
+    t_done = await wait_all_completed(session, base, workspace, n, timeout_s=120 + n * 1.0)
+    result.values["submit_load_p50"] = pct(submit_ms, 50)
+    result.values["submit_load_p95"] = pct(submit_ms, 95)
+    result.values["submit_all_s"] = t_submitted - t_start
+    result.values["e2e_s"] = t_done - t_start
+
+
+async def spawn_floor(n: int, argv_for: Callable[[int, Path], list[str]], tmp: Path) -> float:
+    """N processes straight from Python, MAX_RUNNING_STEPS at a time, own session, output to files."""
+    sem = asyncio.Semaphore(MAX_RUNNING_STEPS)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+
+    async def one(i: int) -> None:
+        async with sem:
+            out = os.open(tmp / f"{i}.out", flags, 0o644)
+            err = os.open(tmp / f"{i}.err", flags, 0o644)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv_for(i, tmp),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            finally:
+                os.close(out)
+                os.close(err)
+            if await proc.wait() != 0:
+                raise RuntimeError(f"floor process {i} failed")
+
+    t0 = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), timeout=60 + n * 0.5)
+    return time.monotonic() - t0
+
+
+async def phase_floor(n: int, tmp: Path, run_no: int, result: RunResult) -> None:
+    # Fresh folders, nothing deleted until the whole bench is over: see quiesce_disk.
+    true = shutil.which("true") or "/bin/true"
+    bare = tmp / f"floor-{run_no}"
+    bare.mkdir(parents=True)
+    result.values["floor_s"] = await spawn_floor(n, lambda i, d: [true], bare)
+
+
+async def one_run(args: argparse.Namespace, run_no: int, tmp: Path, result: RunResult) -> None:
+    data_dir = tmp / f"run{run_no}-data"
+    quiesce_disk()
+    async with running_daemon(data_dir, tmp, f"run{run_no}") as daemon:
+        result.values["startup_s"] = daemon.startup_s
+        await asyncio.sleep(0.5)
+        result.values["rss_idle_mb"] = daemon.rss_mb()
+        timeout = aiohttp.ClientTimeout(total=60)
+        connector = aiohttp.TCPConnector(limit=max(args.concurrency, 4))
+        async with aiohttp.ClientSession(
+            headers=AUTH_HEADERS, timeout=timeout, connector=connector
+        ) as session:
+            log(f"run {run_no}: spawn latency ({args.spawn_jobs} sequential jobs)")
+            await phase_spawn_latency(session, daemon.base_url, args.spawn_jobs, 0.02, result)
+            log(f"run {run_no}: end-to-end, {args.jobs} jobs, {args.concurrency} POSTs in flight")
+            me, cpu0 = psutil.Process(), psutil.Process(daemon.pid).cpu_times()
+            mine0 = me.cpu_times()
+            launcher = daemon_launcher(daemon)  # started by the spawn-latency phase
+            launcher0 = launcher.cpu_times() if launcher is not None else None
+            with profiler(daemon.pid, args.profile if run_no == 1 else None):
+                await phase_end_to_end(session, daemon.base_url, args.jobs, args.concurrency, result)
+            cpu1, mine1 = psutil.Process(daemon.pid).cpu_times(), me.cpu_times()
+            result.values["daemon_cpu_s"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+            result.values["daemon_sys_s"] = cpu1.system - cpu0.system
+            result.values["client_cpu_s"] = (mine1.user + mine1.system) - (mine0.user + mine0.system)
+            if launcher is not None and launcher0 is not None:
+                with contextlib.suppress(psutil.Error):
+                    launcher1 = launcher.cpu_times()
+                    result.values["launcher_cpu_s"] = (launcher1.user + launcher1.system) - (
+                        launcher0.user + launcher0.system
+                    )
+            await asyncio.sleep(1.0)
+            result.values["rss_after_mb"] = daemon.rss_mb()
+            launcher = daemon_launcher(daemon)
+            if launcher is not None:
+                with contextlib.suppress(psutil.Error):
+                    result.values["launcher_rss_mb"] = launcher.memory_info().rss / 2**20
+            log(
+                f"run {run_no}: e2e {result.values['e2e_s']:.2f}s (daemon CPU {result.values['daemon_cpu_s']:.2f}s);"
+                f" floor ({args.jobs} direct spawns)"
+            )
+            await asyncio.to_thread(quiesce_disk)  # the floor too starts from a synced disk
+            await phase_floor(args.jobs, tmp, run_no, result)
+            log(f"run {run_no}: floor {result.values['floor_s']:.2f}s")
+    # data_dir stays until the bench is over (removed with tmp): see quiesce_disk.
