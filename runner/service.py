@@ -30,7 +30,7 @@ from runner.models import (
     StepFilter,
     StepRecord,
     StepSort,
-    SubprocessExecutor,
+    SubprocessExecutorSpec,
     TaskRecord,
     base58,
     new_entity_id,
@@ -176,7 +176,7 @@ class JobService:
                 why = unfit_reason(needs, self.capacity.resources()[0])
                 raise Unprocessable(f"step {step.name!r} can never start here: {why}")
             profile = self._profiles.get(executor.provider, executor.profile)
-            if profile.backend == "subprocess" or isinstance(executor, SubprocessExecutor):
+            if profile.backend == "subprocess" or isinstance(executor, SubprocessExecutorSpec):
                 continue  # always offered; no probe of Docker on the hot path
             if not executor.container.image and not profile.default_task_image:
                 raise Unprocessable(

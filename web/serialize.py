@@ -25,7 +25,7 @@ from runner.models import (
     PlatformJobSpec,
     StepRecord,
     StepSpec,
-    SubprocessExecutor,
+    SubprocessExecutorSpec,
     TaskRecord,
 )
 from runner.service import StatusTree
@@ -73,7 +73,7 @@ def _variable(variable: EnvironmentVariable, drop_none: bool) -> dict[str, Any]:
 def step_spec(spec: StepSpec, drop_none: bool = False) -> dict[str, Any]:
     """`PlatformJobStepSpec` in the reference's normalised form (defaults filled in)."""
     executor = spec.executor
-    if isinstance(executor, SubprocessExecutor):
+    if isinstance(executor, SubprocessExecutorSpec):
         shown: dict[str, Any] = {
             "provider": executor.provider,
             "profile": executor.profile,

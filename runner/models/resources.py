@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from runner.models.quantities import parse_quantity
-from runner.models.specs import Executor, SubprocessExecutor
+from runner.models.specs import ExecutorSpec, SubprocessExecutorSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +58,8 @@ def needs_of(
     )
 
 
-def step_needs(executor: Executor) -> Needs:
-    if isinstance(executor, SubprocessExecutor):
+def step_needs(executor: ExecutorSpec) -> Needs:
+    if isinstance(executor, SubprocessExecutorSpec):
         return Needs()
     resources = executor.resources
     requests = resources.requests

@@ -106,25 +106,25 @@ class ComputeResources(_Spec):
         return value
 
 
-class _ContainerExecutor(_Spec):
+class _ContainerExecutorSpec(_Spec):
     profile: str = "default"
     container: ContainerSpec
     resources: ComputeResources = Field(default_factory=ComputeResources)
 
 
-class CPUExecutor(_ContainerExecutor):
+class CPUExecutorSpec(_ContainerExecutorSpec):
     provider: Literal["cpu"] = "cpu"
 
 
-class GPUExecutor(_ContainerExecutor):
+class GPUExecutorSpec(_ContainerExecutorSpec):
     provider: Literal["gpu"] = "gpu"
 
 
-class DistributedGPUExecutor(_ContainerExecutor):
+class DistributedGPUExecutorSpec(_ContainerExecutorSpec):
     provider: Literal["gpu_distributed"] = "gpu_distributed"
 
 
-class SubprocessExecutor(_Spec):
+class SubprocessExecutorSpec(_Spec):
     provider: Literal["subprocess"] = "subprocess"
     profile: str = "default"
     command: list[str]
@@ -137,8 +137,8 @@ class SubprocessExecutor(_Spec):
         return [_without_nul(item, "an argument") for item in value]
 
 
-Executor = Annotated[
-    CPUExecutor | GPUExecutor | DistributedGPUExecutor | SubprocessExecutor,
+ExecutorSpec = Annotated[
+    CPUExecutorSpec | GPUExecutorSpec | DistributedGPUExecutorSpec | SubprocessExecutorSpec,
     Field(discriminator="provider"),
 ]
 
@@ -151,7 +151,7 @@ class StepSpec(_Spec):
     name: str
     # None when not sent (the reference echoes null then, and `[]` for an explicit empty list).
     environment: list[EnvironmentVariable] | None = None
-    executor: Executor
+    executor: ExecutorSpec
     config: dict[str, Any] = Field(default_factory=dict)
     lifecycle: StepLifecycle = Field(default_factory=StepLifecycle)
 
