@@ -205,3 +205,18 @@ def step_count(flt: StepFilter, clause: str, args: list[Any]) -> tuple[str, list
         params.extend(s.value for s in flt.statuses)
     condition = f"WHERE {' AND '.join(where)}" if where else ""
     return f"SELECT COALESCE(SUM(n), 0) FROM {table} {condition}", params
+
+
+def job_count(flt: JobFilter, clause: str, args: list[Any]) -> tuple[str, list[Any]]:
+    """How List Jobs counts its total, given the clause and arguments of `job_list_where`: with
+    only a workspace and statuses, from the trigger-kept counters (migration 5), whose cost
+    depends on the number of statuses, not on how many jobs the store holds (a COUNT(*) over the
+    workspace's index took 90 ms at 1,000,000 jobs); any other filter counts the rows."""
+    bounds = (flt.created_gte, flt.created_lte, flt.updated_gte, flt.updated_lte)
+    if flt.name is not None or flt.source is not None or flt.project is not None or bounds != (None,) * 4:
+        return f"SELECT COUNT(*) FROM jobs WHERE {clause}", args
+    where, params = ["workspace = ?"], [flt.workspace]
+    if flt.statuses:
+        where.append(f"status IN ({','.join('?' * len(flt.statuses))})")
+        params.extend(s.value for s in flt.statuses)
+    return f"SELECT COALESCE(SUM(n), 0) FROM job_counts WHERE {' AND '.join(where)}", params

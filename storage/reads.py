@@ -98,7 +98,7 @@ class Reads:
 
     async def list_jobs(self, flt: JobFilter, sort: JobSort, page: int, page_size: int) -> Page[JobRecord]:
         clause, args = queries.job_list_where(flt)
-        total_row = await self._one(f"SELECT COUNT(*) FROM jobs WHERE {clause}", args)
+        total_row = await self._one(*queries.job_count(flt, clause, args))
         rows = await self._all(
             f"SELECT * FROM jobs WHERE {clause} ORDER BY {queries.JOB_SORT_SQL[sort]} LIMIT ? OFFSET ?",
             [*args, page_size, (page - 1) * page_size],
@@ -144,20 +144,26 @@ class Reads:
         """Finished steps (before the given time) whose task folders are still on disk, and when
         the next one still waiting finished."""
         pending = "folders_removed = 0 AND status IN ('completed', 'error', 'cancelled')"
+        # The partial index holds only the steps still waiting. Left to itself the planner takes
+        # the status index and walks every finished step (100 ms at 50,000 steps, at every check
+        # of the watchdog, with List Jobs and List Steps queued behind it on the reader).
+        steps = "steps INDEXED BY steps_folders_pending"
         rows = await self._all(
-            f"SELECT * FROM steps WHERE {pending} AND updated_at <= ? ORDER BY updated_at LIMIT ?",
+            f"SELECT * FROM {steps} WHERE {pending} AND updated_at <= ? ORDER BY updated_at LIMIT ?",
             (finished_before, limit),
         )
         nxt = await self._one(
-            f"SELECT MIN(updated_at) FROM steps WHERE {pending} AND updated_at > ?", (finished_before,)
+            f"SELECT MIN(updated_at) FROM {steps} WHERE {pending} AND updated_at > ?", (finished_before,)
         )
         return [step_record(r) for r in rows], (nxt[0] if nxt else None)
 
     async def non_terminal_steps(self) -> list[StepRecord]:
+        # Named, not negated: `NOT IN` cannot use the status index and scanned every step of
+        # history at each start (28 ms at 50,000 steps).
+        unfinished = [s.value for s in JobStatus if not s.is_terminal]
+        marks = ",".join("?" * len(unfinished))
         rows = await self._all(
-            "SELECT * FROM steps WHERE status NOT IN ('completed','error','cancelled')"
-            " ORDER BY created_at, pk",
-            (),
+            f"SELECT * FROM steps WHERE status IN ({marks}) ORDER BY created_at, pk", unfinished
         )
         return [step_record(r) for r in rows]
 

@@ -234,3 +234,71 @@ async def test_step_counters_match_the_rows_under_every_filter(tmp_path: Path) -
             assert (page.total, len(page.items)) == (expected, expected), flt
     finally:
         await store.close()
+
+
+async def test_job_counters_match_the_rows_under_every_filter(tmp_path: Path) -> None:
+    store = await Repository.open(tmp_path / "localjobs.db")
+    try:
+        now = 1_000_000
+        for i in range(12):
+            await _add_job(store, f"ws{i % 2}", f"job-{i}", f"src{i % 3}", 1, now + i * 10)
+        statuses = itertools.cycle(
+            [JobStatus.PENDING, JobStatus.ERROR, JobStatus.COMPLETED, JobStatus.ACTIVE]
+        )
+
+        def move_and_delete(tx: WriteTx) -> None:
+            for i in range(0, 12, 2):
+                job = tx.get_job(f"ws{i % 2}", f"job-{i}")
+                assert job is not None
+                status = next(statuses)
+                tx.set_job_status(job.pk, status=status, error_details=None, now=now + 999)
+                # The same status again: no change to count.
+                tx.set_job_status(job.pk, status=status, error_details=None, now=now + 1000)
+            doomed = tx.get_job("ws1", "job-5")
+            assert doomed is not None
+            tx.delete_job(doomed.pk)
+
+        await store.write(move_and_delete)
+        with sqlite3.connect(tmp_path / "localjobs.db") as conn:
+            rows = conn.execute("SELECT workspace, status FROM jobs").fetchall()
+        filters = [
+            JobFilter(workspace="ws0"),
+            JobFilter(workspace="ws1"),
+            JobFilter(workspace="nowhere"),
+            JobFilter(workspace="ws0", statuses=[JobStatus.CREATED]),
+            JobFilter(workspace="ws0", statuses=[JobStatus.ERROR, JobStatus.CREATED, JobStatus.ERROR]),
+            JobFilter(workspace="ws1", statuses=[JobStatus.COMPLETED, JobStatus.PAUSED]),
+        ]
+        for flt in filters:
+            expected = sum(
+                1
+                for ws, status in rows
+                if ws == flt.workspace and (not flt.statuses or status in {s.value for s in flt.statuses})
+            )
+            page = await store.list_jobs(flt, JobSort.CREATED_AT, 1, 1000)
+            assert (page.total, len(page.items)) == (expected, expected), flt
+    finally:
+        await store.close()
+
+
+async def test_job_counters_start_from_the_rows_already_there(tmp_path: Path) -> None:
+    """The job counters' migration on a store that already holds jobs counts them once."""
+    number = next(i for i, script in enumerate(MIGRATIONS, start=1) if "CREATE TABLE job_counts" in script)
+    path = tmp_path / "localjobs.db"
+    store = await Repository.open(path)
+    try:
+        for i in range(5):
+            await _add_job(store, "ws", f"job-{i}", "src", 1, 1_000 + i)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "DROP TRIGGER jobs_count_insert; DROP TRIGGER jobs_count_status; DROP TRIGGER jobs_count_delete;"
+            f" DROP TABLE job_counts; PRAGMA user_version = {number - 1};"
+        )
+    store = await Repository.open(path)
+    try:
+        page = await store.list_jobs(JobFilter(workspace="ws"), JobSort.CREATED_AT, 1, 2)
+        assert (page.total, len(page.items)) == (5, 2)
+    finally:
+        await store.close()
