@@ -17,11 +17,22 @@ import pytest
 from runner.clock import Clock
 from runner.daemon import Daemon
 from runner.settings import ENV_PREFIX, Settings
+from storage import Repository
 from tests.daemon_process import AUTH_HEADERS, TEST_TOKEN
 from tests.helpers import TERMINAL, wait_status
 from web.app import Server
 
 # Every test daemon runs with TEST_TOKEN (auth is on by default); `Api` sends it.
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Repository]:
+    """A real store (SQLite file, migrations run) in the test's folder, closed afterwards."""
+    repository = await Repository.open(tmp_path / "localjobs.db")
+    try:
+        yield repository
+    finally:
+        await repository.close()
 
 
 @pytest.fixture(autouse=True)

@@ -79,28 +79,24 @@ async def test_migrations_are_recorded_and_reopening_is_a_no_op(tmp_path: Path) 
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
-    store = await Repository.open(tmp_path / "localjobs.db")
-    try:
-        await _add_job(store, "ws", "first", "src", 1, 1_000)
-        with pytest.raises(AlreadyExists):
-            await _add_job(store, "ws", "first", "src", 1, 2_000)
+async def test_a_failed_transaction_leaves_nothing_behind(store: Repository) -> None:
+    await _add_job(store, "ws", "first", "src", 1, 1_000)
+    with pytest.raises(AlreadyExists):
+        await _add_job(store, "ws", "first", "src", 1, 2_000)
 
-        def two_jobs_then_a_failure(tx: WriteTx) -> None:
-            _insert_job(tx, "ws", "second", "src", 2, 3_000)
-            _insert_job(tx, "ws", "third", "src", 1, 4_000)
-            raise RuntimeError("the work fails after its writes")
+    def two_jobs_then_a_failure(tx: WriteTx) -> None:
+        _insert_job(tx, "ws", "second", "src", 2, 3_000)
+        _insert_job(tx, "ws", "third", "src", 1, 4_000)
+        raise RuntimeError("the work fails after its writes")
 
-        with pytest.raises(RuntimeError):
-            await store.write(two_jobs_then_a_failure)
-        page = await store.list_steps(StepFilter(workspace="ws"), StepSort.CREATED_AT, 1, 10)
-        assert page.total == 1 and len(page.items) == 1
-        assert await store.get_job("ws", "second") is None
-        # The writer is still usable after a rollback.
-        await _add_job(store, "ws", "fourth", "src", 1, 5_000)
-        assert await store.get_job("ws", "fourth") is not None
-    finally:
-        await store.close()
+    with pytest.raises(RuntimeError):
+        await store.write(two_jobs_then_a_failure)
+    page = await store.list_steps(StepFilter(workspace="ws"), StepSort.CREATED_AT, 1, 10)
+    assert page.total == 1 and len(page.items) == 1
+    assert await store.get_job("ws", "second") is None
+    # The writer is still usable after a rollback.
+    await _add_job(store, "ws", "fourth", "src", 1, 5_000)
+    assert await store.get_job("ws", "fourth") is not None
 
 
 async def _behind_a_busy_writer(store: Repository, *writes: Awaitable[Any]) -> list[Any]:
@@ -117,49 +113,41 @@ async def _behind_a_busy_writer(store: Repository, *writes: Awaitable[Any]) -> l
     return outcomes[1:]
 
 
-async def test_writes_committed_together_still_fail_alone(tmp_path: Path) -> None:
+async def test_writes_committed_together_still_fail_alone(store: Repository) -> None:
     """Writes queued while the writer is busy share one commit; a failing one undoes only itself."""
-    store = await Repository.open(tmp_path / "localjobs.db")
-    try:
 
-        def half_then_a_failure(tx: WriteTx) -> None:
-            _insert_job(tx, "ws", "doomed", "src", 2, 3_000)
-            raise RuntimeError("fails after its writes")
+    def half_then_a_failure(tx: WriteTx) -> None:
+        _insert_job(tx, "ws", "doomed", "src", 2, 3_000)
+        raise RuntimeError("fails after its writes")
 
-        outcomes = await _behind_a_busy_writer(
-            store,
-            _add_job(store, "ws", "job-a", "src", 1, 1_000),
-            store.write(half_then_a_failure),
-            _add_job(store, "ws", "job-a", "src", 1, 1_500),  # duplicate name
-            _add_job(store, "ws", "job-b", "src", 2, 2_000),
-        )
-        assert outcomes[0] is None and outcomes[3] is None
-        assert isinstance(outcomes[1], RuntimeError)
-        assert isinstance(outcomes[2], AlreadyExists)
-        names = {
-            job.name
-            for job in (await store.list_jobs(JobFilter(workspace="ws"), JobSort.CREATED_AT, 1, 10)).items
-        }
-        assert names == {"job-a", "job-b"}
-        steps = await store.list_steps(StepFilter(workspace="ws"), StepSort.CREATED_AT, 1, 10)
-        assert steps.total == 3 and len(steps.items) == 3
-    finally:
-        await store.close()
+    outcomes = await _behind_a_busy_writer(
+        store,
+        _add_job(store, "ws", "job-a", "src", 1, 1_000),
+        store.write(half_then_a_failure),
+        _add_job(store, "ws", "job-a", "src", 1, 1_500),  # duplicate name
+        _add_job(store, "ws", "job-b", "src", 2, 2_000),
+    )
+    assert outcomes[0] is None and outcomes[3] is None
+    assert isinstance(outcomes[1], RuntimeError)
+    assert isinstance(outcomes[2], AlreadyExists)
+    names = {
+        job.name
+        for job in (await store.list_jobs(JobFilter(workspace="ws"), JobSort.CREATED_AT, 1, 10)).items
+    }
+    assert names == {"job-a", "job-b"}
+    steps = await store.list_steps(StepFilter(workspace="ws"), StepSort.CREATED_AT, 1, 10)
+    assert steps.total == 3 and len(steps.items) == 3
 
 
-async def test_a_unit_raising_stopiteration_fails_alone_and_wakes_everyone(tmp_path: Path) -> None:
+async def test_a_unit_raising_stopiteration_fails_alone_and_wakes_everyone(store: Repository) -> None:
     """A future refuses StopIteration: the writer must still settle that unit and the rest."""
-    store = await Repository.open(tmp_path / "localjobs.db")
-    try:
-        outcomes = await _behind_a_busy_writer(
-            store,
-            store.write(lambda tx: next(iter([]))),
-            _add_job(store, "ws", "after-bad", "src", 1, 1_000),
-        )
-        assert isinstance(outcomes[0], RuntimeError) and outcomes[1] is None
-        assert await store.get_job("ws", "after-bad") is not None
-    finally:
-        await store.close()
+    outcomes = await _behind_a_busy_writer(
+        store,
+        store.write(lambda tx: next(iter([]))),
+        _add_job(store, "ws", "after-bad", "src", 1, 1_000),
+    )
+    assert isinstance(outcomes[0], RuntimeError) and outcomes[1] is None
+    assert await store.get_job("ws", "after-bad") is not None
 
 
 async def test_close_finishes_the_writes_already_asked_for(tmp_path: Path) -> None:
@@ -180,105 +168,93 @@ async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
         await _add_job(store, "ws", "late", "src", 1, 1_000)
 
 
-async def test_step_counters_match_the_rows_under_every_filter(tmp_path: Path) -> None:
-    store = await Repository.open(tmp_path / "localjobs.db")
-    try:
-        now = 1_000_000
-        for i in range(12):
-            await _add_job(store, f"ws{i % 2}", f"job-{i}", f"src{i % 3}", 1 + i % 3, now + i * 10)
-        # Move some steps through statuses, then delete a job: the counters must follow.
-        statuses = itertools.cycle(
-            [JobStatus.ACTIVE, JobStatus.ERROR, JobStatus.COMPLETED, JobStatus.CANCELLED]
-        )
-        everything = await store.list_steps(StepFilter(), StepSort.CREATED_AT, 1, 1000)
+async def test_step_counters_match_the_rows_under_every_filter(store: Repository, tmp_path: Path) -> None:
+    now = 1_000_000
+    for i in range(12):
+        await _add_job(store, f"ws{i % 2}", f"job-{i}", f"src{i % 3}", 1 + i % 3, now + i * 10)
+    # Move some steps through statuses, then delete a job: the counters must follow.
+    statuses = itertools.cycle([JobStatus.ACTIVE, JobStatus.ERROR, JobStatus.COMPLETED, JobStatus.CANCELLED])
+    everything = await store.list_steps(StepFilter(), StepSort.CREATED_AT, 1, 1000)
 
-        def move_and_delete(tx: WriteTx) -> None:
-            for step in everything.items[::2]:
-                tx.update_step_state(
-                    step.pk,
-                    status=next(statuses),
-                    status_details={},
-                    error_details=None,
-                    active_since=None,
-                    now=now + 999,
-                )
-            doomed = tx.get_job("ws0", "job-4")
-            assert doomed is not None
-            tx.delete_job(doomed.pk)
-
-        await store.write(move_and_delete)
-        with sqlite3.connect(tmp_path / "localjobs.db") as conn:
-            rows = conn.execute("SELECT workspace, job_name, job_source, status FROM steps").fetchall()
-        filters = [
-            StepFilter(),
-            StepFilter(workspace="ws0"),
-            StepFilter(workspace="ws1", statuses=[JobStatus.ERROR, JobStatus.CREATED]),
-            StepFilter(workspace="ws0", source="src1"),
-            StepFilter(source="src2", statuses=[JobStatus.COMPLETED]),
-            StepFilter(workspace="ws1", job="job-5"),
-            StepFilter(workspace="ws1", job="job-5", statuses=[JobStatus.CREATED]),
-            StepFilter(workspace="ws0", job="job-4"),
-            StepFilter(workspace="ws0", job="job-2", source="src2"),
-            StepFilter(workspace="ws0", job="job-2", source="src0"),
-        ]
-        for flt in filters:
-            expected = sum(
-                1
-                for ws, job, source, status in rows
-                if (flt.workspace is None or ws == flt.workspace)
-                and (flt.job is None or job == flt.job)
-                and (flt.source is None or source == flt.source)
-                and (not flt.statuses or status in {s.value for s in flt.statuses})
+    def move_and_delete(tx: WriteTx) -> None:
+        for step in everything.items[::2]:
+            tx.update_step_state(
+                step.pk,
+                status=next(statuses),
+                status_details={},
+                error_details=None,
+                active_since=None,
+                now=now + 999,
             )
-            page = await store.list_steps(flt, StepSort.CREATED_AT, 1, 1000)
-            assert (page.total, len(page.items)) == (expected, expected), flt
-    finally:
-        await store.close()
+        doomed = tx.get_job("ws0", "job-4")
+        assert doomed is not None
+        tx.delete_job(doomed.pk)
 
-
-async def test_job_counters_match_the_rows_under_every_filter(tmp_path: Path) -> None:
-    store = await Repository.open(tmp_path / "localjobs.db")
-    try:
-        now = 1_000_000
-        for i in range(12):
-            await _add_job(store, f"ws{i % 2}", f"job-{i}", f"src{i % 3}", 1, now + i * 10)
-        statuses = itertools.cycle(
-            [JobStatus.PENDING, JobStatus.ERROR, JobStatus.COMPLETED, JobStatus.ACTIVE]
+    await store.write(move_and_delete)
+    with sqlite3.connect(tmp_path / "localjobs.db") as conn:
+        rows = conn.execute("SELECT workspace, job_name, job_source, status FROM steps").fetchall()
+    filters = [
+        StepFilter(),
+        StepFilter(workspace="ws0"),
+        StepFilter(workspace="ws1", statuses=[JobStatus.ERROR, JobStatus.CREATED]),
+        StepFilter(workspace="ws0", source="src1"),
+        StepFilter(source="src2", statuses=[JobStatus.COMPLETED]),
+        StepFilter(workspace="ws1", job="job-5"),
+        StepFilter(workspace="ws1", job="job-5", statuses=[JobStatus.CREATED]),
+        StepFilter(workspace="ws0", job="job-4"),
+        StepFilter(workspace="ws0", job="job-2", source="src2"),
+        StepFilter(workspace="ws0", job="job-2", source="src0"),
+    ]
+    for flt in filters:
+        expected = sum(
+            1
+            for ws, job, source, status in rows
+            if (flt.workspace is None or ws == flt.workspace)
+            and (flt.job is None or job == flt.job)
+            and (flt.source is None or source == flt.source)
+            and (not flt.statuses or status in {s.value for s in flt.statuses})
         )
+        page = await store.list_steps(flt, StepSort.CREATED_AT, 1, 1000)
+        assert (page.total, len(page.items)) == (expected, expected), flt
 
-        def move_and_delete(tx: WriteTx) -> None:
-            for i in range(0, 12, 2):
-                job = tx.get_job(f"ws{i % 2}", f"job-{i}")
-                assert job is not None
-                status = next(statuses)
-                tx.set_job_status(job.pk, status=status, error_details=None, now=now + 999)
-                # The same status again: no change to count.
-                tx.set_job_status(job.pk, status=status, error_details=None, now=now + 1000)
-            doomed = tx.get_job("ws1", "job-5")
-            assert doomed is not None
-            tx.delete_job(doomed.pk)
 
-        await store.write(move_and_delete)
-        with sqlite3.connect(tmp_path / "localjobs.db") as conn:
-            rows = conn.execute("SELECT workspace, status FROM jobs").fetchall()
-        filters = [
-            JobFilter(workspace="ws0"),
-            JobFilter(workspace="ws1"),
-            JobFilter(workspace="nowhere"),
-            JobFilter(workspace="ws0", statuses=[JobStatus.CREATED]),
-            JobFilter(workspace="ws0", statuses=[JobStatus.ERROR, JobStatus.CREATED, JobStatus.ERROR]),
-            JobFilter(workspace="ws1", statuses=[JobStatus.COMPLETED, JobStatus.PAUSED]),
-        ]
-        for flt in filters:
-            expected = sum(
-                1
-                for ws, status in rows
-                if ws == flt.workspace and (not flt.statuses or status in {s.value for s in flt.statuses})
-            )
-            page = await store.list_jobs(flt, JobSort.CREATED_AT, 1, 1000)
-            assert (page.total, len(page.items)) == (expected, expected), flt
-    finally:
-        await store.close()
+async def test_job_counters_match_the_rows_under_every_filter(store: Repository, tmp_path: Path) -> None:
+    now = 1_000_000
+    for i in range(12):
+        await _add_job(store, f"ws{i % 2}", f"job-{i}", f"src{i % 3}", 1, now + i * 10)
+    statuses = itertools.cycle([JobStatus.PENDING, JobStatus.ERROR, JobStatus.COMPLETED, JobStatus.ACTIVE])
+
+    def move_and_delete(tx: WriteTx) -> None:
+        for i in range(0, 12, 2):
+            job = tx.get_job(f"ws{i % 2}", f"job-{i}")
+            assert job is not None
+            status = next(statuses)
+            tx.set_job_status(job.pk, status=status, error_details=None, now=now + 999)
+            # The same status again: no change to count.
+            tx.set_job_status(job.pk, status=status, error_details=None, now=now + 1000)
+        doomed = tx.get_job("ws1", "job-5")
+        assert doomed is not None
+        tx.delete_job(doomed.pk)
+
+    await store.write(move_and_delete)
+    with sqlite3.connect(tmp_path / "localjobs.db") as conn:
+        rows = conn.execute("SELECT workspace, status FROM jobs").fetchall()
+    filters = [
+        JobFilter(workspace="ws0"),
+        JobFilter(workspace="ws1"),
+        JobFilter(workspace="nowhere"),
+        JobFilter(workspace="ws0", statuses=[JobStatus.CREATED]),
+        JobFilter(workspace="ws0", statuses=[JobStatus.ERROR, JobStatus.CREATED, JobStatus.ERROR]),
+        JobFilter(workspace="ws1", statuses=[JobStatus.COMPLETED, JobStatus.PAUSED]),
+    ]
+    for flt in filters:
+        expected = sum(
+            1
+            for ws, status in rows
+            if ws == flt.workspace and (not flt.statuses or status in {s.value for s in flt.statuses})
+        )
+        page = await store.list_jobs(flt, JobSort.CREATED_AT, 1, 1000)
+        assert (page.total, len(page.items)) == (expected, expected), flt
 
 
 async def test_job_counters_start_from_the_rows_already_there(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import re
 import secrets
@@ -168,6 +169,17 @@ class LocalJobs:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def jobs_url(self) -> str:
+        return f"{self.url}/apis/jobs/v2/workspaces/{self.workspace}/jobs"
+
+    def in_workspace(self, workspace: str) -> LocalJobs:
+        """The same daemon, with the helpers defaulting to `workspace` (the pytest plugin gives
+        each test one); stopping either stops the daemon."""
+        view = copy.copy(self)
+        view.workspace = workspace
+        return view
 
     def api(self, workspace: str | None = None) -> Api:
         if not self.url:
