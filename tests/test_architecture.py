@@ -53,7 +53,10 @@ def _direction_problems(rel: str, names: set[str]) -> list[str]:
             problems.append(f"{rel}: aiosqlite outside storage/")
         if name.startswith("aiohttp.web") and package != "web":
             problems.append(f"{rel}: aiohttp.web outside web/")
-        if name.startswith("aiodocker") and rel != "runner/executors/docker.py":
+        if name.startswith("aiodocker") and rel not in (
+            "runner/executors/docker.py",
+            "runner/executors/docker_workload.py",
+        ):
             problems.append(f"{rel}: aiodocker outside the docker executor")
         if top not in _OURS:
             continue
@@ -116,12 +119,15 @@ def test_storage_errors_reach_web_through_runner_errors_only_when_used() -> None
     assert out.stdout.split() == ["False", "False", "True"]
 
 
-def test_storage_modules_stay_small() -> None:
-    """One job per module (#11): none of storage/ grows back into a god module."""
+def test_modules_stay_small() -> None:
+    """One job per module (#11): none of runner/, storage/, web/ grows back into a god module.
+    The one exception is data: the reference's documents, generated (web/openapi_reference.py)."""
     big = {
         path.relative_to(ROOT).as_posix(): lines
-        for path in _modules("storage")
+        for package in _OURS
+        for path in _modules(package)
         if (lines := len(path.read_text().splitlines())) > 400
+        and path.relative_to(ROOT).as_posix() != "web/openapi_reference.py"
     }
     assert big == {}
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from runner.executors.base import (
     WorkloadHandle,
     prepare_task_folders,
 )
+from runner.executors.docker_workload import API_TIMEOUT_S, DockerWorkload, engine_reason
 from runner.models import ComputeResources, StepRecord, parse_quantity
 from runner.settings import Settings
 
@@ -39,20 +39,12 @@ MOUNT_ROOT = "/var/run/scratch"
 # The owner's token (read-only), named by NMP_WORKLOAD_IDENTITY_TOKEN_FILE inside the container.
 TOKEN_MOUNT = "/var/run/secrets/localjobs/token"
 _PROBE_TIMEOUT_S = 5.0
-_API_TIMEOUT_S = 60.0
-_LOG_DRAIN_S = 5.0
 _RENDEZVOUS_PORT = "29500"
 _GIB = 2**30
 
 
 class DockerUnavailable(Exception):
     """No engine answers at DOCKER_HOST (or the default socket)."""
-
-
-def _engine_reason(exc: BaseException) -> str:
-    if isinstance(exc, aiodocker.DockerError):
-        return str(exc.message)
-    return str(exc) or type(exc).__name__
 
 
 def resource_config(
@@ -86,118 +78,6 @@ def resource_config(
     return host
 
 
-class DockerWorkload:
-    def __init__(
-        self,
-        client: aiodocker.Docker,
-        containers: list[DockerContainer],
-        log_files: list[TaskPaths],
-        network: str | None,
-        image: str,
-    ) -> None:
-        self._client = client
-        self._containers = containers
-        self._network = network
-        self._image = image
-        self._paused = False
-        self._streams = [
-            asyncio.create_task(_stream_logs(c, stream, paths), name=f"docker-logs-{c.id[:12]}-{stream}")
-            for c, paths in zip(containers, log_files, strict=True)
-            for stream in ("stdout", "stderr")
-        ]
-        self._exit: asyncio.Task[ExitStatus] = asyncio.create_task(self._watch(), name="docker-wait")
-
-    @property
-    def handle(self) -> ContainerHandle:
-        return ContainerHandle(tuple(c.id for c in self._containers), self._network)
-
-    @property
-    def details(self) -> dict[str, Any]:
-        return {"container_ids": [c.id[:12] for c in self._containers], "image": self._image}
-
-    async def _watch(self) -> ExitStatus:
-        waits = {asyncio.create_task(_wait_container(c)): c for c in self._containers}
-        first_failure: ExitStatus | None = None
-        pending = set(waits)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for finished in done:
-                status = finished.result()
-                if not status.succeeded and first_failure is None:
-                    first_failure = status
-                    # One node of a distributed step failed: the others cannot finish on their own.
-                    await asyncio.gather(*(_stop(waits[t], 2.0) for t in pending), return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._streams, return_exceptions=True), _LOG_DRAIN_S)
-        return first_failure or ExitStatus(exit_code=0)
-
-    async def wait(self) -> ExitStatus:
-        return await asyncio.shield(self._exit)
-
-    async def stop(self, grace_s: float) -> None:
-        # Always thaw first (an adopted container may be paused without this daemon knowing):
-        # a frozen container never sees SIGTERM. Unpausing a running container just fails.
-        await self.resume()
-        await asyncio.gather(*(_stop(c, grace_s) for c in self._containers), return_exceptions=True)
-
-    async def pause(self) -> None:
-        await asyncio.gather(*(c.pause() for c in self._containers), return_exceptions=True)
-        self._paused = True
-
-    async def resume(self) -> None:
-        await asyncio.gather(*(c.unpause() for c in self._containers), return_exceptions=True)
-        self._paused = False
-
-    async def release(self) -> None:
-        for stream in self._streams:
-            stream.cancel()
-        await self.remove(self._client, self._containers, self._network)
-
-    @staticmethod
-    async def remove(
-        client: aiodocker.Docker, containers: list[DockerContainer], network: str | None
-    ) -> None:
-        for container in containers:
-            with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
-                await asyncio.wait_for(container.delete(force=True, v=True), _API_TIMEOUT_S)
-        if network:
-            with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
-                found = await client.networks.get(network)
-                await asyncio.wait_for(found.delete(), _API_TIMEOUT_S)
-
-
-async def _stop(container: DockerContainer, grace_s: float) -> None:
-    with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError):
-        await asyncio.wait_for(container.stop(t=max(0, int(grace_s))), grace_s + _API_TIMEOUT_S)
-
-
-async def _wait_container(container: DockerContainer) -> ExitStatus:
-    try:
-        result = await container.wait()
-        state = (await container.show())["State"]
-    except (aiodocker.DockerError, aiohttp.ClientError) as exc:
-        return ExitStatus(exit_code=None, reason=f"lost track of container: {_engine_reason(exc)}")
-    code = int(result.get("StatusCode", state.get("ExitCode", -1)))
-    # OOMKilled is set when any process in the container hit the limit; it only explains the
-    # ending when the container itself failed.
-    if state.get("OOMKilled") and code != 0:
-        return ExitStatus(exit_code=code, reason="OOMKilled")
-    return ExitStatus.from_exit_code(code)
-
-
-async def _stream_logs(container: DockerContainer, stream: str, paths: TaskPaths) -> None:
-    """Copy one output stream of a container into the task's file, from the very first byte.
-
-    Writing the whole history each time (truncating first) keeps the file byte-identical across
-    daemon restarts, so the stored read offsets stay valid after a re-attach."""
-    target = paths.stdout_file if stream == "stdout" else paths.stderr_file
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # private
-    with os.fdopen(fd, "wb", buffering=0) as out:
-        lines = container.log(stdout=stream == "stdout", stderr=stream == "stderr", follow=True)
-        async for chunk in lines:
-            out.write(chunk.encode("utf-8", "surrogateescape"))
-
-
 class DockerExecutor:
     def __init__(
         self,
@@ -220,12 +100,12 @@ class DockerExecutor:
         try:
             client = aiodocker.Docker()
         except (aiodocker.DockerError, ValueError, OSError) as exc:
-            raise DockerUnavailable(_engine_reason(exc)) from exc
+            raise DockerUnavailable(engine_reason(exc)) from exc
         try:
             version = await asyncio.wait_for(client.version(), _PROBE_TIMEOUT_S)
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             await client.close()
-            raise DockerUnavailable(_engine_reason(exc)) from exc
+            raise DockerUnavailable(engine_reason(exc)) from exc
         return cls(client, settings, owner, version, token_file)
 
     async def close(self) -> None:
@@ -248,18 +128,18 @@ class DockerExecutor:
 
     async def _ensure_image(self, image: str) -> None:
         try:
-            await asyncio.wait_for(self._client.images.inspect(image), _API_TIMEOUT_S)
+            await asyncio.wait_for(self._client.images.inspect(image), API_TIMEOUT_S)
             return
         except aiodocker.DockerError as exc:
             if exc.status != 404:
-                raise ExecutorError(f"cannot inspect image {image!r}: {_engine_reason(exc)}") from exc
+                raise ExecutorError(f"cannot inspect image {image!r}: {engine_reason(exc)}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ExecutorError(f"the Docker engine did not answer: {_engine_reason(exc)}") from exc
+            raise ExecutorError(f"the Docker engine did not answer: {engine_reason(exc)}") from exc
         try:
             await asyncio.wait_for(self._client.images.pull(image), 600)
         except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
             raise ExecutorError(
-                f"image {image!r} is not present and pulling it failed: {_engine_reason(exc)}"
+                f"image {image!r} is not present and pulling it failed: {engine_reason(exc)}"
             ) from exc
 
     async def start(self, launch: Launch) -> DockerWorkload:
@@ -299,15 +179,15 @@ class DockerExecutor:
                     "localjobs.rank": str(rank),
                 }
                 container = await asyncio.wait_for(
-                    self._client.containers.create(config, name=names[rank]), _API_TIMEOUT_S
+                    self._client.containers.create(config, name=names[rank]), API_TIMEOUT_S
                 )
                 containers.append(container)
             for container in containers:
-                await asyncio.wait_for(container.start(), _API_TIMEOUT_S)
+                await asyncio.wait_for(container.start(), API_TIMEOUT_S)
         except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
             # Nothing of a failed start is left behind: its containers, and its network.
             await DockerWorkload.remove(self._client, containers, network)
-            reason = _engine_reason(exc)
+            reason = engine_reason(exc)
             if "device driver" in reason and "gpu" in reason:
                 reason = (
                     "this Docker engine has no GPU runtime (NVIDIA Container Toolkit), so a step with "
@@ -365,10 +245,10 @@ class DockerExecutor:
         try:
             await asyncio.wait_for(
                 self._client.networks.create({"Name": name, "Driver": "bridge", "Labels": labels}),
-                _API_TIMEOUT_S,
+                API_TIMEOUT_S,
             )
         except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
-            raise ExecutorError(f"could not create the step's network: {_engine_reason(exc)}") from exc
+            raise ExecutorError(f"could not create the step's network: {engine_reason(exc)}") from exc
 
     async def recover(
         self, step: StepRecord, handle: WorkloadHandle | None, paths: list[TaskPaths]
@@ -404,10 +284,10 @@ class DockerExecutor:
             # output). The start was recorded before the create, so finishing it runs nothing twice.
             try:
                 for container in unstarted:
-                    await asyncio.wait_for(container.start(), _API_TIMEOUT_S)
+                    await asyncio.wait_for(container.start(), API_TIMEOUT_S)
             except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
                 await DockerWorkload.remove(self._client, containers, network)
-                reason = f"could not start the container: {_engine_reason(exc)}"
+                reason = f"could not start the container: {engine_reason(exc)}"
                 return ExitStatus(exit_code=None, reason=reason)
         return DockerWorkload(self._client, containers, paths, network, image)
 
