@@ -187,3 +187,17 @@ def test_the_launcher_protocol_is_a_leaf_of_the_standard_library() -> None:
     assert path is not None
     names = _imports(path)
     assert names and all(name.split(".")[0] in sys.stdlib_module_names for name in names), names
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """pyproject.toml lists the packages by name: a new sub-package left out would be missing from
+    an installed localjobs (and only there)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+        for package in _OURS
+        for init in (ROOT / package).rglob("__init__.py")
+    }
+    assert found == listed
