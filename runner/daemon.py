@@ -16,6 +16,7 @@ from runner.capacity_view import CapacityView
 from runner.clock import Clock, SystemClock
 from runner.errors import CannotStart
 from runner.executors.registry import ExecutorRegistry
+from runner.file_events import FileEvents
 from runner.gpus import discover
 from runner.log_service import LogService
 from runner.models import parse_quantity
@@ -45,6 +46,7 @@ class Daemon:
         self._scheduler: Scheduler | None = None
         self._service: JobService | None = None
         self._executors: ExecutorRegistry | None = None
+        self._file_events = FileEvents()
         self._tasks: list[asyncio.Task[None]] = []
         # Claimed by the entry point before the daemon's modules load (a second `serve` on the
         # same dir is refused at once), else by start().
@@ -106,7 +108,15 @@ class Daemon:
         await secrets.seal_stored()
         deadlines = DeadlineBell()
         self._scheduler = Scheduler(
-            self._store, self.clock, self.settings, self._executors, secrets, profiles, allocator, deadlines
+            self._store,
+            self.clock,
+            self.settings,
+            self._executors,
+            secrets,
+            profiles,
+            allocator,
+            deadlines,
+            self._file_events,
         )
         results = ResultService(self._store, self.clock, self.settings.work_dir)
         self._service = JobService(
@@ -166,6 +176,7 @@ class Daemon:
         self._tasks.clear()
         if self._executors is not None:
             await self._executors.close()
+        self._file_events.close()
         if self._store is not None:
             await self._store.close()
             self._store = None

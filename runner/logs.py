@@ -1,9 +1,10 @@
 """Moves a task's output from its stdout/stderr files into the store, line by line, in order.
 
 The read offset is committed with the lines, so a daemon that crashes and starts again neither
-loses nor repeats a line. While the task runs the files are read with a short adaptive interval
-(new output is picked up within milliseconds when the task is chatty, at most `poll_max_s` later
-when it is quiet); once it exits they are drained to the end.
+loses nor repeats a line. While the task runs the files are read when they change (inotify on
+the task's folder, runner/file_events.py: a quiet task costs nothing, a printed line is read at
+once, a chatty one every 10 ms at most), or, without inotify, with a short adaptive interval (at
+most `poll_max_s` later when it is quiet); once it exits they are drained to the end.
 
 When the store cannot take lines (a full disk, a lock held elsewhere), they stay in the file and
 are tried again at the next read, so nothing is lost to a spell that ends while the task runs;
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from runner.clock import Clock
 from runner.executors.base import TaskPaths
+from runner.file_events import FileEvents
 from runner.secrets import Masker
 from runner.transitions import note_output_error
 from storage import Gone, Repository, StorageUnavailable, WriteTx
@@ -38,6 +40,8 @@ _CHUNK = 256 * 1024
 # A "line" longer than this is stored in pieces: one unterminated write must not grow without bound.
 MAX_LINE_BYTES = 64 * 1024
 _POLL_MIN_S = 0.01
+# With file events, a read now and then all the same: a safety net for an event lost or missed.
+_SAFETY_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,12 @@ class OutputCollector:
         mask_values: list[str] | None = None,
         max_task_bytes: int = 0,
         on_stored: Callable[[int], None] = lambda job_pk: None,
+        file_events: FileEvents | None = None,
     ) -> None:
         self._store = store
+        self._file_events = file_events
+        self._watch: int | None = None
+        self._changed: asyncio.Event | None = None  # set by a write to the task's folder
         # Built once: every line of the task goes through it.
         self._masker = Masker(mask_values or ())
         self._max_task_bytes = max_task_bytes
@@ -145,10 +153,18 @@ class OutputCollector:
 
     def _begin_polling(self) -> None:
         self._first_poll = None
-        if not self._stopped.is_set():
-            self._task = asyncio.create_task(self._run(), name=f"logs-{self._target.task_name}")
+        if self._stopped.is_set():
+            return
+        if self._file_events is not None:
+            watched = self._file_events.watch(os.path.dirname(self._streams[0].path))
+            if watched is not None:
+                self._watch, self._changed = watched
+        self._task = asyncio.create_task(self._run(), name=f"logs-{self._target.task_name}")
 
     async def _run(self) -> None:
+        if self._changed is not None:
+            await self._follow_events(self._changed)
+            return
         interval = _POLL_MIN_S
         while not self._stopped.is_set():
             got = await self.drain(final=False)
@@ -156,13 +172,29 @@ class OutputCollector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), interval)
 
+    async def _follow_events(self, changed: asyncio.Event) -> None:
+        """Read when the folder's files change (finish() sets the event too), at most every
+        `_POLL_MIN_S` while the task is chatty, so a flood is stored in chunks, not per write."""
+        while not self._stopped.is_set():
+            changed.clear()  # before reading: a write during the read sets it again
+            if await self.drain(final=False):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), _POLL_MIN_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), _SAFETY_POLL_S)
+
     async def finish(self) -> None:
         """Stop following and store everything the task wrote, including an unterminated last line."""
         self._stopped.set()
+        if self._changed is not None:
+            self._changed.set()
         if self._first_poll is not None:
             self._first_poll.cancel()
         if self._task is not None:
             await self._task
+        if self._watch is not None and self._file_events is not None:
+            self._file_events.unwatch(self._watch)
+            self._watch = None
         while await self.drain(final=True):
             pass
         await self._tell_of_outages()

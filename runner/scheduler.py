@@ -16,6 +16,7 @@ from runner.allocation import Allocator
 from runner.clock import Clock
 from runner.executors.base import ExitStatus, Workload
 from runner.executors.registry import ExecutorRegistry
+from runner.file_events import FileEvents
 from runner.launching import RunTask
 from runner.models import StepRecord
 from runner.notify import ChangeSignal, DeadlineBell
@@ -37,6 +38,7 @@ class Scheduler:
         profiles: ProfileCatalog,
         allocator: Allocator,
         deadlines: DeadlineBell,
+        file_events: FileEvents,
     ):
         self._store = store
         self._clock = clock
@@ -63,6 +65,7 @@ class Scheduler:
             allocator,
             self.log_signal,
             deadlines,
+            file_events,
             self.wake,
         )
         self._recovery = Recovery(self._parts, self._adopt)

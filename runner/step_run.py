@@ -21,6 +21,7 @@ from runner.executors.base import (
     Workload,
 )
 from runner.executors.registry import ExecutorRegistry
+from runner.file_events import FileEvents
 from runner.launching import RunTask, folder_details, handle_of, launch_of, split_gpus
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
@@ -61,6 +62,7 @@ class RunParts:
     allocator: Allocator
     log_signal: ChangeSignal
     deadlines: DeadlineBell
+    file_events: FileEvents
     wake_scheduler: Callable[[], None]
 
     def profile_of(self, step: StepRecord) -> ExecutionProfile:
@@ -295,6 +297,7 @@ class StepRun:
             mask_values=masked,
             max_task_bytes=parts.settings.log_max_bytes_per_task,
             on_stored=parts.log_signal.notify,
+            file_events=parts.file_events,
         )
 
     async def _finish(

@@ -1,6 +1,6 @@
 """Benchmark a real `localjobs serve` subprocess over HTTP and print a markdown table.
 
-    python -m scripts.bench [--only jobs,lists,docker,logs] [--jobs N] [--runs R] [--steps S] [--quick]
+    python -m scripts.bench [--only jobs,lists,docker,logs,quiet] [--jobs N] [--runs R] [--steps S] [--quick]
     python scripts/bench ...        (the same)
 
 Sections (all by default; `--only` picks some, `--skip-jobs` drops `jobs`):
@@ -16,7 +16,9 @@ Sections (all by default; `--only` picks some, `--skip-jobs` drops `jobs`):
           latency while such a step floods its log; (b) `tail=100` p50/p95 on a `--log-gb` GB log
           (written once, on the first `--big-log-runs` runs, with the per-task size limit off) against
           a 1 KB log, plus the DB size on disk; (c) follow latency: a step prints its own
-          `date +%s%N` every 100 ms for `--follow-s` s, read through `?follow=true`.
+          `date +%s%N` every 100 ms for `--follow-s` s, read through `?follow=true`;
+  quiet   `--quiet-steps` sleeping steps (1000), all running: the daemon's and launcher's CPU
+          over `--quiet-s` s, as a share of one core (scripts/bench/quiet.py).
 
 Every section starts its own daemon(s) as `<venv>/bin/localjobs serve --port 0 --data-dir <tmpdir>`
 and waits for its `localjobs ready http://...` line. The `jobs` section measures, on a fresh empty

@@ -17,6 +17,7 @@ from scripts.bench.containers import DOCKER_IMAGE, DockerResult, docker_availabl
 from scripts.bench.jobs import RunResult, one_run
 from scripts.bench.lists import ListResult, list_run, populate_store
 from scripts.bench.logs import LogsResult, logs_run
+from scripts.bench.quiet import quiet_run, quiet_table
 from scripts.bench.report import machine_info, report
 
 
@@ -32,6 +33,7 @@ async def amain(args: argparse.Namespace) -> int:
     dockers: list[DockerResult] = []
     logs: list[LogsResult] = []
     docker_skipped: str | None = None
+    quiet: list[dict[str, float]] = []
     try:
         if "jobs" in args.sections:
             for run_no in range(1, args.runs + 1):
@@ -58,6 +60,9 @@ async def amain(args: argparse.Namespace) -> int:
         if "logs" in args.sections:
             for run_no in range(1, args.runs + 1):
                 logs.append(await logs_run(args, run_no, tmp))
+        if "quiet" in args.sections:
+            for run_no in range(1, args.runs + 1):
+                quiet.append(await quiet_run(args, run_no, tmp))
     except Exception as exc:  # report what was measured, then fail
         failure = exc
         log(f"FAILED: {type(exc).__name__}: {exc}")
@@ -69,6 +74,9 @@ async def amain(args: argparse.Namespace) -> int:
     print("Machine: " + ", ".join(f"{k} {v}" for k, v in info_machine.items()))
     print()
     print(report(args, runs, lists, info, populate_s, dockers, logs, docker_skipped))
+    if quiet:
+        print()
+        print(quiet_table(quiet))
     if failure is not None:
         print(f"\n**Incomplete: {type(failure).__name__}: {failure}**")
         return 1
@@ -135,6 +143,10 @@ def main() -> int:
         "--follow-s", type=float, default=None, help="length of the follow-latency step (default 5)"
     )
     parser.add_argument(
+        "--quiet-steps", type=int, default=None, help="sleeping steps for the quiet section (default 1000)"
+    )
+    parser.add_argument("--quiet-s", type=float, default=10.0, help="how long the quiet steps' CPU is read")
+    parser.add_argument(
         "--no-auth",
         action="store_true",
         help="start the daemons with --no-auth (to measure what the token costs, against a default run)",
@@ -167,6 +179,7 @@ def main() -> int:
     args.log_gb = args.log_gb if args.log_gb is not None else (0.1 if quick else 1.0)
     args.tail_requests = args.tail_requests if args.tail_requests is not None else (50 if quick else 200)
     args.follow_s = args.follow_s if args.follow_s is not None else (2.0 if quick else 5.0)
+    args.quiet_steps = args.quiet_steps if args.quiet_steps is not None else (200 if quick else 1000)
     args.sections = {x.strip() for x in args.only.split(",") if x.strip()}
     unknown = args.sections - set(SECTIONS)
     if unknown:

@@ -21,7 +21,7 @@ from tests.daemon_process import die_with_parent
 __all__ = ["ROOT", "SOURCE", "log", "median", "pct", "profiler", "quiesce_disk", "run_argv"]
 
 V2 = "/apis/jobs/v2"
-SECTIONS = ("jobs", "lists", "docker", "logs")
+SECTIONS = ("jobs", "lists", "docker", "logs", "quiet")
 MAX_RUNNING_STEPS = 64  # the daemon's default (runner/settings.py), used for the floor too
 # The reference implementation's figures, for scale.
 REF_S_PER_100_JOBS = 150.0

@@ -1,0 +1,116 @@
+"""Tells a task's output collector the moment its folder's files change (Linux inotify, through
+libc; one descriptor for the whole daemon, read by the event loop), so that a quiet task costs
+nothing between writes and a printed line is read within a millisecond or so, instead of each
+task's files being read on a timer.
+
+Without inotify (another OS, no libc symbol, the watch limit reached) `watch` returns None and
+the collector reads on a timer as before; a lost event (the kernel's queue overflowed) wakes
+every watcher, and the collectors also read on a slow timer as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import struct
+
+log = logging.getLogger(__name__)
+
+_IN_MODIFY = 0x00000002
+_IN_CLOSE_WRITE = 0x00000008
+_IN_MOVED_TO = 0x00000080
+_IN_CREATE = 0x00000100
+_IN_Q_OVERFLOW = 0x00004000
+_IN_IGNORED = 0x00008000
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+_MASK = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_CREATE | _IN_MOVED_TO
+_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len (then `len` bytes of name)
+
+
+class FileEvents:
+    """One inotify descriptor; `watch(folder)` gives an asyncio.Event set whenever a file directly
+    in `folder` is created or written. Owned by the event loop's thread."""
+
+    def __init__(self) -> None:
+        self._libc: ctypes.CDLL | None = None
+        self._fd = -1
+        self._events: dict[int, asyncio.Event] = {}
+        self._reading = False
+
+    def _open(self) -> bool:
+        if self._fd >= 0:
+            return True
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        except (OSError, AttributeError) as exc:
+            log.info("no inotify (%s): task output is read on a timer", exc)
+            return False
+        if fd < 0:
+            log.info(
+                "inotify_init1 failed (%s): task output is read on a timer", os.strerror(ctypes.get_errno())
+            )
+            return False
+        self._libc, self._fd = libc, fd
+        return True
+
+    def watch(self, folder: str) -> tuple[int, asyncio.Event] | None:
+        """(a key for `unwatch`, the event), or None when this folder cannot be watched."""
+        if not self._open():
+            return None
+        assert self._libc is not None
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(folder), _MASK)
+        if wd < 0:
+            code = ctypes.get_errno()
+            if code == errno.ENOSPC:
+                log.warning("inotify watch limit reached (fs.inotify.max_user_watches): reading on a timer")
+            return None
+        if not self._reading:
+            asyncio.get_running_loop().add_reader(self._fd, self._read)
+            self._reading = True
+        # Two collectors of one folder (a restart's adoption racing a late one) share its event.
+        event = self._events.setdefault(wd, asyncio.Event())
+        return wd, event
+
+    def unwatch(self, key: int) -> None:
+        if self._events.pop(key, None) is not None and self._libc is not None:
+            self._libc.inotify_rm_watch(self._fd, key)  # an already removed folder: EINVAL, fine
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, 64 * 1024)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.warning("reading inotify events failed: %s", exc)
+                return
+            if not data:
+                return
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                wd, mask, _cookie, length = _HEADER.unpack_from(data, offset)
+                offset += _HEADER.size + length
+                if mask & _IN_Q_OVERFLOW:
+                    for event in self._events.values():  # which ones changed is lost: all look
+                        event.set()
+                elif mask & _IN_IGNORED:
+                    self._events.pop(wd, None)  # the folder is gone
+                elif (changed := self._events.get(wd)) is not None:
+                    changed.set()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            if self._reading:
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._events.clear()
+            self._reading = False
