@@ -41,7 +41,7 @@ _CHUNK = 256 * 1024
 MAX_LINE_BYTES = 64 * 1024
 _POLL_MIN_S = 0.01
 # With file events, a read now and then all the same: a safety net for an event lost or missed.
-_SAFETY_POLL_S = 1.0
+_SAFETY_POLL_S = 30.0
 
 
 @dataclass(frozen=True)
