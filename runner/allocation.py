@@ -7,9 +7,10 @@ Allocation is all-or-nothing per step: it gets all it needs, specific GPUs inclu
 
 Order (`plan`): first come first served, with a bounded backfill. While the oldest waiting step
 that needs something does not fit, younger steps that fit may start, for up to `backfill_s` of
-its wait; after that no step that needs anything starts until it has started, so a large step is
-never starved and small ones do not leave the machine idle meanwhile. Steps that need nothing
-are never held back: they take nothing the large one waits for.
+its wait; after that what it needs is kept for it: a younger step starts only if it fits in what
+would still be left once the oldest has all it needs (a CPU request does not wait behind a step
+waiting for GPUs; a GPU request does), so a large step is never starved and small ones do not
+leave the machine idle meanwhile. Steps that need nothing are never held back.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ class Decision:
     gpus: tuple[Gpu, ...] = ()
 
 
+@dataclass(frozen=True)
+class Admission:
+    started: list[int]
+    unfit: list[ResourceDemand]
+
+
 @dataclass
 class Allocator:
     """Owned by the scheduler's loop (one task): no locking."""
@@ -121,7 +128,9 @@ class Allocator:
         room = self.room()
         free_gpus = self.free_gpus()
         backfill_us = int(self.backfill_s * 1_000_000)
-        blocked_since: int | None = None  # when the oldest step that does not fit began waiting
+        # The oldest step that does not fit: since when it waits, and what it needs.
+        blocked_since: int | None = None
+        blocked = Needs()
         starting = 0
         decisions = []
         for demand in sorted(waiting, key=lambda d: (d.waiting_since_us, d.step_pk)):
@@ -131,8 +140,15 @@ class Allocator:
             elif needs and not needs.fits_in(room):
                 verdict = Verdict.LACKS
                 if blocked_since is None:
-                    blocked_since = demand.waiting_since_us
-            elif needs and blocked_since is not None and now_us - blocked_since >= backfill_us:
+                    blocked_since, blocked = demand.waiting_since_us, needs
+            elif (
+                needs
+                and blocked_since is not None
+                and now_us - blocked_since >= backfill_us
+                and not needs.fits_in(room - blocked)
+            ):
+                # Past the bound, what the oldest needs is kept for it: a younger step may take
+                # only what would still be left (a CPU request does not wait behind GPUs).
                 verdict = Verdict.HELD_BACK
             elif slots is not None and starting >= slots:
                 verdict = Verdict.NO_SLOT
@@ -147,15 +163,18 @@ class Allocator:
             decisions.append(decision)
         return decisions
 
-    def admit(self, waiting: Sequence[ResourceDemand], now_us: int, slots: int) -> list[int]:
-        """The waiting steps that start now (at most `slots`), what they need taken."""
-        started = []
+    def admit(self, waiting: Sequence[ResourceDemand], now_us: int, slots: int) -> Admission:
+        """The waiting steps that start now (at most `slots`), what they need taken; and those
+        that can never start on this machine (it shrank since they were accepted)."""
+        admission = Admission([], [])
         for decision in self.plan(waiting, now_us, slots):
             if decision.verdict is Verdict.START:
                 if decision.demand.needs:
                     self._held[decision.demand.step_pk] = Holding(decision.demand.needs, decision.gpus)
-                started.append(decision.demand.step_pk)
-        return started
+                admission.started.append(decision.demand.step_pk)
+            elif decision.verdict is Verdict.NEVER_FITS:
+                admission.unfit.append(decision.demand)
+        return admission
 
 
 # ------------------------------------------------------------------------------ what is shown
@@ -217,7 +236,8 @@ def wait_reason(decision: Decision, backfill_s: float) -> str:
     if needs.gpus > room.gpus:
         lacking.append(f"{needs.gpus} GPU{'s' if needs.gpus != 1 else ''}; {max(room.gpus, 0)} free")
     if needs.cpus > room.cpus + 1e-9:
-        lacking.append(f"{needs.cpus:g} CPU{'s' if needs.cpus != 1 else ''}; {max(room.cpus, 0):g} free")
+        free_cpus = max(round(room.cpus, 6), 0.0)  # 0.9 - 3 x 0.3 is 1e-16 in floats
+        lacking.append(f"{needs.cpus:g} CPU{'s' if needs.cpus != 1 else ''}; {free_cpus:g} free")
     if needs.memory_bytes > room.memory_bytes:
         lacking.append(f"{_bytes(needs.memory_bytes)} of memory; {_bytes(max(room.memory_bytes, 0))} free")
     return "waiting for " + ", and for ".join(lacking)

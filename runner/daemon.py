@@ -196,6 +196,6 @@ def _machine(settings: Settings) -> Machine:
             memory = math.ceil(parse_quantity(settings.memory))
         except ValueError as exc:
             raise CannotStart(f"--memory / LOCALJOBS_MEMORY: {exc}") from exc
-    if settings.cpus < 0 or memory < 0:
-        raise CannotStart("--cpus and --memory must not be negative")
+    if settings.cpus < 0 or not math.isfinite(settings.cpus) or memory < 0:
+        raise CannotStart("--cpus and --memory must be finite and not negative")
     return machine_of(gpus, settings.cpus, memory)

@@ -156,7 +156,9 @@ class OutputCollector:
         if self._stopped.is_set():
             return
         if self._file_events is not None:
-            watched = self._file_events.watch(os.path.dirname(self._streams[0].path))
+            folder = os.path.dirname(self._streams[0].path)
+            names = frozenset(os.path.basename(stream.path) for stream in self._streams)
+            watched = self._file_events.watch(folder, names)
             if watched is not None:
                 self._watch, self._changed = watched
         self._task = asyncio.create_task(self._run(), name=f"logs-{self._target.task_name}")
@@ -173,15 +175,18 @@ class OutputCollector:
                 await asyncio.wait_for(self._stopped.wait(), interval)
 
     async def _follow_events(self, changed: asyncio.Event) -> None:
-        """Read when the folder's files change (finish() sets the event too), at most every
-        `_POLL_MIN_S` while the task is chatty, so a flood is stored in chunks, not per write."""
+        """Read when the task's output files change (finish() sets the event too), at most every
+        `_POLL_MIN_S` while the task writes (a flood, or a progress bar redrawing an unfinished
+        line, is read in chunks, not per write). Lines the store could not take are tried again
+        after `poll_max_s`, whether or not the task writes more."""
         while not self._stopped.is_set():
             changed.clear()  # before reading: a write during the read sets it again
-            if await self.drain(final=False):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), _POLL_MIN_S)
+            await self.drain(final=False)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), _SAFETY_POLL_S)
+                await asyncio.wait_for(self._stopped.wait(), _POLL_MIN_S)
+            wait_s = self._poll_max_s if self._unstored is not None else _SAFETY_POLL_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), wait_s)
 
     async def finish(self) -> None:
         """Stop following and store everything the task wrote, including an unterminated last line."""

@@ -13,7 +13,7 @@ from typing import Any
 from runner.allocation import unfit_reason
 from runner.executors.base import ExecutorError, ExitStatus, StepHandle, Workload
 from runner.launching import RunTask, run_tasks
-from runner.models import JobStatus, StepRecord, step_needs
+from runner.models import JobStatus, Needs, StepRecord, step_needs
 from runner.step_run import STARTABLE, RunParts
 from runner.transitions import record_task_status, settle_step
 from storage import Repository, WriteTx
@@ -53,7 +53,7 @@ class Recovery:
         if step.status in STARTABLE and not step.handle:
             needs = step_needs(step.spec.executor)
             if needs and parts.allocator.never_fits(needs):  # the machine (or a declaration) shrank
-                await self._settle_unfit(step, unfit_reason(needs, parts.allocator.capacity, now=True))
+                await settle_unfit(parts, step.pk, needs)
             return set()  # never started: the loop will start it
         handle = StepHandle.from_json(step.handle)
         tasks = run_tasks(parts.settings, step, handle)
@@ -109,24 +109,6 @@ class Recovery:
 
         await self._store.write(record_restart, patient=True)
 
-    async def _settle_unfit(self, step: StepRecord, why: str) -> None:
-        message = f"Job cannot start: {why}"
-        now = self._parts.clock.now_us()
-
-        def record_unfit(tx: WriteTx) -> None:
-            fresh = tx.get_step_by_pk(step.pk)
-            if fresh is not None and fresh.status in STARTABLE:
-                settle_step(
-                    tx,
-                    fresh,
-                    JobStatus.ERROR,
-                    now=now,
-                    status_details={"message": message},
-                    error_details={"message": message},
-                )
-
-        await self._store.write(record_unfit, patient=True)
-
     async def _settle_lost(self, step: StepRecord, tasks: list[RunTask], why: str) -> None:
         now = self._parts.clock.now_us()
         final = JobStatus.CANCELLED if step.status == JobStatus.CANCELLING else JobStatus.ERROR
@@ -143,6 +125,27 @@ class Recovery:
                 )
 
         await self._store.write(record_lost, patient=True)
+
+
+async def settle_unfit(parts: RunParts, step_pk: int, needs: Needs) -> None:
+    """End in error a waiting step that can never start here (the machine, or what --gpus,
+    --cpus or --memory declare, shrank since it was accepted), saying why."""
+    message = f"Job cannot start: {unfit_reason(needs, parts.allocator.capacity, now=True)}"
+    now = parts.clock.now_us()
+
+    def record_unfit(tx: WriteTx) -> None:
+        fresh = tx.get_step_by_pk(step_pk)
+        if fresh is not None and fresh.status in STARTABLE:
+            settle_step(
+                tx,
+                fresh,
+                JobStatus.ERROR,
+                now=now,
+                status_details={"message": message},
+                error_details={"message": message},
+            )
+
+    await parts.store.write(record_unfit, patient=True)
 
 
 class ContainerSweep:

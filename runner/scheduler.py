@@ -18,10 +18,10 @@ from runner.executors.base import ExitStatus, Workload
 from runner.executors.registry import ExecutorRegistry
 from runner.file_events import FileEvents
 from runner.launching import RunTask
-from runner.models import StepRecord
+from runner.models import ResourceDemand, StepRecord
 from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ProfileCatalog
-from runner.recovery import Recovery
+from runner.recovery import Recovery, settle_unfit
 from runner.settings import Settings
 from runner.step_run import RunParts, SecretSource, StepRun, log_failure
 from storage import Repository
@@ -49,6 +49,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._runs: dict[int, StepRun] = {}
         self._starting: set[int] = set()  # claimed, not yet recorded as pending
+        self._settling: set[int] = set()  # can never start here: being ended in error
         self._closing = False
         self._base_url = ""
         # Set once recovery has adopted or settled what an earlier daemon left running.
@@ -128,10 +129,22 @@ class Scheduler:
                 for d in await self._store.runnable_steps(free + len(self._starting))
                 if d.step_pk not in self._runs
             ]
-            for step_pk in self._allocator.admit(waiting, self._clock.now_us(), slots=free):
+            admission = self._allocator.admit(waiting, self._clock.now_us(), slots=free)
+            for step_pk in admission.started:
                 run = StepRun(self._parts, step_pk)
                 self._starting.add(step_pk)
                 self._claim(run, self._start(run))
+            for demand in admission.unfit:  # e.g. a job's next step, after the machine shrank
+                if demand.step_pk not in self._settling:
+                    self._settling.add(demand.step_pk)
+                    task = asyncio.create_task(self._settle_unfit(demand), name=f"unfit-{demand.step_pk}")
+                    task.add_done_callback(log_failure)
+
+    async def _settle_unfit(self, demand: ResourceDemand) -> None:
+        try:
+            await settle_unfit(self._parts, demand.step_pk, demand.needs)
+        finally:
+            self._settling.discard(demand.step_pk)
 
     async def _start(self, run: StepRun) -> None:
         await run.start(self._base_url, on_recorded=lambda: self._starting.discard(run.step_pk))

@@ -244,6 +244,8 @@ class StepRun:
             self.stop_requested = True
         elif step.status == JobStatus.PAUSING:
             self.pause_requested = True
+        elif step.status == JobStatus.PAUSED:
+            self.frozen = True  # it stayed frozen while no daemon ran: a resume must thaw it
         elif step.status == JobStatus.RESUMING:
             self._control(self._resume())
         await self._follow(step, tasks, found, offsets, masked)

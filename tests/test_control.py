@@ -233,3 +233,28 @@ async def test_client_patch_to_paused_and_back_freezes_and_thaws(api: Api) -> No
     await _eventually(lambda: not _stopped(pid))
     await api.request("POST", "/jobs/patch-pause/cancel")
     assert (await api.wait_job("patch-pause"))["status"] == "cancelled"
+
+
+async def test_a_step_paused_across_a_restart_resumes(tmp_path: Path) -> None:
+    """Left frozen while no daemon ran, the step is taken over as frozen: resume thaws it."""
+    counter = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.02; done"
+    async with running_server(tmp_path, stop_steps_on_shutdown=False) as srv, api_for(srv) as api:
+        await api.create_job([shell("count", counter)], name="frozen")
+        await api.wait_job("frozen", {"active"})
+        await api.request("POST", "/jobs/frozen/pause")
+        await api.wait_job("frozen", {"paused"})
+        _, step_record = await api.request("GET", "/jobs/frozen/steps/count")
+        pid = step_record["status_details"]["pid"]
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        stored = len(await api.logs("frozen"))
+        status, _ = await api.request("POST", "/jobs/frozen/resume")
+        assert status == 200
+        await api.wait_job("frozen", {"active"}, timeout_s=30)
+        # It prints again: the same process, thawed (not left stopped in `resuming`).
+        deadline = time.monotonic() + 30
+        while len(await api.logs("frozen")) <= stored:
+            assert time.monotonic() < deadline, "no line after the resume: still frozen"
+            await asyncio.sleep(0.05)
+        assert psutil.Process(pid).status() not in {psutil.STATUS_STOPPED}
+        await api.request("POST", "/jobs/frozen/cancel")
+        assert (await api.wait_job("frozen", timeout_s=60))["status"] == "cancelled"

@@ -19,10 +19,11 @@ async def test_a_write_in_a_watched_folder_sets_its_event(tmp_path: Path) -> Non
     other.mkdir()
     events = FileEvents()
     try:
-        watched = events.watch(str(tmp_path))
+        watched = events.watch(str(tmp_path), frozenset({"stdout.log"}))
         assert watched is not None, "inotify is there on Linux"
         key, changed = watched
         (other / "x").write_text("in a folder below the watched one")
+        (tmp_path / "checkpoint.bin").write_bytes(b"a file of the task's own, beside its output")
         await asyncio.sleep(0.05)
         assert not changed.is_set()
         with (tmp_path / "stdout.log").open("ab") as out:  # created, then written
@@ -44,7 +45,7 @@ async def test_a_write_in_a_watched_folder_sets_its_event(tmp_path: Path) -> Non
 def test_a_folder_that_cannot_be_watched_falls_back(tmp_path: Path) -> None:
     events = FileEvents()
     try:
-        assert events.watch(str(tmp_path / "missing")) is None  # the collector then polls
+        assert events.watch(str(tmp_path / "missing"), frozenset({"stdout.log"})) is None  # it polls
     finally:
         events.close()
 
@@ -77,3 +78,19 @@ async def test_a_line_is_read_when_printed_with_every_timer_far_away(
         assert b'"printed"' in first
         await api.request("POST", "/jobs/quiet/cancel")
         await api.wait_job("quiet", timeout_s=30)
+
+
+async def test_a_watch_shared_by_two_collectors_lasts_until_both_let_go(tmp_path: Path) -> None:
+    events = FileEvents()
+    try:
+        first = events.watch(str(tmp_path), frozenset({"stdout.log"}))
+        second = events.watch(str(tmp_path), frozenset({"stderr.log"}))
+        assert first is not None and second is not None and first[0] == second[0]
+        events.unwatch(first[0])
+        changed = second[1]
+        changed.clear()
+        (tmp_path / "stderr.log").write_text("still watched for the other\n")
+        await asyncio.wait_for(changed.wait(), 10)
+        events.unwatch(second[0])
+    finally:
+        events.close()

@@ -176,3 +176,25 @@ async def test_a_waiting_step_that_no_longer_fits_after_a_restart_ends_in_error(
         assert "needs 2 GPUs; this machine now has 1" in job["error_details"]["message"]
         await api.request("POST", "/jobs/holder/cancel")
         await api.wait_job("holder", timeout_s=60)
+
+
+async def test_a_later_step_that_cannot_fit_the_shrunk_machine_ends_in_error(tmp_path: Path) -> None:
+    """Created after the restart (its job's first step completed then), it is settled by the loop,
+    not left waiting: only steps already waiting were looked at by the recovery."""
+    gate = tmp_path / "go"
+    first = {
+        "name": "prepare",
+        "executor": {
+            "provider": "subprocess",
+            "command": ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"],
+        },
+    }
+    settings = _settings(stop_steps_on_shutdown=False)
+    async with running_server(tmp_path, **settings) as srv, api_for(srv) as api:
+        await api.create_job([first, _gpu_step("train", "true", gpus=2)], name="two-steps")
+        await api.wait_job("two-steps", {"active"}, timeout_s=60)
+    async with running_server(tmp_path, **{**settings, "gpus": ("0",)}) as srv, api_for(srv) as api:
+        gate.touch()
+        job = await api.wait_job("two-steps", timeout_s=60)
+        assert job["status"] == "error", job
+        assert "it needs 2 GPUs; this machine now has 1" in job["error_details"]["message"]

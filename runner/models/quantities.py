@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _QUANTITY = re.compile(r"([+]?(?:\d+|\d*\.\d+)(?:[eE][+-]?\d+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?")
@@ -28,4 +29,7 @@ def parse_quantity(text: str) -> float:
     match = _QUANTITY.fullmatch(text.strip())
     if not match:
         raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. '250m', '1.5', '128Mi', '1Gi')")
-    return float(match.group(1)) * _SUFFIX_FACTOR[match.group(2) or ""]
+    value = float(match.group(1)) * _SUFFIX_FACTOR[match.group(2) or ""]
+    if not math.isfinite(value):  # "1e400" is a float's infinity: no machine has that much
+        raise ValueError(f"{text!r} is too large a quantity")
+    return value

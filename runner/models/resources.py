@@ -29,11 +29,13 @@ class Needs:
         return Needs(self.gpus - other.gpus, self.cpus - other.cpus, self.memory_bytes - other.memory_bytes)
 
     def fits_in(self, room: Needs) -> bool:
-        # A small tolerance: requests such as 0.1 + 0.2 CPUs must fit in 0.3.
+        """Whether this fits in `room`, kind by kind; a kind this asks none of always fits (the
+        room may be short of it: a restart can restore more than a shrunk machine has). A small
+        tolerance for CPUs: requests such as 0.1 + 0.2 must fit in 0.3."""
         return (
-            self.gpus <= room.gpus
-            and self.cpus <= room.cpus + 1e-9
-            and self.memory_bytes <= room.memory_bytes
+            (not self.gpus or self.gpus <= room.gpus)
+            and (not self.cpus or self.cpus <= room.cpus + 1e-9)
+            and (not self.memory_bytes or self.memory_bytes <= room.memory_bytes)
         )
 
 
