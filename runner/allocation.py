@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from runner.gpus import Gpu
-from runner.models import Needs, ResourceDemand
+from runner.models import Needs, ResourceDemand, shown_cpus
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ def wait_reason(decision: Decision, backfill_s: float) -> str:
     if needs.gpus > room.gpus:
         lacking.append(f"{needs.gpus} GPU{'s' if needs.gpus != 1 else ''}; {max(room.gpus, 0)} free")
     if needs.cpus > room.cpus + 1e-9:
-        free_cpus = max(round(room.cpus, 6), 0.0)  # 0.9 - 3 x 0.3 is 1e-16 in floats
+        free_cpus = max(shown_cpus(room.cpus), 0.0)
         lacking.append(f"{needs.cpus:g} CPU{'s' if needs.cpus != 1 else ''}; {free_cpus:g} free")
     if needs.memory_bytes > room.memory_bytes:
         lacking.append(f"{_bytes(needs.memory_bytes)} of memory; {_bytes(max(room.memory_bytes, 0))} free")

@@ -51,10 +51,9 @@ class Recovery:
         """The names of the tasks handed to a run of this daemon (none when settled here)."""
         parts = self._parts
         if step.status in STARTABLE and not step.handle:
-            needs = step_needs(step.spec.executor)
-            if needs and parts.allocator.never_fits(needs):  # the machine (or a declaration) shrank
-                await settle_unfit(parts, step.pk, needs)
-            return set()  # never started: the loop will start it
+            # Never started: the loop will start it, or, if it can no longer fit the machine,
+            # end it in error (settle_unfit, from the loop's admission: one place for both).
+            return set()
         handle = StepHandle.from_json(step.handle)
         tasks = run_tasks(parts.settings, step, handle)
         if not tasks:

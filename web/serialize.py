@@ -27,6 +27,7 @@ from runner.models import (
     StepSpec,
     SubprocessExecutorSpec,
     TaskRecord,
+    shown_cpus,
 )
 from runner.service import StatusTree
 
@@ -292,15 +293,12 @@ def page_envelope(
 def capacity_body(capacity: Needs, in_use: Needs) -> dict[str, Any]:
     """Totals, in use and free, per kind: also what each execution profile carries as `capacity`."""
     free = capacity - in_use
-
-    def shown(value: float) -> float:
-        return round(value, 6) + 0.0  # 0.9 - 3 x 0.3 is 1e-16 in floats; + 0.0 makes -0.0 a 0.0
-
     return {
-        kind: {
-            "total": getattr(capacity, kind),
-            "in_use": shown(getattr(in_use, kind)) if kind == "cpus" else getattr(in_use, kind),
-            "free": shown(getattr(free, kind)) if kind == "cpus" else getattr(free, kind),
-        }
-        for kind in ("cpus", "memory_bytes", "gpus")
+        "cpus": {"total": capacity.cpus, "in_use": shown_cpus(in_use.cpus), "free": shown_cpus(free.cpus)},
+        "memory_bytes": {
+            "total": capacity.memory_bytes,
+            "in_use": in_use.memory_bytes,
+            "free": free.memory_bytes,
+        },
+        "gpus": {"total": capacity.gpus, "in_use": in_use.gpus, "free": free.gpus},
     }

@@ -46,7 +46,7 @@ from runner.models.records import (
     TaskRecord,
     WatchedStep,
 )
-from runner.models.resources import Needs, ResourceDemand, needs_of, step_needs
+from runner.models.resources import Needs, ResourceDemand, needs_of, shown_cpus, step_needs
 from runner.models.specs import (
     MAX_NODES,
     ComputeResources,
@@ -120,5 +120,6 @@ __all__ = [
     "new_task_name",
     "now_us",
     "parse_quantity",
+    "shown_cpus",
     "step_needs",
 ]

@@ -81,3 +81,9 @@ class ResourceDemand:
     step_pk: int
     needs: Needs
     waiting_since_us: int
+
+
+def shown_cpus(value: float) -> float:
+    """A CPU amount as shown (routes, reasons): 0.9 - 3 x 0.3 is 1e-16 in floats; + 0.0 turns a
+    rounded -0.0 into 0.0."""
+    return round(value, 6) + 0.0
