@@ -3,6 +3,8 @@ behind `GET /apis/localjobs/v1/capacity` and `/gpus` and the profiles' `capacity
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from runner.allocation import Allocator, GpuUse, Hold, StepRef, Usage, Wait, wait_reason
 from runner.clock import Clock
 from runner.models import Needs
@@ -10,18 +12,28 @@ from storage import Repository
 
 
 class CapacityView:
-    def __init__(self, store: Repository, clock: Clock, allocator: Allocator) -> None:
+    def __init__(
+        self, store: Repository, clock: Clock, allocator: Allocator, recovered: Callable[[], Awaitable[None]]
+    ) -> None:
         self._store = store
         self._clock = clock
         self._allocator = allocator
+        # What is in use counts the steps an earlier daemon left only once they are adopted.
+        self._recovered = recovered
 
-    def resources(self) -> tuple[Needs, Needs]:
+    def machine(self) -> Needs:
+        """What the machine has: GPUs, CPUs, memory."""
+        return self._allocator.capacity
+
+    async def resources(self) -> tuple[Needs, Needs]:
         """(what the machine has, what running steps hold now): GPUs, CPUs, memory."""
+        await self._recovered()
         return self._allocator.capacity, self._allocator.in_use()
 
     async def usage(self) -> Usage:
         """The machine, what is in use, every GPU with the step holding it, and the steps that
         wait for GPUs, CPUs or memory, with why (the scheduler's own rule, applied to now)."""
+        await self._recovered()
         refs: dict[int, StepRef | None] = {}
 
         async def ref(step_pk: int) -> StepRef | None:

@@ -127,7 +127,7 @@ class Daemon:
             results,
             self._scheduler.log_signal,
             profiles,
-            capacity=CapacityView(self._store, self.clock, allocator),
+            capacity=CapacityView(self._store, self.clock, allocator, self._scheduler.ready),
             logs=LogService(self._store, self._scheduler.log_signal, self._scheduler),
             tasks=TaskService(self._store, self.clock, secrets),
         )

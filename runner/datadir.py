@@ -52,6 +52,7 @@ _OWN_ENTRIES = (
     "localjobs.db-wal",
     "localjobs.db-shm",
     "launcher.log",
+    "logs",
     "work",
 )
 

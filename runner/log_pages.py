@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from runner.errors import BadRequest, Unprocessable
-from runner.models import LogLine, LogQuery, base58
+from runner.models import LogLine, LogQuery, base58, line_id
 from storage import Repository
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -43,8 +43,13 @@ def scope_hash(query: LogQuery) -> str:
 
 
 def encode_cursor(cursor: Cursor) -> str:
-    payload = {"v": 2, "d": cursor.direction, "id": cursor.line_id, "q": cursor.scope}
+    payload = {"v": 3, "d": cursor.direction, "id": cursor.line_id, "q": cursor.scope}
     return base58(json.dumps(payload, separators=(",", ":")).encode())
+
+
+def chunk_line(row_id: int) -> int:
+    """The id now of the line that was row `row_id` before output was stored per chunk."""
+    return line_id(row_id, 0)
 
 
 def decode_cursor(text: str, query: LogQuery) -> Cursor:
@@ -56,9 +61,12 @@ def decode_cursor(text: str, query: LogQuery) -> Cursor:
         number = number * 58 + _B58_INDEX[char]
     try:
         payload = json.loads(number.to_bytes((number.bit_length() + 7) // 8, "big"))
-        direction, line_id, scope = payload["d"], payload["id"], payload["q"]
+        direction, line_id, scope, version = payload["d"], payload["id"], payload["q"], payload["v"]
     except (ValueError, KeyError, TypeError):
         raise invalid from None
+    if version == 2 and isinstance(line_id, int):
+        # Made when a line was a row: that line is now a chunk of its own, at index 0.
+        line_id = chunk_line(line_id)
     if direction not in ("f", "b") or not isinstance(line_id, int) or not 0 <= line_id < 2**63:
         raise invalid
     if scope != scope_hash(query):

@@ -1,10 +1,14 @@
-"""Moves a task's output from its stdout/stderr files into the store, line by line, in order.
+"""Moves a task's output from its stdout/stderr files into the store, in chunks of whole lines.
 
-The read offset is committed with the lines, so a daemon that crashes and starts again neither
-loses nor repeats a line. While the task runs the files are read when they change (inotify on
-the task's folder, runner/file_events.py: a quiet task costs nothing, a printed line is read at
-once, a chatty one every 10 ms at most), or, without inotify, with a short adaptive interval (at
-most `poll_max_s` later when it is quiet); once it exits they are drained to the end.
+Each read is cut into chunks (runner/output_chunks.py), written to the task's log file at its
+committed end, then indexed with the read offset in one commit (storage/logs.py), so a daemon
+that crashes and starts again neither loses nor repeats a line. Once stored, the read part of
+the task's own files is given back to the file system (they are the intake, not a second copy).
+
+While the task runs the files are read when they change (inotify on the task's folder,
+runner/file_events.py: a quiet task costs nothing, a printed line is read at once, a chatty one
+every 10 ms at most), or, without inotify, with a short adaptive interval (at most `poll_max_s`
+later when it is quiet); once it exits they are drained to the end.
 
 When the store cannot take lines (a full disk, a lock held elsewhere), they stay in the file and
 are tried again at the next read, so nothing is lost to a spell that ends while the task runs;
@@ -27,18 +31,16 @@ from dataclasses import dataclass
 from runner.clock import Clock
 from runner.executors.base import TaskPaths
 from runner.file_events import FileEvents
+from runner.models import LogAppend, LogProgress, OutputChunk
+from runner.output_chunks import CHUNK_BYTES, into_chunks
+from runner.output_intake import READ_BYTES, OrderFile, StreamFile
 from runner.secrets import Masker
 from runner.transitions import note_output_error
-from storage import Gone, Repository, StorageUnavailable, WriteTx
+from storage import Gone, Repository, StorageUnavailable
 from storage.health import low_on_space
 
 log = logging.getLogger(__name__)
 
-# Lines are stored in transactions of at most this much output: a flood of output then holds the
-# single writer only briefly, and other writes (submissions, status changes) get their turn.
-_CHUNK = 256 * 1024
-# A "line" longer than this is stored in pieces: one unterminated write must not grow without bound.
-MAX_LINE_BYTES = 64 * 1024
 _POLL_MIN_S = 0.01
 # With file events, a read now and then all the same: a safety net for an event lost or missed.
 _SAFETY_POLL_S = 30.0
@@ -53,61 +55,6 @@ class OutputTarget:
     task_name: str
 
 
-class _Stream:
-    def __init__(self, name: str, path: str, offset: int) -> None:
-        self.name = name
-        self.path = path
-        self.offset = offset  # bytes consumed up to the end of the last stored line
-        self.pending = b""
-
-    def read_lines(self, final: bool) -> tuple[list[bytes], int]:
-        """Complete lines available after `offset`, and the offset just past them."""
-        # os-level calls: this runs at least twice per task, and Python's file objects cost more
-        # than the read itself for the usual few bytes.
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return [], self.offset
-        try:
-            data = os.pread(fd, _CHUNK, self.offset + len(self.pending))
-        finally:
-            os.close(fd)
-        buffer = self.pending + data
-        lines: list[bytes] = []
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            lines.append(buffer[start:end])
-            start = end + 1
-        rest = buffer[start:]
-        while len(rest) >= MAX_LINE_BYTES:
-            lines.append(rest[:MAX_LINE_BYTES])
-            start += MAX_LINE_BYTES
-            rest = rest[MAX_LINE_BYTES:]
-        if final and rest and len(data) < _CHUNK:
-            lines.append(rest)
-            start += len(rest)
-            rest = b""
-        self.pending = rest
-        new_offset = self.offset + start
-        return lines, new_offset
-
-    def more_buffered(self, previous_offset: int) -> bool:
-        return self.offset - previous_offset >= _CHUNK // 2
-
-    def unread(self) -> None:
-        """The lines last read were not stored: the next read starts again at `offset`."""
-        self.pending = b""
-
-    def bytes_left(self) -> int:
-        try:
-            return max(0, os.stat(self.path).st_size - self.offset)
-        except OSError:
-            return 0
-
-
 class OutputCollector:
     def __init__(
         self,
@@ -115,7 +62,7 @@ class OutputCollector:
         clock: Clock,
         target: OutputTarget,
         paths: TaskPaths,
-        offsets: dict[str, int],
+        progress: LogProgress,
         poll_max_s: float,
         *,
         mask_values: list[str] | None = None,
@@ -127,16 +74,26 @@ class OutputCollector:
         self._file_events = file_events
         self._watch: int | None = None
         self._changed: asyncio.Event | None = None  # set by a write to the task's folder
-        # Built once: every line of the task goes through it.
-        self._masker = Masker(mask_values or ())
+        # Built once: everything the task prints goes through it.
+        self._masker = Masker(mask_values or (), within_lines=True)
         self._max_task_bytes = max_task_bytes
+        # Small limits get small chunks: the limit drops whole chunks, oldest first.
+        self._chunk_bytes = (
+            min(CHUNK_BYTES, max(1024, max_task_bytes // 4)) if max_task_bytes else CHUNK_BYTES
+        )
+        self._log_files = store.log_files
+        self._file_end = progress.file_end  # where the next chunk goes in the task's log file
+        self._file_freed = 0
         self._on_stored = on_stored
         self._clock = clock
         self._target = target
         self._streams = [
-            _Stream("stdout", paths.stdout_file, offsets.get("stdout", 0)),
-            _Stream("stderr", paths.stderr_file, offsets.get("stderr", 0)),
+            StreamFile("stdout", paths.stdout_file, progress.stdout),
+            StreamFile("stderr", paths.stderr_file, progress.stderr),
         ]
+        # Present from the start when the launcher captures the task's output through pipes.
+        order_file = paths.order_file
+        self._order = OrderFile(order_file, progress.order) if os.path.exists(order_file) else None
         self._poll_max_s = poll_max_s
         self._stopped = asyncio.Event()
         self._gone = False
@@ -157,7 +114,7 @@ class OutputCollector:
             return
         if self._file_events is not None:
             folder = os.path.dirname(self._streams[0].path)
-            names = frozenset(os.path.basename(stream.path) for stream in self._streams)
+            names = frozenset(os.path.basename(f.path) for f in self._intake())
             watched = self._file_events.watch(folder, names)
             if watched is not None:
                 self._watch, self._changed = watched
@@ -230,53 +187,97 @@ class OutputCollector:
         except StorageUnavailable as exc:
             log.error("task %s: could not record that %s (%s)", self._target.task_name, note, exc)
 
+    def _ordered(self) -> list[OrderFile]:
+        return [] if self._order is None else [self._order]
+
+    def _intake(self) -> list[StreamFile | OrderFile]:
+        return [*self._streams, *self._ordered()]
+
     async def drain(self, final: bool) -> int:
+        """Store what the task wrote since the last drain (with `final`, all of it); returns the
+        number of lines stored."""
         if self._gone:
             return 0
         stored = 0
-        for stream in self._streams:
-            while True:
-                before = stream.offset
-                lines, new_offset = stream.read_lines(final)
-                if new_offset == before:
-                    break
-                try:
-                    await self._store_lines(stream.name, lines, new_offset)
-                except Gone:
-                    self._gone = True  # the job was deleted: nothing left to store for
-                    return stored
-                except StorageUnavailable as exc:
-                    stream.unread()  # they stay in the file: the next drain tries them again
-                    self._unstored = exc
-                    return stored
-                self._unstored = None
-                stream.offset = new_offset
-                stored += len(lines)
-                if not stream.more_buffered(before):
-                    break
+        while True:
+            chunks, more = self._read(final)
+            moved = bool(chunks) or any(f.next != f.offset for f in self._ordered())
+            if not moved:
+                break
+            try:
+                await self._keep(chunks)
+            except Gone:
+                self._gone = True  # the job was deleted: nothing left to store for
+                return stored
+            except StorageUnavailable as exc:
+                for file in self._intake():
+                    file.rollback()  # it stays in the files: the next drain tries it again
+                self._unstored = exc
+                return stored
+            self._unstored = None
+            for file in self._intake():
+                file.commit()
+            stored += sum(c.lines for c in chunks)
+            if not more:
+                break
         return stored
 
-    async def _store_lines(self, stream: str, lines: list[bytes], new_offset: int) -> None:
-        now = self._clock.now_us()
+    def _read(self, final: bool) -> tuple[list[OutputChunk], bool]:
+        """The chunks ready to store, in the order written, and whether more is waiting."""
+        chunks: list[OutputChunk] = []
+        budget = READ_BYTES
+        more = False
+        if self._order is not None:
+            segments, more = self._order.segments()
+            for segment in segments:
+                stream = self._streams[segment.stream]
+                cut = stream.read(segment.end, False, self._masker)
+                chunks += into_chunks(cut.stored, stream.name, segment.timestamp, self._chunk_bytes)
+                self._order.next = segment.records_end
+                budget -= cut.consumed
+                if budget <= 0:
+                    return chunks, True
+        if self._order is None or final:
+            now = self._clock.now_us()
+            for stream in self._streams:
+                cut = stream.read(None, final, self._masker)
+                chunks += into_chunks(cut.stored, stream.name, now, self._chunk_bytes)
+                more = more or cut.consumed >= READ_BYTES // 2
+        return chunks, more
+
+    async def _keep(self, chunks: list[OutputChunk]) -> None:
         target = self._target
-        prefix = "[stderr] " if stream == "stderr" else ""
-        decoded = [(now, prefix + line.rstrip(b"\r").decode("utf-8", "replace")) for line in lines]
-        if self._masker:
-            decoded = [(ts, self._masker.text(text)) for ts, text in decoded]
-        await self._store.write(
-            functools.partial(
-                WriteTx.append_log_lines,
-                job_pk=target.job_pk,
-                attempt_id=target.attempt_id,
-                step_name=target.step_name,
-                task_pk=target.task_pk,
-                task_name=target.task_name,
-                stream=stream,
-                lines=decoded,
-                new_offset=new_offset,
-                max_task_bytes=self._max_task_bytes,
+        stored = b"".join(c.data for c in chunks)
+        entry = LogAppend(
+            job_pk=target.job_pk,
+            attempt_id=target.attempt_id,
+            step_name=target.step_name,
+            task_pk=target.task_pk,
+            task_name=target.task_name,
+            file_offset=self._file_end,
+            chunks=tuple(chunks),
+            progress=LogProgress(
+                stdout=self._streams[0].next,
+                stderr=self._streams[1].next,
+                order=self._order.next if self._order is not None else 0,
+                file_end=self._file_end + len(stored),
             ),
-            patient=True,  # losing lines is no better than losing a status
+            max_task_bytes=self._max_task_bytes,
         )
-        if decoded:
+        if stored:
+            try:
+                # At the committed end: what an append that was never committed left there is
+                # written over, and never named by the index.
+                self._log_files.write_at(target.job_pk, target.task_pk, self._file_end, stored)
+            except OSError as exc:
+                raise StorageUnavailable(f"cannot write the task's log file: {exc}", exc.strerror) from exc
+        outcome = await self._store.write(
+            lambda tx: tx.append_log_output(entry),
+            patient=True,  # losing output is no better than losing a status
+        )
+        self._file_end += len(stored)
+        if outcome.kept_from > self._file_freed:
+            self._log_files.free(target.job_pk, target.task_pk, self._file_freed, outcome.kept_from)
+            self._file_freed = outcome.kept_from
+        if stored:
             self._on_stored(target.job_pk)

@@ -13,7 +13,7 @@ from typing import Any
 from runner.allocation import unfit_reason
 from runner.executors.base import ExecutorError, ExitStatus, StepHandle, Workload
 from runner.launching import RunTask, run_tasks
-from runner.models import JobStatus, Needs, StepRecord, step_needs
+from runner.models import JobStatus, LogProgress, Needs, StepRecord, step_needs
 from runner.step_run import STARTABLE, RunParts
 from runner.transitions import record_task_status, settle_step
 from storage import Repository, WriteTx
@@ -21,7 +21,7 @@ from storage import Repository, WriteTx
 log = logging.getLogger(__name__)
 
 # Hands a step to be taken over to the scheduler, which runs it as one of its own.
-Adopt = Callable[[StepRecord, list[RunTask], Workload | ExitStatus, dict[int, dict[str, int]]], None]
+Adopt = Callable[[StepRecord, list[RunTask], Workload | ExitStatus, dict[int, LogProgress]], None]
 
 
 class Recovery:
@@ -73,12 +73,12 @@ class Recovery:
             else:
                 await self._settle_lost(step, tasks, "the workload vanished while the daemon was down")
             return set()
-        offsets = {t.pk: await self._store.log_offsets(t.pk) for t in tasks}
+        progress = {t.pk: await self._store.log_progress(t.pk) for t in tasks}
         # What it holds is its own again before anything new is admitted (recovery runs first).
         parts.allocator.restore(
             step.pk, step_needs(step.spec.executor), [g for t in tasks for g in t.ref.gpus]
         )
-        self._adopt(step, tasks, found, offsets)
+        self._adopt(step, tasks, found, progress)
         return {t.name for t in tasks}
 
     async def _known_task_names(self) -> set[str]:

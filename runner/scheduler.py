@@ -18,7 +18,7 @@ from runner.executors.base import ExitStatus, Workload
 from runner.executors.registry import ExecutorRegistry
 from runner.file_events import FileEvents
 from runner.launching import RunTask
-from runner.models import ResourceDemand, StepRecord
+from runner.models import LogProgress, ResourceDemand, StepRecord
 from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ProfileCatalog
 from runner.recovery import Recovery, settle_unfit
@@ -154,10 +154,10 @@ class Scheduler:
         step: StepRecord,
         tasks: list[RunTask],
         found: Workload | ExitStatus,
-        offsets: dict[int, dict[str, int]],
+        progress: dict[int, LogProgress],
     ) -> None:
         run = StepRun(self._parts, step.pk, job_pk=step.job_pk)
-        self._claim(run, run.adopt(step, tasks, found, offsets))
+        self._claim(run, run.adopt(step, tasks, found, progress))
 
     def _claim(self, run: StepRun, coro: Any) -> None:
         step_pk = run.step_pk

@@ -38,18 +38,21 @@ def split_reference(reference: str, workspace: str) -> tuple[str, str]:
 class Masker:
     """Replaces secret values with MASK in text and in JSON values.
 
-    Each value is looked for whole and line by line: output is stored one line at a time, so a
-    value spanning lines (a PEM key, a kubeconfig) is never found whole there, only its lines.
+    Each value is looked for whole and line by line: in a task's output a value spanning lines (a
+    PEM key, a kubeconfig) is masked one line at a time, as its lines are stored as lines.
     Every occurrence of every fragment is found in the original text and overlapping or touching
     ones are masked as one, so two secrets that overlap leave no piece of either in clear."""
 
     __slots__ = ("_fragments",)
 
-    def __init__(self, values: Iterable[str] = ()) -> None:
+    def __init__(self, values: Iterable[str] = (), *, within_lines: bool = False) -> None:
+        """`within_lines`: for text made of whole lines (a task's output), where a value that
+        spans lines is masked line by line, so masking never joins or removes lines."""
         fragments: set[str] = set()
         for value in values:
-            # Split as the output collector splits (on \n, then a trailing \r is dropped).
-            for piece in (value, *(line.rstrip("\r") for line in value.split("\n"))):
+            # Split as output is split into lines (on \n, then a trailing \r is dropped).
+            whole = () if within_lines and "\n" in value else (value,)
+            for piece in (*whole, *(line.rstrip("\r") for line in value.split("\n"))):
                 if len(piece) >= MIN_MASKED_LENGTH:
                     fragments.add(piece)
         self._fragments = tuple(fragments)

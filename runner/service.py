@@ -173,7 +173,7 @@ class JobService:
             needs = step_needs(executor)
             if needs and self.capacity.never_fits(needs):
                 # It could never start: refused now rather than left waiting forever.
-                why = unfit_reason(needs, self.capacity.resources()[0])
+                why = unfit_reason(needs, self.capacity.machine())
                 raise Unprocessable(f"step {step.name!r} can never start here: {why}")
             profile = self._profiles.get(executor.provider, executor.profile)
             if profile.backend == "subprocess" or isinstance(executor, SubprocessExecutorSpec):
@@ -208,6 +208,9 @@ class JobService:
             if any(self._workloads.is_running(s.pk) for s in steps):
                 # Recorded as finished, but its workload is still being stopped and drained.
                 raise Conflict(f"job {name!r} is still stopping its workload; try again in a moment")
+            # Before the rows go: a crash in between leaves a job without its output (deleted
+            # again at the next try), never output no job owns.
+            self._store.log_files.remove_job(job.pk)
             tx.delete_job(job.pk)
 
         await self._store.write(delete)

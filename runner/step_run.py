@@ -24,7 +24,7 @@ from runner.executors.registry import ExecutorRegistry
 from runner.file_events import FileEvents
 from runner.launching import RunTask, folder_details, handle_of, launch_of, split_gpus
 from runner.logs import OutputCollector, OutputTarget
-from runner.models import JobStatus, LogQuery, StepRecord, new_entity_id, new_task_name
+from runner.models import JobStatus, LogProgress, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ExecutionProfile, ProfileCatalog
 from runner.settings import Settings
@@ -194,7 +194,7 @@ class StepRun:
             return
         self.workload = workload
         await self._mark_active(step, tasks, workload)
-        await self._follow(step, tasks, workload, offsets={}, masked=list(secrets.values()))
+        await self._follow(step, tasks, workload, progress={}, masked=list(secrets.values()))
 
     async def _mark_active(self, step: StepRecord, tasks: list[RunTask], workload: Workload) -> None:
         parts = self._parts
@@ -227,14 +227,14 @@ class StepRun:
         step: StepRecord,
         tasks: list[RunTask],
         found: Workload | ExitStatus,
-        offsets: dict[int, dict[str, int]],
+        progress: dict[int, LogProgress],
     ) -> None:
         """Carry on with a step an earlier daemon started: its workload, or how it ended."""
         self.stop_grace_s = self._parts.profile_of(step).graceful_shutdown_timeout_seconds
         masked = await self._parts.secrets.values_for(step)
         if isinstance(found, ExitStatus):
             for task in tasks:
-                await self._collector(step, task, offsets.get(task.pk, {}), masked).finish()
+                await self._collector(step, task, progress.get(task.pk, LogProgress()), masked).finish()
             await self._finish(step, tasks, found, message=None)
             return
         self.workload = found
@@ -248,7 +248,7 @@ class StepRun:
             self.frozen = True  # it stayed frozen while no daemon ran: a resume must thaw it
         elif step.status == JobStatus.RESUMING:
             self._control(self._resume())
-        await self._follow(step, tasks, found, offsets, masked)
+        await self._follow(step, tasks, found, progress, masked)
 
     # ------------------------------------------------------------------ running, and the end
 
@@ -257,14 +257,16 @@ class StepRun:
         step: StepRecord,
         tasks: list[RunTask],
         workload: Workload,
-        offsets: dict[int, dict[str, int]],
+        progress: dict[int, LogProgress],
         masked: list[str],
     ) -> None:
         if self.stop_requested:
             self._control(workload.stop(self.stop_grace_s))
         elif self.pause_requested:
             self._control(self._pause())
-        collectors = [self._collector(step, task, offsets.get(task.pk, {}), masked) for task in tasks]
+        collectors = [
+            self._collector(step, task, progress.get(task.pk, LogProgress()), masked) for task in tasks
+        ]
         for collector in collectors:
             collector.start()
         try:
@@ -286,7 +288,7 @@ class StepRun:
                 await workload.release()
 
     def _collector(
-        self, step: StepRecord, task: RunTask, offsets: dict[str, int], masked: list[str]
+        self, step: StepRecord, task: RunTask, progress: LogProgress, masked: list[str]
     ) -> OutputCollector:
         parts = self._parts
         return OutputCollector(
@@ -294,7 +296,7 @@ class StepRun:
             parts.clock,
             OutputTarget(step.job_pk, step.attempt_id, step.name, task.pk, task.name),
             task.paths,
-            offsets,
+            progress,
             parts.settings.log_poll_max_s,
             mask_values=masked,
             max_task_bytes=parts.settings.log_max_bytes_per_task,

@@ -16,6 +16,7 @@ from runner.models import (
     JobSort,
     JobStatus,
     LogLine,
+    LogProgress,
     LogQuery,
     Needs,
     Page,
@@ -30,6 +31,7 @@ from runner.models import (
     needs_of,
 )
 from storage import logs, queries
+from storage.log_files import LogFiles
 from storage.rows import job_record, result_record, secret_record, step_record, task_record
 
 
@@ -37,8 +39,9 @@ class Reads:
     """Typed reads on the reader connection, grouped by aggregate: single records, the lists of
     the API, what the scheduler and the watchdog ask for, logs."""
 
-    def __init__(self, reader: aiosqlite.Connection) -> None:
+    def __init__(self, reader: aiosqlite.Connection, log_files: LogFiles) -> None:
         self._conn = reader
+        self.log_files = log_files
 
     async def _run[T](self, query: queries.Query[T]) -> T:
         return query.build(list(await self._conn.execute_fetchall(query.sql, query.args)))
@@ -224,16 +227,16 @@ class Reads:
 
     # ----------------------------------------------------------------------------- logs
 
-    async def log_offsets(self, task_pk: int) -> dict[str, int]:
-        return await logs.offsets(self._conn, task_pk)
+    async def log_progress(self, task_pk: int) -> LogProgress:
+        return await logs.progress(self._conn, task_pk)
 
     async def log_totals(self, query: LogQuery) -> tuple[int, int]:
         """(lines stored, lines dropped by the size limit) in the scope, from per-task counters."""
         return await logs.totals(self._conn, query)
 
     async def log_lines_after(self, query: LogQuery, after_id: int, limit: int) -> list[LogLine]:
-        return await logs.lines_after(self._conn, query, after_id, limit)
+        return await logs.lines_after(self._conn, self.log_files, query, after_id, limit)
 
     async def log_lines_before(self, query: LogQuery, before_id: int | None, limit: int) -> list[LogLine]:
         """The `limit` lines just before `before_id` (newest ones when None), in ascending order."""
-        return await logs.lines_before(self._conn, query, before_id, limit)
+        return await logs.lines_before(self._conn, self.log_files, query, before_id, limit)

@@ -33,6 +33,7 @@ import aiosqlite
 
 from storage.errors import Gone, StorageError, StorageUnavailable, cannot_write
 from storage.health import OutageSummary, WriteHealth, low_on_space
+from storage.log_files import LogFiles
 from storage.reads import Reads
 from storage.schema import migrate
 from storage.write_tx import WriteTx
@@ -72,8 +73,8 @@ class Repository(Reads):
     """Typed access to the store: reads on a reader connection (aiosqlite, the methods of
     `Reads`), writes through `write()` on the writer's own thread."""
 
-    def __init__(self, reader: aiosqlite.Connection, writer: WriterThread) -> None:
-        super().__init__(reader)
+    def __init__(self, reader: aiosqlite.Connection, writer: WriterThread, log_files: LogFiles) -> None:
+        super().__init__(reader, log_files)
         self._writer = writer
         self._health = WriteHealth()
 
@@ -95,7 +96,14 @@ class Repository(Reads):
         except BaseException:
             await writer.close()
             raise
-        return cls(reader, writer)
+        log_files = LogFiles(path.parent / "logs")
+        try:
+            log_files.prepare()
+        except OSError as exc:
+            await reader.close()
+            await writer.close()
+            raise StorageUnavailable(f"cannot create the log folder {log_files.root}: {exc}") from exc
+        return cls(reader, writer, log_files)
 
     async def close(self) -> None:
         await self._conn.close()

@@ -249,4 +249,37 @@ MIGRATIONS: list[str] = [
         UPDATE job_counts SET n = n - 1 WHERE workspace = old.workspace AND status = old.status;
     END;
     """,
+    # 6: output stored per chunk in one file per task (storage/log_files.py), indexed here, not a
+    # row per line. Lines stored before stay readable: each becomes a chunk of its own, with its
+    # bytes inline (`data`) and its id kept (a line id is chunk id << 20 | index, so a cursor of
+    # before names the same line).
+    """
+    CREATE TABLE log_chunks (
+        id          INTEGER PRIMARY KEY,
+        job_pk      INTEGER NOT NULL REFERENCES jobs (pk) ON DELETE CASCADE,
+        attempt_id  TEXT NOT NULL,
+        step_name   TEXT NOT NULL,
+        task_name   TEXT NOT NULL,
+        task_pk     INTEGER,
+        stream      TEXT NOT NULL,
+        ts          INTEGER NOT NULL,
+        lines       INTEGER NOT NULL,
+        offset      INTEGER NOT NULL,
+        length      INTEGER NOT NULL,
+        data        BLOB
+    );
+    CREATE INDEX log_chunks_job ON log_chunks (job_pk, id);
+    CREATE INDEX log_chunks_job_step ON log_chunks (job_pk, step_name, id);
+    CREATE INDEX log_chunks_task ON log_chunks (task_pk, id) WHERE task_pk IS NOT NULL;
+
+    INSERT INTO log_chunks (id, job_pk, attempt_id, step_name, task_name, task_pk, stream, ts,
+                            lines, offset, length, data)
+        SELECT id, job_pk, attempt_id, step_name, task_name, NULL, stream, ts, 1, 0,
+               length(CAST(body AS BLOB)) + 1, CAST(body || char(10) AS BLOB)
+        FROM (SELECT *, CASE WHEN stream = 'stderr' AND substr(message, 1, 9) = '[stderr] '
+                             THEN substr(message, 10) ELSE message END AS body FROM log_lines);
+    DROP TABLE log_lines;
+
+    ALTER TABLE log_stats ADD COLUMN file_end INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -10,9 +10,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from runner.models import (
+    AppendOutcome,
     JobRecord,
     JobState,
     JobStatus,
+    LogAppend,
     PlatformJobSpec,
     ResultRecord,
     SecretRecord,
@@ -320,35 +322,10 @@ class WriteTx:
     def delete_job(self, pk: int) -> None:
         self._conn.execute("DELETE FROM jobs WHERE pk = ?", (pk,))
 
-    def append_log_lines(
-        self,
-        *,
-        job_pk: int,
-        attempt_id: str,
-        step_name: str,
-        task_pk: int,
-        task_name: str,
-        stream: str,
-        lines: Sequence[tuple[int, str]],
-        new_offset: int,
-        max_task_bytes: int = 0,
-    ) -> int:
-        """Store lines and the file offset they end at in one commit: a crash loses or repeats nothing.
-
-        With `max_task_bytes` > 0 the task keeps only its newest output within that size; the
-        number of lines dropped is returned (and counted in log_stats). See storage/logs.py."""
-        return logs.append_lines(
-            self._conn,
-            job_pk=job_pk,
-            attempt_id=attempt_id,
-            step_name=step_name,
-            task_pk=task_pk,
-            task_name=task_name,
-            stream=stream,
-            lines=lines,
-            new_offset=new_offset,
-            max_task_bytes=max_task_bytes,
-        )
+    def append_log_output(self, entry: LogAppend) -> AppendOutcome:
+        """Index chunks written to the task's log file, with the read offset they end at, in one
+        commit (storage/logs.py): a crash loses or repeats nothing."""
+        return logs.append(self._conn, entry)
 
     # ------------------------------------------------------------------------- secrets
 

@@ -260,18 +260,22 @@ async def test_job_counters_match_the_rows_under_every_filter(store: Repository,
 async def test_job_counters_start_from_the_rows_already_there(tmp_path: Path) -> None:
     """The job counters' migration on a store that already holds jobs counts them once."""
     number = next(i for i, script in enumerate(MIGRATIONS, start=1) if "CREATE TABLE job_counts" in script)
-    path = tmp_path / "localjobs.db"
-    store = await Repository.open(path)
+    made = tmp_path / "made.db"
+    store = await Repository.open(made)
     try:
         for i in range(5):
             await _add_job(store, "ws", f"job-{i}", "src", 1, 1_000 + i)
     finally:
         await store.close()
-    with sqlite3.connect(path) as conn:
-        conn.executescript(
-            "DROP TRIGGER jobs_count_insert; DROP TRIGGER jobs_count_status; DROP TRIGGER jobs_count_delete;"
-            f" DROP TABLE job_counts; PRAGMA user_version = {number - 1};"
-        )
+    path = tmp_path / "localjobs.db"
+    with sqlite3.connect(path) as conn:  # a store as the version before the counters, with jobs
+        for version, script in enumerate(MIGRATIONS[: number - 1], start=1):
+            conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
+        columns = ", ".join(row[1] for row in conn.execute("PRAGMA table_info(jobs)"))
+        conn.execute("ATTACH DATABASE ? AS made", (str(made),))
+        conn.execute(f"INSERT INTO jobs ({columns}) SELECT {columns} FROM made.jobs")
+        conn.commit()
+        conn.execute("DETACH DATABASE made")
     store = await Repository.open(path)
     try:
         page = await store.list_jobs(JobFilter(workspace="ws"), JobSort.CREATED_AT, 1, 2)

@@ -122,7 +122,7 @@ async def execution_profiles(request: web.Request) -> web.Response:
     service = _service(request)
     # A localjobs extension on each item: the machine's capacity and what is in use (all profiles
     # share the one machine). The reference's models and the SDK ignore keys they do not know.
-    capacity = serialize.capacity_body(*service.capacity.resources())
+    capacity = serialize.capacity_body(*await service.capacity.resources())
     return _json([{**profile, "capacity": capacity} for profile in await service.profiles()])
 
 

@@ -17,8 +17,9 @@ class ExecutorError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TaskPaths:
-    """Where one task's files live on the host. Output goes to files, not pipes, so it survives
-    a daemon crash and a restarted daemon can read on from where it stopped.
+    """Where one task's files live on the host. Output lands in files (written by the task, or by
+    the launcher from its pipes), so it survives a daemon crash and a restarted daemon can read
+    on from where it stopped.
 
     Plain strings, joined once: on the start path of every step, pathlib's joins and str()
     conversions cost as much as the rest of its bookkeeping (measured with py-spy)."""
@@ -31,6 +32,9 @@ class TaskPaths:
     stdout_file: str
     stderr_file: str
     exit_file: str
+    # Which of stdout and stderr grew, to what size and when, read by read, when the task
+    # writes through the launcher's pipes (runner/executors/host/capture.py); else absent.
+    order_file: str
 
     @property
     def folders(self) -> list[str]:
@@ -49,6 +53,7 @@ class TaskPaths:
             stdout_file=f"{work_dir}/stdout.log",
             stderr_file=f"{work_dir}/stderr.log",
             exit_file=f"{work_dir}/exit_code",
+            order_file=f"{work_dir}/output.order",
         )
 
 

@@ -10,6 +10,7 @@ import from `runner.models`, not from its modules:
 - `specs`: the request side, the job specification and the status updates;
 - `records`: what storage returns (jobs, steps, tasks, log lines, secrets, results);
 - `queries`: what callers ask storage for (filters, sort orders, a page, a log query);
+- `output`: a task's output on its way into the store (chunks, line ids, progress);
 - `resources`: what a step takes from the machine (Needs) and the rule that reads it off a spec.
 """
 
@@ -25,6 +26,14 @@ from runner.models.ids import (
     new_entity_id,
     new_task_name,
     now_us,
+)
+from runner.models.output import (
+    AppendOutcome,
+    LogAppend,
+    LogProgress,
+    OutputChunk,
+    line_id,
+    split_line_id,
 )
 from runner.models.quantities import parse_quantity
 from runner.models.queries import (
@@ -76,6 +85,7 @@ __all__ = [
     "NAME_RULE",
     "TERMINAL_STATUSES",
     "WORKSPACE_PATTERN",
+    "AppendOutcome",
     "CPUExecutorSpec",
     "ComputeResourceSpec",
     "ComputeResources",
@@ -91,9 +101,12 @@ __all__ = [
     "JobSort",
     "JobState",
     "JobStatus",
+    "LogAppend",
     "LogLine",
+    "LogProgress",
     "LogQuery",
     "Needs",
+    "OutputChunk",
     "Page",
     "PlatformJobSpec",
     "ResourceDemand",
@@ -115,11 +128,13 @@ __all__ = [
     "check_name",
     "check_workspace",
     "datetime_to_us",
+    "line_id",
     "needs_of",
     "new_entity_id",
     "new_task_name",
     "now_us",
     "parse_quantity",
     "shown_cpus",
+    "split_line_id",
     "step_needs",
 ]

@@ -49,6 +49,12 @@ def db_bytes(data_dir: Path, suffix: str = "*") -> int:
     return sum(p.stat().st_size for p in data_dir.glob(f"localjobs.db{suffix}") if p.is_file())
 
 
+def disk_bytes(data_dir: Path) -> int:
+    """Disk blocks in use under the data dir: the store, the stored logs and the task folders
+    (whose output files are the intake, given back once stored)."""
+    return sum(p.stat().st_blocks * 512 for p in data_dir.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 @dataclass
 class LogsResult:
     values: dict[str, float] = field(default_factory=dict)
@@ -172,6 +178,7 @@ async def phase_big_log(
     await post_job(session, base, workspace, shell_job(small, "yes 123456789 | head -n 100"))
     await wait_job_polling(session, base, workspace, small, 0.025, 60)
     db0 = db_bytes(daemon.data_dir)
+    disk0 = disk_bytes(daemon.data_dir)
     log(f"logs run {run_no}: writing a {lines * LINE_BYTES / 1e9:.2f} GB log ({lines:,} lines)")
     cpu0 = psutil.Process(daemon.pid).cpu_times()
     t0 = time.perf_counter()
@@ -190,6 +197,11 @@ async def phase_big_log(
     result.values["db_bytes"] = db_bytes(daemon.data_dir)
     result.values["db_wal_bytes"] = db_bytes(daemon.data_dir, "-wal")
     result.values["db_growth_bytes"] = result.values["db_bytes"] - db0
+    result.values["disk_growth_bytes"] = disk_bytes(daemon.data_dir) - disk0
+    # The floor: the same command writing the same output to a file on the same disk.
+    out_file = daemon.data_dir / f"floor-{run_no}.out"
+    result.values["big_file_s"] = await run_argv(["/bin/sh", "-c", f"{flood_script(lines)} > {out_file}"])
+    out_file.unlink(missing_ok=True)
     urls = {k: f"{base}{V2}/workspaces/{workspace}/jobs/{k}/logs" for k in (small, big)}
     for _ in range(3):  # warm-up
         await timed_gets(session, urls[big], {"tail": "100"}, 100)

@@ -273,6 +273,17 @@ def logs_rows(args: argparse.Namespace, logs: list[LogsResult]) -> list[str]:
             f"| Writing the {gb:g} GB log ({int(big[0].values['big_lines']):,} lines, no size limit): POST -> "
             f"`completed` (s), (MB/s), daemon CPU (s) | {m('big_write_s')} ({m('big_mb_s')} MB/s), "
             f"CPU {m('big_cpu_s')} | {each('big_write_s')} | | | |",
+            f"| **Ingestion of the {gb:g} GB log / the same command `> file`** (ratio; file: s) "
+            f"| **{fmt(median([x.values['big_write_s'] / x.values['big_file_s'] for x in big]), 2)}** "
+            f"| file: {each('big_file_s')} | <= 3 | | "
+            f"{verdict_of(median([x.values['big_write_s'] / x.values['big_file_s'] for x in big]) <= 3)} |",
+            f"| Daemon CPU per MB of output (ms) "
+            f"| {fmt(median([x.values['big_cpu_s'] * 1e3 / (x.values['big_lines'] * LINE_BYTES / 1e6) for x in big]), 2)} "
+            f"| | <= 4.3 (43 before) | | |",
+            f"| **Disk growth per output byte** (data dir: store, logs, task folders) "
+            f"| **{fmt(median([x.values['disk_growth_bytes'] / (x.values['big_lines'] * LINE_BYTES) for x in big]), 2)}** "
+            f"| | <= 1.3 | | "
+            f"{verdict_of(median([x.values['disk_growth_bytes'] / (x.values['big_lines'] * LINE_BYTES) for x in big]) <= 1.3)} |",
             f"| **`GET .../logs?tail=100` on the {gb:g} GB log**, p50 / p95 (ms) | **{fmt(big_p50, 2)}** / "
             f"{fmt(median([pct(x.tail_big, 95) for x in big]), 2)} "
             f"| p50: {', '.join(fmt(pct(x.tail_big, 50), 2) for x in big)} ({len(big[0].tail_big)} req.) | | | |",

@@ -190,6 +190,7 @@ class SubprocessExecutor:
                 stdout=paths.stdout_file,
                 stderr=paths.stderr_file,
                 exit_file=paths.exit_file,
+                order=paths.order_file,
             )
         )
         return LaunchedTask(

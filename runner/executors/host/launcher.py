@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import select
 import selectors
 import signal
@@ -39,6 +40,7 @@ import sys
 import time
 
 from runner.executors.folders import make_task_folders
+from runner.executors.host.capture import OutputCapture, pipes
 from runner.executors.host.leftovers import Leftovers, become_child_subreaper
 from runner.executors.host.procfs import start_ticks
 from runner.executors.host.protocol import (
@@ -57,12 +59,30 @@ from runner.executors.host.spawn import spawn_in_new_session
 
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 _REAP_EVERY_S = 1.0  # a missed SIGCHLD wake-up costs at most this much
+# How long an ended task's end waits for output a full disk would not take (then it is told,
+# and that output is not stored).
+_HELD_AT_END_S = 60.0
 
 
-def _start(request: TaskStart) -> int:
-    """Folders, config file and the task process: its pid. OSError or ValueError on failure."""
+def _start(request: TaskStart) -> tuple[int, OutputCapture | None]:
+    """Folders, config file and the task process: its pid, and the capture of its output when it
+    writes through pipes (`request.order`). OSError or ValueError on failure."""
     make_task_folders(request.work_dir, request.folders, request.config_file, request.config)
     os.chdir(request.work_dir)  # inherited by the spawn; the daemon sends absolute paths only
+    stdout: str | int = request.stdout
+    stderr: str | int = request.stderr
+    capture = None
+    write_ends: list[int] = []
+    if request.order:
+        out, err = pipes()
+        write_ends = [out[1], err[1]]
+        stdout, stderr = out[1], err[1]
+        try:
+            capture = OutputCapture(request.stdout, request.stderr, request.order, (out[0], err[0]))
+        except OSError:
+            for fd in (*out, *err):
+                os.close(fd)
+            raise
 
     def spawn(program: str, args: list[str]) -> int:
         return spawn_in_new_session(
@@ -70,30 +90,54 @@ def _start(request: TaskStart) -> int:
             args,
             request.env,
             stdin=os.devnull,
-            stdout=request.stdout,
-            stderr=request.stderr,
+            stdout=stdout,
+            stderr=stderr,
             output_flags=_OUTPUT_FLAGS,
         )
 
     argv = request.argv
     try:
-        return spawn(argv[0], argv)
-    except OSError as exc:
-        if exc.errno != errno.ENOEXEC:
-            raise
-        # A script without `#!`: a shell runs it as a shell script, so do the same (as execvp does).
-        return spawn("/bin/sh", ["/bin/sh", *argv])
+        try:
+            return spawn(argv[0], argv), capture
+        except OSError as exc:
+            if exc.errno != errno.ENOEXEC:
+                raise
+            # A script without `#!`: a shell runs it as a shell script, so do the same (as execvp does).
+            return spawn("/bin/sh", ["/bin/sh", *argv]), capture
+    except BaseException:
+        if capture is not None:
+            capture.close()
+        raise
+    finally:
+        for fd in write_ends:  # the task has its own copies; ours would keep the pipes open
+            os.close(fd)
 
 
 class Launcher:
-    def __init__(self, sock: socket.socket, leftovers: Leftovers | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        leftovers: Leftovers | None = None,
+        selector: selectors.BaseSelector | None = None,
+    ) -> None:
         self.sock: socket.socket | None = sock
         self.exit_files: dict[int, tuple[str, int | None]] = {}  # with the start ticks
         self.leftovers = leftovers
+        self.selector = selector
+        self.captures: dict[int, OutputCapture] = {}  # by task pid, while it runs
+        self.held: set[OutputCapture] = set()  # with output a full disk did not take
+        # Ended tasks whose exit is told once their held output is written (or the bound passes):
+        # the daemon stores a task's output up to its end, and then no more.
+        self.ending: dict[int, OutputCapture] = {}  # by pid, between the end and the tell
+        self.deferred: dict[int, tuple[int | None, int, float]] = {}  # ticks, code, deadline
 
     @property
     def busy(self) -> bool:
-        return bool(self.exit_files) or (self.leftovers is not None and self.leftovers.busy)
+        return (
+            bool(self.exit_files)
+            or bool(self.deferred)
+            or (self.leftovers is not None and self.leftovers.busy)
+        )
 
     def answer(self, data: bytes) -> None:
         try:
@@ -106,10 +150,15 @@ class Launcher:
                 self.leftovers.stop(request.pid, request.start_ticks, request.grace_s)
             return
         try:
-            pid = _start(request.task)
+            pid, capture = _start(request.task)
         except (OSError, ValueError, TypeError) as exc:
             self.tell(StartFailed(request.id, str(exc) or type(exc).__name__))
             return
+        if capture is not None:
+            self.captures[pid] = capture
+            if self.selector is not None:
+                for fd in capture.read_ends:
+                    self.selector.register(fd, selectors.EVENT_READ, capture)
         # Before any reaping: the pid and the pidfd are surely this process's.
         ticks = start_ticks(pid)
         self.exit_files[pid] = (request.task.exit_file, ticks)
@@ -146,12 +195,15 @@ class Launcher:
             pid = ended.si_pid
             task = self.exit_files.pop(pid, None)
             if task is not None:
+                if (capture := self.captures.pop(pid, None)) is not None:
+                    self._read_last(capture)  # its last output is in its files before its end is told
+                    self.ending[pid] = capture
                 path, ticks = task
                 exited = ended.si_code == os.CLD_EXITED
                 code = ended.si_status if exited else 128 + ended.si_status
                 self._record(path, code)
                 if leftovers is None:
-                    self.tell(Exited(pid, ticks, code))
+                    self._tell_exit(pid, ticks, code)
                 else:
                     leftovers.main_ended(pid, code)  # told by step(), below
             elif leftovers is not None:
@@ -160,7 +212,49 @@ class Launcher:
                 os.waitpid(pid, 0)
         if leftovers is not None:
             for pid, ticks, code in leftovers.step():
-                self.tell(Exited(pid, ticks, code))
+                self._tell_exit(pid, ticks, code)
+        self._tell_deferred()
+
+    def _tell_exit(self, pid: int, ticks: int | None, code: int) -> None:
+        capture = self.ending.get(pid)
+        if capture is not None and capture.holding:
+            self.deferred[pid] = (ticks, code, time.monotonic() + _HELD_AT_END_S)
+            return
+        self.ending.pop(pid, None)
+        self.tell(Exited(pid, ticks, code))
+
+    def _tell_deferred(self) -> None:
+        for pid, (ticks, code, deadline) in list(self.deferred.items()):
+            capture = self.ending[pid]
+            if capture.holding and time.monotonic() < deadline:
+                continue
+            self._read_last(capture)  # what waited in the pipe behind the held output
+            del self.deferred[pid], self.ending[pid]
+            self.tell(Exited(pid, ticks, code))
+
+    def read(self, fd: int, capture: OutputCapture) -> None:
+        if (not capture.read(fd) or capture.holds(fd)) and self.selector is not None:
+            self.selector.unregister(fd)
+        if capture.holds(fd):
+            self.held.add(capture)
+
+    def write_held(self) -> None:
+        """Output held for a full disk: written once there is space, its pipes read again."""
+        for capture in list(self.held):
+            for fd in capture.retry():
+                if self.selector is not None and fd in capture.read_ends:
+                    self.selector.register(fd, selectors.EVENT_READ, capture)
+            if not any(capture.holds(fd) for fd in capture.read_ends):
+                self.held.discard(capture)
+
+    def _read_last(self, capture: OutputCapture) -> None:
+        """What the ended task's pipes hold; they stay watched while what it left holds them."""
+        ends = capture.read_ends
+        capture.drain()
+        if self.selector is not None:
+            for fd in set(ends) - set(capture.read_ends):
+                with contextlib.suppress(KeyError):  # (unregistered already while held)
+                    self.selector.unregister(fd)
 
     @staticmethod
     def _record(path: str, code: int) -> None:
@@ -192,8 +286,8 @@ def serve(sock: socket.socket, idle_s: float, leftover_grace_s: float | None = N
         # Orphans of the tasks come to the launcher, not to init: so it sees what a task left.
         if not become_child_subreaper():  # (Linux < 3.4) stops still end the whole tree
             print("launcher: not a child subreaper: leftovers that left a task go unseen", file=sys.stderr)
-    launcher = Launcher(sock, leftovers)
     selector = selectors.DefaultSelector()
+    launcher = Launcher(sock, leftovers, selector)
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
     busy_at, idle_said = time.monotonic(), False
@@ -206,6 +300,9 @@ def serve(sock: socket.socket, idle_s: float, leftover_grace_s: float | None = N
         due = leftovers.due_in() if leftovers is not None else None
         timeout = min(_REAP_EVERY_S, idle_s, _REAP_EVERY_S if due is None else due)
         for key, _ in selector.select(timeout=timeout):
+            if isinstance(key.data, OutputCapture):
+                launcher.read(key.fd, key.data)
+                continue
             if key.fd == wake_r:
                 _drain(wake_r)
                 continue
@@ -219,6 +316,7 @@ def serve(sock: socket.socket, idle_s: float, leftover_grace_s: float | None = N
             else:  # the daemon closed its end, or died
                 launcher.sock = None
                 selector.unregister(sock)
+        launcher.write_held()
         launcher.reap()
 
 
@@ -235,6 +333,17 @@ def _drain(fd: int) -> None:
             pass
 
 
+def _allow_descriptors() -> None:
+    """Each running task costs two pipes and three files here: 1,000 tasks need more than the
+    1,024 descriptors a service manager's soft limit often allows. Raised up to the hard limit
+    (tasks inherit it, as they would from a shell that raised it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def main() -> None:
     # Its own session keeps a terminal's Ctrl-C away; SIGTERM ends it (its tasks run on, adopted
     # by init, and a restarted daemon finds them).
@@ -247,6 +356,7 @@ def main() -> None:
         if int(name) > 2 and int(name) != fd:  # close_range() that is one close() per number
             with contextlib.suppress(OSError):
                 os.close(int(name))
+    _allow_descriptors()
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     serve(sock, args.idle_s, args.leftover_grace_s)

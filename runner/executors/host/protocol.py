@@ -7,7 +7,7 @@ imports nothing of localjobs.
 The wire format is one JSON object per message (a datagram never splits or joins them):
 
   daemon -> launcher  StartRequest  {"id", "argv", "env", "work_dir", "folders", "config_file",
-                                     "config", "stdout", "stderr", "exit_file"}
+                                     "config", "stdout", "stderr", "exit_file", "order"}
                       StopRequest   {"stop": pid, "start_ticks", "grace_s"}: SIGTERM to the task's
                                     whole tree, SIGKILL after grace_s (no answer)
   launcher -> daemon  StartedReply  {"id", "pid", "start_ticks"}, with a pidfd of the process
@@ -73,7 +73,8 @@ class LauncherArgs:
 @dataclass(frozen=True, slots=True)
 class TaskStart:
     """What to start: make the task's folders and config file, then start `argv` in a new
-    session, in `work_dir`, with `env`, stdin /dev/null and stdout/stderr appended to files."""
+    session, in `work_dir`, with `env`, stdin /dev/null and stdout/stderr appended to files
+    (through the launcher's pipes when `order` is given)."""
 
     argv: list[str]
     env: dict[str, str]
@@ -84,6 +85,9 @@ class TaskStart:
     stdout: str
     stderr: str
     exit_file: str  # where the exit status is written
+    # Where the launcher records the order of the task's output (capture.py), the task writing
+    # through pipes to it; empty: the task writes to the output files itself.
+    order: str = ""
 
     @property
     def marker(self) -> str | None:
@@ -108,6 +112,7 @@ class StartRequest:
                 "stdout": task.stdout,
                 "stderr": task.stderr,
                 "exit_file": task.exit_file,
+                "order": task.order,
                 "id": self.id,
             }
         ).encode()
@@ -144,6 +149,7 @@ def decode_request(data: bytes) -> StartRequest | StopRequest:
             stdout=_string(message["stdout"]),
             stderr=_string(message["stderr"]),
             exit_file=_string(message["exit_file"]),
+            order=_string(message.get("order", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadMessage(f"bad start request: {exc!r}", request_id) from exc

@@ -41,6 +41,8 @@ class _Libc:
         ]
         self.fa_init = lib.posix_spawn_file_actions_init
         self.fa_destroy = lib.posix_spawn_file_actions_destroy
+        self.fa_adddup2 = lib.posix_spawn_file_actions_adddup2
+        self.fa_adddup2.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         self.fa_addopen = lib.posix_spawn_file_actions_addopen
         self.fa_addopen.argtypes = [
             ctypes.c_void_p,
@@ -95,25 +97,28 @@ def spawn_in_new_session(
     env: Mapping[str, str],
     *,
     stdin: str,
-    stdout: str,
-    stderr: str,
+    stdout: str | int,
+    stderr: str | int,
     output_flags: int,
     default_signals: Sequence[int] = DEFAULT_SIGNALS,
 ) -> int:
     """Start `program` as the leader of a new session, stdin/stdout/stderr opened from the given
-    paths (output files the spawn creates are 0600: they may show what the workload was given),
+    paths (output files the spawn creates are 0600: they may show what the workload was given)
+    or, for stdout/stderr, duplicated from the given descriptors (a pipe's write end),
     `default_signals` reset to their default action, no signal blocked. Returns the pid;
     raises OSError (e.g. ENOENT) when it cannot start."""
     if _LIBC is None:
+        outputs = [
+            (os.POSIX_SPAWN_DUP2, target, fd)
+            if isinstance(target, int)
+            else (os.POSIX_SPAWN_OPEN, fd, target, output_flags, 0o600)
+            for fd, target in ((1, stdout), (2, stderr))
+        ]
         return os.posix_spawn(
             program,
             list(argv),
             dict(env),
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, stdin, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, stdout, output_flags, 0o600),
-                (os.POSIX_SPAWN_OPEN, 2, stderr, output_flags, 0o600),
-            ],
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, stdin, os.O_RDONLY, 0), *outputs],
             setsid=True,
             setsigdef=tuple(default_signals),
             setsigmask=(),
@@ -135,12 +140,15 @@ def spawn_in_new_session(
     try:
         _check(libc.attr_init(attr), "posix_spawnattr_init")
         try:
-            for fd, path, flags in (
+            for fd, target, flags in (
                 (0, stdin, os.O_RDONLY),
                 (1, stdout, output_flags),
                 (2, stderr, output_flags),
             ):
-                _check(libc.fa_addopen(actions, fd, os.fsencode(path), flags, 0o600), "addopen")
+                if isinstance(target, int):
+                    _check(libc.fa_adddup2(actions, target, fd), "adddup2")
+                else:
+                    _check(libc.fa_addopen(actions, fd, os.fsencode(target), flags, 0o600), "addopen")
             libc.sigemptyset(defaults)
             for sig in default_signals:
                 libc.sigaddset(defaults, int(sig))
