@@ -114,7 +114,11 @@ class OutputCollector:
             return
         if self._file_events is not None:
             folder = os.path.dirname(self._streams[0].path)
-            names = frozenset(os.path.basename(f.path) for f in self._intake())
+            # With an order file, its writes alone say that output came (one per read of a pipe,
+            # after the bytes are in place); identical unread events are merged by the kernel,
+            # so a flood wakes the daemon far less than once per write.
+            watched_files = self._ordered() or self._streams
+            names = frozenset(os.path.basename(f.path) for f in watched_files)
             watched = self._file_events.watch(folder, names)
             if watched is not None:
                 self._watch, self._changed = watched
@@ -200,12 +204,12 @@ class OutputCollector:
             return 0
         stored = 0
         while True:
-            chunks, more = self._read(final)
+            chunks, stored_bytes, more = self._read(final)
             moved = bool(chunks) or any(f.next != f.offset for f in self._ordered())
             if not moved:
                 break
             try:
-                await self._keep(chunks)
+                await self._keep(chunks, stored_bytes)
             except Gone:
                 self._gone = True  # the job was deleted: nothing left to store for
                 return stored
@@ -222,9 +226,11 @@ class OutputCollector:
                 break
         return stored
 
-    def _read(self, final: bool) -> tuple[list[OutputChunk], bool]:
-        """The chunks ready to store, in the order written, and whether more is waiting."""
+    def _read(self, final: bool) -> tuple[list[OutputChunk], list[bytes], bool]:
+        """The chunks ready to store, in the order written, their bytes, and whether more is
+        waiting."""
         chunks: list[OutputChunk] = []
+        stored: list[bytes] = []
         budget = READ_BYTES
         more = False
         if self._order is not None:
@@ -233,21 +239,23 @@ class OutputCollector:
                 stream = self._streams[segment.stream]
                 cut = stream.read(segment.end, False, self._masker)
                 chunks += into_chunks(cut.stored, stream.name, segment.timestamp, self._chunk_bytes)
+                stored.append(cut.stored)
                 self._order.next = segment.records_end
                 budget -= cut.consumed
                 if budget <= 0:
-                    return chunks, True
+                    return chunks, stored, True
         if self._order is None or final:
             now = self._clock.now_us()
             for stream in self._streams:
                 cut = stream.read(None, final, self._masker)
                 chunks += into_chunks(cut.stored, stream.name, now, self._chunk_bytes)
+                stored.append(cut.stored)
                 more = more or cut.consumed >= READ_BYTES // 2
-        return chunks, more
+        return chunks, stored, more
 
-    async def _keep(self, chunks: list[OutputChunk]) -> None:
+    async def _keep(self, chunks: list[OutputChunk], stored: list[bytes]) -> None:
         target = self._target
-        stored = b"".join(c.data for c in chunks)
+        size = sum(c.size for c in chunks)
         entry = LogAppend(
             job_pk=target.job_pk,
             attempt_id=target.attempt_id,
@@ -260,11 +268,11 @@ class OutputCollector:
                 stdout=self._streams[0].next,
                 stderr=self._streams[1].next,
                 order=self._order.next if self._order is not None else 0,
-                file_end=self._file_end + len(stored),
+                file_end=self._file_end + size,
             ),
             max_task_bytes=self._max_task_bytes,
         )
-        if stored:
+        if size:
             try:
                 # At the committed end: what an append that was never committed left there is
                 # written over, and never named by the index.
@@ -275,9 +283,9 @@ class OutputCollector:
             lambda tx: tx.append_log_output(entry),
             patient=True,  # losing output is no better than losing a status
         )
-        self._file_end += len(stored)
+        self._file_end += size
         if outcome.kept_from > self._file_freed:
             self._log_files.free(target.job_pk, target.task_pk, self._file_freed, outcome.kept_from)
             self._file_freed = outcome.kept_from
-        if stored:
+        if size:
             self._on_stored(target.job_pk)

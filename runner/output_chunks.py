@@ -71,8 +71,9 @@ def cut_lines(buffer: bytes, *, final: bool, masker: Masker) -> Cut:
 def into_chunks(
     stored: bytes, stream: str, timestamp: int, chunk_bytes: int = CHUNK_BYTES
 ) -> list[OutputChunk]:
-    """`stored` (whole lines of `stream`) in chunks of at most `chunk_bytes`, cut between lines
-    (a single longer line is a chunk of its own)."""
+    """How `stored` (whole lines of `stream`) is cut in chunks of at most `chunk_bytes`, between
+    lines (a single longer line is a chunk of its own). The bytes themselves stay in `stored`
+    (written as they are, in one call, not copied per chunk)."""
     chunks: list[OutputChunk] = []
     start = 0
     size = len(stored)
@@ -83,7 +84,6 @@ def into_chunks(
             end = stored.rfind(b"\n", start, start + chunk_bytes) + 1
             if end <= start:
                 end = stored.find(b"\n", start + chunk_bytes) + 1 or size
-        data = stored[start:end]
-        chunks.append(OutputChunk(data, data.count(b"\n"), stream, timestamp))
+        chunks.append(OutputChunk(end - start, stored.count(b"\n", start, end), stream, timestamp))
         start = end
     return chunks

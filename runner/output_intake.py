@@ -22,7 +22,7 @@ from runner.secrets import Masker
 from storage.log_files import free_range
 
 # At most this much of a stream is read at once (one transaction stores it).
-READ_BYTES = 1024 * 1024
+READ_BYTES = 2 * 1024 * 1024
 # Consecutive records of one stream this close in time are read as one (a flood is read in
 # large pieces); lines keep the time of the first.
 _SAME_TIME_US = 2000
@@ -107,18 +107,24 @@ class OrderFile:
         data = _open_read(self.path, size * _RECORDS_PER_READ, self.next) or b""
         count = len(data) // size
         segments: list[Segment] = []
-        for index, (stream, end, timestamp) in enumerate(ORDER_RECORD.iter_unpack(data[: count * size])):
-            records_end = self.next + (index + 1) * size
-            last = segments[-1] if segments else None
+        # One object per segment, not per record: a flood has a record per pipe read (~8 KiB).
+        current: list[int] | None = None  # stream, end, timestamp, records_end
+        records_end = self.next
+        for stream, end, timestamp in ORDER_RECORD.iter_unpack(data[: count * size]):
+            records_end += size
             if (
-                last is not None
-                and last.stream == stream
-                and timestamp - last.timestamp <= _SAME_TIME_US
-                and end - last.end < READ_BYTES
+                current is not None
+                and current[0] == stream
+                and timestamp - current[2] <= _SAME_TIME_US
+                and end - current[1] < READ_BYTES
             ):
-                segments[-1] = Segment(stream, end, last.timestamp, records_end)
-            elif stream in (0, 1):
-                segments.append(Segment(stream, end, timestamp, records_end))
+                current[1], current[3] = end, records_end
+                continue
+            if current is not None:
+                segments.append(Segment(*current))
+            current = [stream, end, timestamp, records_end] if stream in (0, 1) else None
+        if current is not None:
+            segments.append(Segment(*current))
         return segments, count == _RECORDS_PER_READ
 
     def commit(self) -> None:

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,9 @@ class LogFiles:
     def path(self, job_pk: int, task_pk: int) -> str:
         return f"{self.root}/{job_pk}/{task_pk}.log"
 
-    def write_at(self, job_pk: int, task_pk: int, offset: int, data: bytes) -> None:
-        """Write `data` at `offset` of the task's file (created 0600, in a 0700 folder)."""
+    def write_at(self, job_pk: int, task_pk: int, offset: int, data: Sequence[bytes]) -> None:
+        """Write the pieces of `data`, one after the other, at `offset` of the task's file
+        (created 0600, in a 0700 folder)."""
         path = self.path(job_pk, task_pk)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -82,11 +84,15 @@ class LogFiles:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view = view[written:]
+            pieces = [memoryview(piece) for piece in data if piece]
+            while pieces:
+                written = os.pwritev(fd, pieces, offset)
                 offset += written
+                while pieces and written >= len(pieces[0]):
+                    written -= len(pieces[0])
+                    pieces.pop(0)
+                if pieces and written:
+                    pieces[0] = pieces[0][written:]
         finally:
             os.close(fd)
 

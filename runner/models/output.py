@@ -38,10 +38,10 @@ class LogProgress:
 
 @dataclass(frozen=True, slots=True)
 class OutputChunk:
-    """Whole lines of one stream (`data` ends with a newline), `lines` of them, written at
-    `timestamp` (µs since the epoch)."""
+    """`size` bytes of whole lines of one stream, `lines` of them, written at `timestamp` (µs
+    since the epoch); the bytes go to the log file in the order of the chunks."""
 
-    data: bytes
+    size: int
     lines: int
     stream: str
     timestamp: int
@@ -64,7 +64,7 @@ class LogAppend:
 
     @property
     def size(self) -> int:
-        return sum(len(c.data) for c in self.chunks)
+        return sum(c.size for c in self.chunks)
 
 
 @dataclass(frozen=True, slots=True)
