@@ -56,6 +56,7 @@ def _direction_problems(rel: str, names: set[str]) -> list[str]:
         if name.startswith("aiodocker") and rel not in (
             "runner/executors/docker.py",
             "runner/executors/docker_workload.py",
+            "runner/executors/docker_output.py",
         ):
             problems.append(f"{rel}: aiodocker outside the docker executor")
         if top not in _OURS:

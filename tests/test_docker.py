@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import Api
 from tests.docker_env import TEST_IMAGE, containers_with_label, require_docker
+from tests.helpers import ts
 from web.app import Server
 
 
@@ -284,3 +285,16 @@ async def test_execution_profiles_are_the_references_shape(api: Api) -> None:
         else:
             config = SubprocessJobExecutionProfileConfig.model_validate(profile["config"], strict=True)
             assert config.model_dump(mode="json") == profile["config"]
+
+
+async def test_a_containers_stdout_and_stderr_keep_the_order_and_times_printed(api: Api) -> None:
+    """Both streams come from the engine's one log, frame by frame with its times: the order
+    across them is the engine's, and a line's time is when the engine took it."""
+    script = "echo one; sleep 0.3; echo two >&2; sleep 0.3; echo three; sleep 0.3; echo four >&2"
+    await api.create_job([container_step("main", script)], name="ordered")
+    assert (await api.wait_job("ordered", timeout_s=120))["status"] == "completed"
+    _, page = await api.request("GET", "/jobs/ordered/logs")
+    lines = page["data"]
+    assert [line["message"] for line in lines] == ["one", "[stderr] two", "three", "[stderr] four"]
+    gap_s = (ts(lines[1]["timestamp"]) - ts(lines[0]["timestamp"])).total_seconds()
+    assert 0.2 < gap_s < 2.0, gap_s

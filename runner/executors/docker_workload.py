@@ -1,11 +1,11 @@
 """A started container step: its containers (one per node), waited on together, their output
-copied into the task files from the engine's log stream, stopped, frozen, thawed and removed."""
+copied into the task files from the engine's log stream (docker_output.py), stopped, frozen,
+thawed and removed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from typing import Any
 
 import aiodocker
@@ -13,6 +13,7 @@ import aiohttp
 from aiodocker.containers import DockerContainer
 
 from runner.executors.base import ContainerHandle, ExitStatus, TaskPaths
+from runner.executors.docker_output import ContainerOutput
 
 API_TIMEOUT_S = 60.0
 _LOG_DRAIN_S = 5.0
@@ -39,9 +40,8 @@ class DockerWorkload:
         self._image = image
         self._paused = False
         self._streams = [
-            asyncio.create_task(_stream_logs(c, stream, paths), name=f"docker-logs-{c.id[:12]}-{stream}")
+            asyncio.create_task(ContainerOutput(paths).copy(c), name=f"docker-logs-{c.id[:12]}")
             for c, paths in zip(containers, log_files, strict=True)
-            for stream in ("stdout", "stderr")
         ]
         self._exit: asyncio.Task[ExitStatus] = asyncio.create_task(self._watch(), name="docker-wait")
 
@@ -121,16 +121,3 @@ async def _wait_container(container: DockerContainer) -> ExitStatus:
     if state.get("OOMKilled") and code != 0:
         return ExitStatus(exit_code=code, reason="OOMKilled")
     return ExitStatus.from_exit_code(code)
-
-
-async def _stream_logs(container: DockerContainer, stream: str, paths: TaskPaths) -> None:
-    """Copy one output stream of a container into the task's file, from the very first byte.
-
-    Writing the whole history each time (truncating first) keeps the file byte-identical across
-    daemon restarts, so the stored read offsets stay valid after a re-attach."""
-    target = paths.stdout_file if stream == "stdout" else paths.stderr_file
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # private
-    with os.fdopen(fd, "wb", buffering=0) as out:
-        lines = container.log(stdout=stream == "stdout", stderr=stream == "stderr", follow=True)
-        async for chunk in lines:
-            out.write(chunk.encode("utf-8", "surrogateescape"))
