@@ -61,7 +61,8 @@ def decode_cursor(text: str, query: LogQuery) -> Cursor:
         number = number * 58 + _B58_INDEX[char]
     try:
         payload = json.loads(number.to_bytes((number.bit_length() + 7) // 8, "big"))
-        direction, line_id, scope, version = payload["d"], payload["id"], payload["q"], payload["v"]
+        direction, line_id, scope = payload["d"], payload["id"], payload["q"]
+        version = payload.get("v", 2)
     except (ValueError, KeyError, TypeError):
         raise invalid from None
     if version == 2 and isinstance(line_id, int):

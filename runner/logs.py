@@ -240,11 +240,13 @@ class OutputCollector:
                 cut = stream.read(segment.end, False, self._masker)
                 chunks += into_chunks(cut.stored, stream.name, segment.timestamp, self._chunk_bytes)
                 stored.append(cut.stored)
-                self._order.next = segment.records_end
                 budget -= cut.consumed
+                if stream.position < segment.end and not final:
+                    return chunks, stored, True  # the rest of it first, at the next read
+                self._order.next = segment.records_end
                 if budget <= 0:
                     return chunks, stored, True
-        if self._order is None or final:
+        if self._order is None or (final and not more):
             now = self._clock.now_us()
             for stream in self._streams:
                 cut = stream.read(None, final, self._masker)

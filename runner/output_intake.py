@@ -27,6 +27,8 @@ READ_BYTES = 2 * 1024 * 1024
 # large pieces); lines keep the time of the first.
 _SAME_TIME_US = 2000
 _RECORDS_PER_READ = 1024
+# Times past this (the year 9999) are not a time the launcher took: such a record is skipped.
+_LAST_US = 253402300799 * 1_000_000
 # The read part of a file is given back to the file system once this much more has been stored.
 _FREE_EVERY_BYTES = 256 * 1024
 
@@ -44,19 +46,40 @@ def _open_read(path: str, length: int, offset: int) -> bytes | None:
         os.close(fd)
 
 
-class StreamFile:
-    def __init__(self, name: str, path: str, offset: int) -> None:
-        self.name = name
+class _Intake:
+    """A file read on from a committed offset; once committed, the read part is given back."""
+
+    def __init__(self, path: str, offset: int) -> None:
         self.path = path
-        self.offset = offset  # committed: bytes stored up to the end of the last stored line
-        self.next = offset  # read up to here (whole lines), not yet committed
-        self.pending = b""  # an unfinished line after `next`
+        self.offset = offset  # committed: what is stored (or, for the order file, applied)
+        self.next = offset  # read up to here, not yet committed
         self.freed = 0  # bytes at the file's start given back to the file system
+
+    def commit(self) -> None:
+        self.offset = self.next
+        if self.offset - self.freed >= _FREE_EVERY_BYTES:
+            free_range(self.path, self.freed, self.offset)
+            self.freed = self.offset // 4096 * 4096
+
+    def rollback(self) -> None:
+        self.next = self.offset
+
+
+class StreamFile(_Intake):
+    def __init__(self, name: str, path: str, offset: int) -> None:
+        super().__init__(path, offset)
+        self.name = name
+        self.pending = b""  # an unfinished line after `next` (which is at whole lines)
+
+    @property
+    def position(self) -> int:
+        """How far the file has been read (stored, or waiting as an unfinished line)."""
+        return self.next + len(self.pending)
 
     def read(self, end: int | None, final: bool, masker: Masker) -> Cut:
         """What is ready to store after the last read, up to `end` (None: as far as there is,
         up to READ_BYTES); with `final`, an unfinished last line too."""
-        position = self.next + len(self.pending)
+        position = self.position
         length = READ_BYTES if end is None else min(READ_BYTES, end - position)
         if length <= 0:
             return Cut(b"", 0, self.pending)
@@ -68,14 +91,8 @@ class StreamFile:
         self.next += cut.consumed
         return cut
 
-    def commit(self) -> None:
-        self.offset = self.next
-        if self.offset - self.freed >= _FREE_EVERY_BYTES:
-            free_range(self.path, self.freed, self.offset)
-            self.freed = self.offset // 4096 * 4096
-
     def rollback(self) -> None:
-        self.next = self.offset
+        super().rollback()
         self.pending = b""
 
     def bytes_left(self) -> int:
@@ -93,13 +110,7 @@ class Segment:
     records_end: int  # the order file's offset just past its records
 
 
-class OrderFile:
-    def __init__(self, path: str, offset: int) -> None:
-        self.path = path
-        self.offset = offset  # committed
-        self.next = offset
-        self.freed = 0
-
+class OrderFile(_Intake):
     def segments(self) -> tuple[list[Segment], bool]:
         """The records after the last read, consecutive ones of a stream read at about the same
         time joined; and whether more records are waiting."""
@@ -108,30 +119,26 @@ class OrderFile:
         count = len(data) // size
         segments: list[Segment] = []
         # One object per segment, not per record: a flood has a record per pipe read (~8 KiB).
-        current: list[int] | None = None  # stream, end, timestamp, records_end
+        current: list[int] | None = None  # stream, first end, end, timestamp, records_end
         records_end = self.next
         for stream, end, timestamp in ORDER_RECORD.iter_unpack(data[: count * size]):
             records_end += size
+            if stream not in (0, 1) or not 0 <= timestamp < _LAST_US:
+                continue  # not a record the launcher writes: skipped, not trusted
             if (
                 current is not None
                 and current[0] == stream
-                and timestamp - current[2] <= _SAME_TIME_US
+                and timestamp - current[3] <= _SAME_TIME_US
                 and end - current[1] < READ_BYTES
             ):
-                current[1], current[3] = end, records_end
+                current[2], current[4] = end, records_end
                 continue
             if current is not None:
-                segments.append(Segment(*current))
-            current = [stream, end, timestamp, records_end] if stream in (0, 1) else None
+                segments.append(Segment(current[0], current[2], current[3], current[4]))
+            current = [stream, end, end, timestamp, records_end]
         if current is not None:
-            segments.append(Segment(*current))
+            segments.append(Segment(current[0], current[2], current[3], current[4]))
+        elif count and segments == []:
+            # Only records skipped: move past them (no segment carries their end).
+            self.next = records_end
         return segments, count == _RECORDS_PER_READ
-
-    def commit(self) -> None:
-        self.offset = self.next
-        if self.offset - self.freed >= _FREE_EVERY_BYTES:
-            free_range(self.path, self.freed, self.offset)
-            self.freed = self.offset // 4096 * 4096
-
-    def rollback(self) -> None:
-        self.next = self.offset

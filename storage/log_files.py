@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _BLOCK = 4096
+_MAX_PIECES = 512  # below IOV_MAX (1024 on Linux): more pieces are written in several calls
 
 
 def _load_fallocate() -> Any:
@@ -86,7 +87,7 @@ class LogFiles:
         try:
             pieces = [memoryview(piece) for piece in data if piece]
             while pieces:
-                written = os.pwritev(fd, pieces, offset)
+                written = os.pwritev(fd, pieces[:_MAX_PIECES], offset)
                 offset += written
                 while pieces and written >= len(pieces[0]):
                     written -= len(pieces[0])

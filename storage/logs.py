@@ -100,12 +100,14 @@ def _trim_task_log(conn: sqlite3.Connection, task_pk: int, max_bytes: int) -> Ap
     if excess <= 0:
         return AppendOutcome()
     # Drop a little more than needed so trimming happens once per few chunks, not at each one.
-    # The cut-off is found by SQLite itself (a running sum over the task's chunks).
+    # The cut-off is found by SQLite itself (a running sum over the task's chunks). Chunks from
+    # before the upgrade (bytes inline, all older than any in the file) free no file range.
     target = excess + max_bytes // 10
     cut = _one(
         conn,
         "SELECT id, freed, n, kept_from FROM (SELECT id, SUM(length) OVER w AS freed,"
-        " SUM(lines) OVER w AS n, offset + length AS kept_from FROM log_chunks WHERE task_pk = ?"
+        " SUM(lines) OVER w AS n, CASE WHEN data IS NULL THEN offset + length ELSE 0 END AS kept_from"
+        " FROM log_chunks WHERE task_pk = ?"
         " WINDOW w AS (ORDER BY id)) WHERE freed >= ? ORDER BY id LIMIT 1",
         (task_pk, target),
     )

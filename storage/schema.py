@@ -279,6 +279,11 @@ MIGRATIONS: list[str] = [
         FROM (SELECT *, CASE WHEN stream = 'stderr' AND substr(message, 1, 9) = '[stderr] '
                              THEN substr(message, 10) ELSE message END AS body FROM log_lines);
     DROP TABLE log_lines;
+    -- Their task, so the size limit of a task running across the upgrade counts and drops them.
+    UPDATE log_chunks SET task_pk = (
+        SELECT s.task_pk FROM log_stats s WHERE s.job_pk = log_chunks.job_pk
+            AND s.attempt_id = log_chunks.attempt_id AND s.step_name = log_chunks.step_name
+            AND s.task_name = log_chunks.task_name);
 
     ALTER TABLE log_stats ADD COLUMN file_end INTEGER NOT NULL DEFAULT 0;
     """,

@@ -230,3 +230,30 @@ async def test_a_line_keeps_the_time_it_was_written_while_the_daemon_was_down(tm
         assert (first["message"], second["message"]) == ("first", "second")
         gap_s = (ts(second["timestamp"]) - ts(first["timestamp"])).total_seconds()
         assert 0.7 < gap_s < 2.5, gap_s
+
+
+def test_order_records_that_cannot_be_trusted_are_skipped(tmp_path: Path) -> None:
+    from runner.executors.host.capture import ORDER_RECORD
+    from runner.output_intake import OrderFile
+
+    path = tmp_path / "output.order"
+    good = [ORDER_RECORD.pack(0, 10, 1_000), ORDER_RECORD.pack(1, 5, 1_100)]
+    bad = [ORDER_RECORD.pack(7, 20, 1_200), ORDER_RECORD.pack(0, 30, 2**63 + 5)]
+    path.write_bytes(b"".join([good[0], *bad, good[1]]) + b"\x01\x02")  # and a torn tail
+    order = OrderFile(str(path), 0)
+    segments, more = order.segments()
+    assert [(s.stream, s.end, s.timestamp) for s in segments] == [(0, 10, 1_000), (1, 5, 1_100)]
+    assert segments[-1].records_end == 4 * ORDER_RECORD.size and not more
+
+
+async def test_a_short_task_interleaving_many_writes_is_stored_whole(api: Api) -> None:
+    # Over a thousand order records read at the task's end in one go (more pieces than one
+    # vectored write takes).
+    script = "import sys\nfor i in range(1500):\n    print(i, file=sys.stderr if i % 2 else sys.stdout, flush=True)"
+    await api.create_job([step("main", "python3", "-c", script)], name="many")
+    assert (await api.wait_job("many", timeout_s=60))["status"] == "completed"
+    _, page = await api.request("GET", "/jobs/many/logs", params={"limit": 5000})
+    out = [line["message"] for line in page["data"] if line["stream"] == "stdout"]
+    err = [line["message"] for line in page["data"] if line["stream"] == "stderr"]
+    assert out == [str(i) for i in range(0, 1500, 2)]
+    assert err == [f"[stderr] {i}" for i in range(1, 1500, 2)]

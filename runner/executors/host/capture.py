@@ -22,7 +22,8 @@ import struct
 import time
 
 # One record: stream (0 stdout, 1 stderr), the stream's file size after the read, and the time
-# of the read in microseconds since the epoch. Written with O_APPEND in one write: never torn.
+# of the read in microseconds since the epoch. Written with O_APPEND in one write; one that a
+# full disk cuts short is truncated away (the reader also skips what it cannot trust).
 ORDER_RECORD = struct.Struct("<BQQ")
 _READ_BYTES = 64 * 1024
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -44,6 +45,7 @@ class OutputCapture:
         self._files = [os.open(path, _FILE_FLAGS, 0o600) for path in (stdout_path, stderr_path)]
         self._sizes = [os.fstat(fd).st_size for fd in self._files]
         self._order = os.open(order_path, _FILE_FLAGS, 0o600)
+        self._order_size = os.fstat(self._order).st_size
         self._streams = {read_ends[0]: 0, read_ends[1]: 1}
         # Read from a pipe but not yet in its file (the disk is full): the pipe is not read
         # meanwhile, so the task waits on its writes rather than losing them.
@@ -61,7 +63,10 @@ class OutputCapture:
         return bool(self._held)
 
     def read(self, fd: int) -> bool:
-        """Copy what the pipe holds (one read); False once the pipe is closed by every writer."""
+        """Copy what the pipe holds (one read); False once the pipe is closed by every writer.
+        A pipe whose last read is held is not read (its end would drop what is held)."""
+        if fd in self._held:
+            return True
         try:
             data = os.read(fd, _READ_BYTES)
         except BlockingIOError:
@@ -85,9 +90,20 @@ class OutputCapture:
         except OSError:
             self._held[fd] = (bytes(view), now_us)
         if len(view) < len(data):
-            # Sizes only grow, so a record lost to a full disk is made good by the next one.
+            self._record(stream, now_us)
+
+    def _record(self, stream: int, now_us: int) -> None:
+        """One order record, whole or not at all: a record cut short by a full disk is cut off
+        again (sizes only grow, so a record lost is made good by the next one)."""
+        try:
+            written = os.write(self._order, ORDER_RECORD.pack(stream, self._sizes[stream], now_us))
+        except OSError:
+            return
+        if written == ORDER_RECORD.size:
+            self._order_size += written
+        else:
             with contextlib.suppress(OSError):
-                os.write(self._order, ORDER_RECORD.pack(stream, self._sizes[stream], now_us))
+                os.ftruncate(self._order, self._order_size)
 
     def retry(self) -> list[int]:
         """Try again to write what is held; the pipes whose output is now all written."""

@@ -242,19 +242,25 @@ class Launcher:
         """Output held for a full disk: written once there is space, its pipes read again."""
         for capture in list(self.held):
             for fd in capture.retry():
-                if self.selector is not None and fd in capture.read_ends:
-                    self.selector.register(fd, selectors.EVENT_READ, capture)
+                selector = self.selector
+                if selector is not None and fd in capture.read_ends and fd not in selector.get_map():
+                    selector.register(fd, selectors.EVENT_READ, capture)
             if not any(capture.holds(fd) for fd in capture.read_ends):
                 self.held.discard(capture)
 
     def _read_last(self, capture: OutputCapture) -> None:
-        """What the ended task's pipes hold; they stay watched while what it left holds them."""
+        """What the ended task's pipes hold; they stay watched while what it left holds them
+        (and are not, while what was read from them waits for disk space)."""
         ends = capture.read_ends
         capture.drain()
+        gone_or_held = set(ends) - set(capture.read_ends) | {fd for fd in ends if capture.holds(fd)}
         if self.selector is not None:
-            for fd in set(ends) - set(capture.read_ends):
-                with contextlib.suppress(KeyError):  # (unregistered already while held)
+            registered = self.selector.get_map()
+            for fd in gone_or_held:
+                if fd in registered:
                     self.selector.unregister(fd)
+        if capture.holding:
+            self.held.add(capture)
 
     @staticmethod
     def _record(path: str, code: int) -> None:
