@@ -101,6 +101,21 @@ class Api:
         assert status == 200, job
         return job  # type: ignore[no-any-return]
 
+    async def log_pages(self, name: str, limit: int, **params: Any) -> list[dict[str, Any]]:
+        """Every page of the job's logs, `limit` lines each, following `next_page` to the end."""
+        pages: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            query: dict[str, Any] = {"limit": limit, **params}
+            if cursor:
+                query["page_cursor"] = cursor
+            status, page = await self.request("GET", f"/jobs/{name}/logs", params=query)
+            assert status == 200, page
+            pages.append(page)
+            cursor = page["next_page"]
+            if not cursor:
+                return pages
+
     async def logs(self, name: str, **params: Any) -> list[str]:
         status, page = await self.request("GET", f"/jobs/{name}/logs", params={"limit": 10000, **params})
         assert status == 200, page

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from runner.log_pages import Cursor, decode_cursor, encode_cursor, scope_hash
 from runner.models import LogQuery, line_id
@@ -142,17 +141,7 @@ async def test_output_is_kept_once_on_disk_and_read_back_whole(api: Api, tmp_pat
     assert (await api.wait_job("big", timeout_s=120))["status"] == "completed"
     _, page = await api.request("GET", "/jobs/big/logs", params={"limit": 1})
     assert page["total"] == 200_004
-    seen: list[str] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 1000}
-        if cursor:
-            params["page_cursor"] = cursor
-        _, page = await api.request("GET", "/jobs/big/logs", params=params)
-        seen += [line["message"] for line in page["data"]]
-        cursor = page["next_page"]
-        if not cursor:
-            break
+    seen = [line["message"] for page in await api.log_pages("big", 1000) for line in page["data"]]
     out = [m for m in seen if m.startswith("line ")]
     assert out == [f"line {i:07d} " + "x" * 6 for i in range(200_000)]
     assert [m for m in seen if m.startswith("[stderr] ")] == [

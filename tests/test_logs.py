@@ -34,18 +34,9 @@ async def _follow(
 async def test_forward_pages_tail_and_walking_back(api: Api) -> None:
     await api.create_job([shell("count", "seq 1 250")], name="paged")
     await api.wait_job("paged")
-    seen: list[str] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 100}
-        if cursor:
-            params["page_cursor"] = cursor
-        _, page = await api.request("GET", "/jobs/paged/logs", params=params)
-        assert page["total"] == 250
-        seen += [line["message"] for line in page["data"]]
-        cursor = page["next_page"]
-        if not cursor:
-            break
+    pages = await api.log_pages("paged", 100)
+    assert [page["total"] for page in pages] == [250] * len(pages)
+    seen = [line["message"] for page in pages for line in page["data"]]
     assert seen == [str(i) for i in range(1, 251)]
     _, tail = await api.request("GET", "/jobs/paged/logs", params={"tail": 10})
     assert [line["message"] for line in tail["data"]] == [str(i) for i in range(241, 251)]
