@@ -14,29 +14,29 @@ from runner.allocation import Allocator
 from runner.clock import Clock
 from runner.environment import task_paths
 from runner.errors import NotFound
-from runner.executors.base import (
-    ExecutorError,
-    ExitStatus,
-    TaskRef,
-    Workload,
-)
+from runner.executors.base import ExecutorError, ExitStatus, TaskRef, Workload
 from runner.executors.registry import ExecutorRegistry
 from runner.file_events import FileEvents
-from runner.launching import RunTask, folder_details, handle_of, launch_of, split_gpus
+from runner.launching import RunTask, handle_of, launch_of, split_gpus
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogProgress, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ExecutionProfile, ProfileCatalog
+from runner.run_writes import Running, active_unit, outcome_unit, running_of
 from runner.settings import Settings
-from runner.step_outcome import step_outcome
-from runner.transitions import record_task_status, settle_step, transition_step
-from storage import Repository, WriteTx
+from runner.transitions import settle_step, transition_step
+from storage import Repository, StorageUnavailable, WriteTx
 
 log = logging.getLogger(__name__)
 
 _ERROR_TAIL_LINES = 20
 STARTABLE = (JobStatus.CREATED, JobStatus.RESUMING)
 _SETTLES_UNSTARTED = {JobStatus.CANCELLING: JobStatus.CANCELLED, JobStatus.PAUSING: JobStatus.PAUSED}
+# How long a fresh workload may take to end before its `active` is written: one that ends sooner
+# (a short command) goes from `pending` straight to its outcome, in one write instead of two, which
+# the table allows. A crash meanwhile is safe: the next daemon adopts a `pending` step as it would
+# one killed between the spawn and that write.
+ACTIVE_WRITE_DELAY_S = 0.05
 
 
 class SecretSource(Protocol):
@@ -193,32 +193,32 @@ class StepRun:
             await self._finish(step, tasks, failure, message=str(exc), with_output=False)
             return
         self.workload = workload
-        await self._mark_active(step, tasks, workload)
-        await self._follow(step, tasks, workload, progress={}, masked=list(secrets.values()))
+        await self._follow(step, tasks, workload, progress={}, masked=list(secrets.values()), fresh=True)
 
     async def _mark_active(self, step: StepRecord, tasks: list[RunTask], workload: Workload) -> None:
         parts = self._parts
         now = parts.clock.now_us()
-        details = {"message": "Job is running", **workload.details, **folder_details(step, tasks[0].paths)}
-        handle = handle_of(tasks, workload).to_json()
-
-        def record_active(tx: WriteTx) -> None:
-            fresh = tx.get_step_by_pk(step.pk)
-            assert fresh is not None
-            if fresh.status in (JobStatus.PENDING, JobStatus.RESUMING):
-                transition_step(tx, fresh, JobStatus.ACTIVE, now=now, status_details=details, handle=handle)
-            else:  # cancelling or pausing meanwhile: the status waits, the handle must not
-                tx.set_step_handle(step.pk, handle)
-            for task in tasks:
-                task_details = {**details, "gpus": list(task.ref.gpus)} if task.ref.gpus else details
-                record_task_status(
-                    tx, task.pk, JobStatus.ACTIVE, task_details, None, None, now, job_pk=step.job_pk
-                )
-
-        await parts.store.write(record_active, patient=True)
+        await parts.store.write(
+            active_unit(step, tasks, running_of(step, tasks, workload), now), patient=True
+        )
         limits = [parts.profile_of(step).ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
         positive = [limit for limit in limits if limit > 0]
         parts.deadlines.ring(now + min(positive) * 1_000_000 if positive else None)
+
+    async def _active_or_ended(
+        self, step: StepRecord, tasks: list[RunTask], workload: Workload, ended: asyncio.Future[ExitStatus]
+    ) -> Running | None:
+        """Write `active` unless the fresh workload ends within ACTIVE_WRITE_DELAY_S. What was not
+        written (it ended first, or the store could not take it) is returned for the outcome."""
+        done, _ = await asyncio.wait({ended}, timeout=ACTIVE_WRITE_DELAY_S)
+        if done:
+            return running_of(step, tasks, workload)
+        try:
+            await self._mark_active(step, tasks, workload)
+        except StorageUnavailable as exc:  # it runs all the same: its outcome will say so
+            log.warning("step %s of job %s: could not record it active: %s", step.name, step.job_name, exc)
+            return running_of(step, tasks, workload)
+        return None
 
     # ------------------------------------------------------------------ after a restart
 
@@ -259,7 +259,11 @@ class StepRun:
         workload: Workload,
         progress: dict[int, LogProgress],
         masked: list[str],
+        *,
+        fresh: bool = False,
     ) -> None:
+        """Follow the workload to its end and record it. `fresh`: just started here, its `active`
+        not yet written (see ACTIVE_WRITE_DELAY_S)."""
         if self.stop_requested:
             self._control(workload.stop(self.stop_grace_s))
         elif self.pause_requested:
@@ -269,18 +273,20 @@ class StepRun:
         ]
         for collector in collectors:
             collector.start()
+        ended = asyncio.ensure_future(workload.wait())
+        running: Running | None = None
         try:
             try:
-                status = await workload.wait()
-            except Exception as exc:  # lost track of it: say so, rather than leave it active
-                log.exception("lost track of step %s of job %s", step.name, step.job_name)
-                status = ExitStatus(exit_code=None, reason=f"lost track of the workload: {exc}")
+                if fresh:
+                    running = await self._active_or_ended(step, tasks, workload, ended)
+                status = await _exit_of(ended, step)
             finally:
                 await _finish_collecting(collectors, step)
             if self._control_tasks:
                 await asyncio.gather(*self._control_tasks, return_exceptions=True)
-            await self._finish(step, tasks, status, message=None, shutdown=self.shutdown)
+            await self._finish(step, tasks, status, message=None, shutdown=self.shutdown, running=running)
         finally:
+            ended.cancel()  # when cancelled meanwhile: nothing waits for it any more (wait() is shielded)
             # A run cancelled by a shutdown that keeps steps running must leave its workload be.
             current = asyncio.current_task()
             left_running = current is not None and current.cancelling() > 0
@@ -313,29 +319,20 @@ class StepRun:
         message: str | None,
         shutdown: bool = False,
         with_output: bool = True,
+        running: Running | None = None,
     ) -> None:
-        """Record how the workload ended, mapped against what the step was asked to do meanwhile."""
+        """Record how the workload ended, mapped against what the step was asked to do meanwhile.
+        `running`: it ended before its `active` was written; what that would have said goes in too."""
         parts = self._parts
         now = parts.clock.now_us()
         tail = await self._output_tail(step) if with_output and not status.succeeded else []
 
-        def record_outcome(tx: WriteTx) -> None:
-            fresh = tx.get_step_by_pk(step.pk)
-            if fresh is None:
-                return  # the job was deleted meanwhile
-            end = step_outcome(fresh, status, message=message, shutdown=shutdown, tail=tail)
-            if not fresh.status.is_terminal:
-                settle_step(
-                    tx, fresh, end.status, now=now, status_details=end.details, error_details=end.errors
-                )
-            for task in tasks:
-                record_task_status(
-                    tx, task.pk, end.status, end.details, end.errors, end.stack, now, job_pk=step.job_pk
-                )
-
         # Until stored: a disk full for longer than a patient write waits must not leave the step
         # `active` for ever once space returns (shut-down cancels the wait).
-        await parts.store.write(record_outcome, until_stored=True)
+        outcome = outcome_unit(
+            step, tasks, status, message=message, shutdown=shutdown, tail=tail, running=running, now=now
+        )
+        await parts.store.write(outcome, until_stored=True)
         parts.log_signal.notify(step.job_pk)
         parts.wake_scheduler()
 
@@ -376,6 +373,14 @@ class StepRun:
 
         await self._parts.store.write(record_running, patient=True)
         self._parts.deadlines.ring(None)  # its deadlines run again from now
+
+
+async def _exit_of(ended: asyncio.Future[ExitStatus], step: StepRecord) -> ExitStatus:
+    try:
+        return await ended
+    except Exception as exc:  # lost track of it: say so, rather than leave it active
+        log.exception("lost track of step %s of job %s", step.name, step.job_name)
+        return ExitStatus(exit_code=None, reason=f"lost track of the workload: {exc}")
 
 
 async def _finish_collecting(collectors: list[OutputCollector], step: StepRecord) -> None:

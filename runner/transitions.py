@@ -137,19 +137,20 @@ def settle_step(
     now: int,
     status_details: dict[str, Any] | None = None,
     error_details: dict[str, Any] | None = None,
+    handle: dict[str, Any] | None = None,
 ) -> TransitionOutcome:
     """Record how a step really ended, whatever it was asked meanwhile: walk the legal path to
     `final` (a workload that died while paused goes paused -> active -> error), so every move
-    still obeys the table and rolls up to the job."""
+    still obeys the table and rolls up to the job. `handle`, when given, is recorded with it."""
     if step.status == final or step.status.is_terminal:
-        return transition_step(tx, step, step.status, now=now)
+        return transition_step(tx, step, step.status, now=now, handle=handle)
     path = legal_path(step.status, final)
     if not path:
         raise Conflict(f"step {step.name!r} cannot reach {final.value!r} from {step.status.value!r}")
     for status in path[:-1]:
         step = transition_step(tx, step, status, now=now).step
     return transition_step(
-        tx, step, final, now=now, status_details=status_details, error_details=error_details
+        tx, step, final, now=now, status_details=status_details, error_details=error_details, handle=handle
     )
 
 

@@ -204,24 +204,31 @@ class Reads:
         """Steps waiting for the scheduler, oldest first (FIFO, as the reference): every one that
         asks for GPUs, CPUs or memory (the allocator decides which fit), and the oldest
         `plain_limit` of those that ask for nothing."""
-        plain = await self._all(
-            "SELECT pk, created_at FROM steps WHERE status IN ('created','resuming')"
-            f" AND NOT {queries.DEMANDS} ORDER BY created_at, pk LIMIT ?",
-            (plain_limit,),
-        )
-        demanding = await self._all(
-            f"SELECT pk, created_at, {queries.PROVIDER} AS provider,"
+        # One query (one trip to the reader's thread per scheduler wake-up), two halves.
+        rows = await self._all(
+            "SELECT * FROM (SELECT pk, created_at, 0 AS demanding, NULL AS provider, NULL AS num_gpus,"
+            " NULL AS num_nodes, NULL AS cpu, NULL AS memory"
+            " FROM steps WHERE status IN ('created','resuming')"
+            f" AND NOT {queries.DEMANDS} ORDER BY created_at, pk LIMIT ?)"
+            " UNION ALL"
+            f" SELECT * FROM (SELECT pk, created_at, 1 AS demanding, {queries.PROVIDER} AS provider,"
             " json_extract(spec, '$.executor.resources.num_gpus') AS num_gpus,"
             " json_extract(spec, '$.executor.resources.num_nodes') AS num_nodes,"
             f" {queries.REQUEST_CPU} AS cpu, {queries.REQUEST_MEMORY} AS memory"
             f" FROM steps WHERE status IN ('created','resuming') AND {queries.DEMANDS}"
-            " ORDER BY created_at, pk LIMIT 10000",
-            (),
+            " ORDER BY created_at, pk LIMIT 10000)",
+            (plain_limit,),
         )
-        waiting = [ResourceDemand(r["pk"], Needs(), r["created_at"]) for r in plain]
-        for r in demanding:
-            needs = needs_of(r["provider"], r["num_gpus"], r["num_nodes"], r["cpu"], r["memory"])
-            waiting.append(ResourceDemand(r["pk"], needs, r["created_at"]))
+        waiting = [
+            ResourceDemand(
+                r["pk"],
+                needs_of(r["provider"], r["num_gpus"], r["num_nodes"], r["cpu"], r["memory"])
+                if r["demanding"]
+                else Needs(),
+                r["created_at"],
+            )
+            for r in rows
+        ]
         waiting.sort(key=lambda d: (d.waiting_since_us, d.step_pk))
         return waiting
 

@@ -21,9 +21,13 @@ from runner.models import (
     TaskRecord,
 )
 
+# Built once: `json.dumps` with non-default separators builds a new encoder per call, and a job's
+# life dumps about twenty small objects on the writer's thread.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
 
 def dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    return None if value is None else _COMPACT.encode(value)
 
 
 def load(text: str | None) -> Any:
@@ -42,8 +46,10 @@ def _step_spec(text: str) -> StepSpec:
     return StepSpec.model_validate_json(text)
 
 
+# Rows come from the store's own typed columns: built without pydantic's validation (which copied
+# every dict again and cost a quarter of a status change on the writer's thread).
 def job_record(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
+    return JobRecord.model_construct(
         pk=row["pk"],
         id=row["id"],
         name=row["name"],
@@ -69,7 +75,7 @@ def job_record(row: sqlite3.Row) -> JobRecord:
 
 
 def step_record(row: sqlite3.Row) -> StepRecord:
-    return StepRecord(
+    return StepRecord.model_construct(
         pk=row["pk"],
         id=row["id"],
         name=row["name"],
@@ -95,7 +101,7 @@ def step_record(row: sqlite3.Row) -> StepRecord:
 
 
 def task_record(row: sqlite3.Row) -> TaskRecord:
-    return TaskRecord(
+    return TaskRecord.model_construct(
         pk=row["pk"],
         id=row["id"],
         name=row["name"],

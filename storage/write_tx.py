@@ -5,6 +5,7 @@ tasks, secrets, results; logs through storage/logs.py) available to a unit of wo
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,6 +25,9 @@ from runner.models import (
 from storage import logs, queries
 from storage.errors import AlreadyExists
 from storage.rows import dump, load, secret_record
+
+# A status_details key that a JSON path can name as it is ($.key); others take the slow merge.
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class WriteTx:
@@ -192,6 +196,17 @@ class WriteTx:
 
     def merge_job_status_details(self, pk: int, details: dict[str, Any]) -> None:
         """Shallow: each key replaces the job's (a nested object is not merged into)."""
+        if details and all(_PLAIN_KEY.fullmatch(key) for key in details):
+            # One statement, no read back: json_set replaces (or appends) each top-level key.
+            paths = ", ".join("?, json(?)" for _ in details)
+            args: list[Any] = []
+            for key, value in details.items():
+                args += [f"$.{key}", dump(value)]
+            self._conn.execute(
+                f"UPDATE jobs SET status_details = json_set(status_details, {paths}) WHERE pk = ?",
+                (*args, pk),
+            )
+            return
         row = self._conn.execute("SELECT status_details FROM jobs WHERE pk = ?", (pk,)).fetchone()
         if row is None:
             return

@@ -194,3 +194,43 @@ async def test_the_jobs_status_details_carry_its_tasks_details_and_true_messages
     status, step = await api.request("PATCH", "/jobs/patched/steps/long/status", json={"status": "error"})
     assert status == 200, step
     assert step["status_details"]["message"] == "Status set to error through the API"
+
+
+async def test_a_short_step_skips_active_yet_keeps_what_active_would_have_recorded(tmp_path: Path) -> None:
+    """A workload that ends within ACTIVE_WRITE_DELAY_S goes from `pending` straight to its outcome
+    (one write fewer); one that runs longer is seen `active` first. Either way the step, its task
+    and the job end with the same details: pid, pgid, the task's folders, the exit code."""
+    from runner.step_run import ACTIVE_WRITE_DELAY_S
+
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        await api.create_job([step("main", "true")], name="short")
+        await api.create_job([shell("main", f"sleep {ACTIVE_WRITE_DELAY_S * 10}")], name="long")
+        status, long_step = 0, {}
+        for _ in range(200):  # the long one is seen active while it sleeps
+            status, long_step = await api.request("GET", "/jobs/long/steps/main")
+            if long_step.get("status") in ("active", "completed"):
+                break
+            await asyncio.sleep(0.01)
+        assert status == 200 and long_step["status"] == "active", long_step
+        assert long_step["status_details"]["message"] == "Job is running"
+        for name in ("short", "long"):
+            job = await api.wait_job(name)
+            assert job["status"] == "completed", job
+            status, s = await api.request("GET", f"/jobs/{name}/steps/main")
+            details = s["status_details"]
+            assert status == 200 and s["status"] == "completed"
+            assert details["exit_code"] == 0 and details["pid"] == details["pgid"] > 0, details
+            assert Path(details["subprocess_work_dir"]).is_dir(), details
+            assert "subprocess_persistent_storage_path" in details
+            status, tree = await api.request("GET", f"/jobs/{name}/status")
+            task = tree["steps"][0]["tasks"][0]
+            assert task["status"] == "completed" and task["status_details"]["pid"] == details["pid"], task
+            assert job["status_details"]["pid"] == details["pid"], job
+        # Which way each went: only a step recorded `active` has a time it became active (unless
+        # the machine stalled the short one's exit past the delay, which the path also allows).
+        conn = sqlite3.connect(srv.daemon.settings.db_path)
+        try:
+            rows = dict(conn.execute("SELECT job_name, active_since IS NOT NULL FROM steps").fetchall())
+        finally:
+            conn.close()
+        assert rows["long"] == 1, rows

@@ -79,8 +79,12 @@ def profiler(pid: int, out: Path | None) -> Any:
             log("py-spy not found (pip install py-spy into the venv): not profiling")
         yield
         return
+    # BENCH_PYSPY_RATE (samples/s, default 250) and BENCH_PYSPY_EXTRA (e.g. "--gil --nonblocking":
+    # only what holds the GIL, i.e. Python's own CPU) tune the sampling.
+    rate = os.environ.get("BENCH_PYSPY_RATE", "250")
+    extra = os.environ.get("BENCH_PYSPY_EXTRA", "").split()
     proc = subprocess.Popen(
-        [exe, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", str(out), "--threads"],
+        [exe, "record", "-p", str(pid), "-r", rate, "-f", "raw", "-o", str(out), "--threads", *extra],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
