@@ -1,6 +1,6 @@
-"""What a step's run writes when its workload is seen running and when it ends: the two units of
-work (plain functions of a write transaction, run on the writer's thread), kept apart from the
-run's own sequencing in runner/step_run.py."""
+"""What a step's run writes when its workload is seen running, paused or resumed, and when it
+ends: units of work (plain functions of a write transaction, run on the writer's thread), kept
+apart from the run's own sequencing in runner/step_run.py."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def active_unit(
 ) -> Callable[[WriteTx], None]:
     def record_active(tx: WriteTx) -> None:
         fresh = tx.get_step_by_pk(step.pk)
-        if fresh is None:
-            return  # the job was deleted meanwhile
+        if fresh is None or fresh.status.is_terminal:
+            return  # deleted, or ended (its outcome, written first, carries all this)
         if fresh.status in (JobStatus.PENDING, JobStatus.RESUMING):
             transition_step(
                 tx, fresh, JobStatus.ACTIVE, now=now, status_details=running.details, handle=running.handle
@@ -85,7 +85,10 @@ def outcome_unit(
             return  # the job was deleted meanwhile
         end = step_outcome(fresh, status, message=message, shutdown=shutdown, tail=tail)
         details = end.details if running is None else {**running.details, **end.details}
-        if not fresh.status.is_terminal:
+        if fresh.status.is_terminal:  # a client or the watchdog ended it meanwhile
+            if running is not None:
+                tx.set_step_handle(step.pk, running.handle)
+        else:
             settle_step(
                 tx,
                 fresh,
@@ -102,3 +105,17 @@ def outcome_unit(
             )
 
     return record_outcome
+
+
+def requested_status_unit(
+    step_pk: int, asked: JobStatus, reached: JobStatus, message: str, now: int
+) -> Callable[[WriteTx], None]:
+    """A pause or resume done: the step goes from `asked` (pausing, resuming) to `reached`,
+    unless something else moved it meanwhile."""
+
+    def record_reached(tx: WriteTx) -> None:
+        step = tx.get_step_by_pk(step_pk)
+        if step is not None and step.status == asked:
+            transition_step(tx, step, reached, now=now, status_details={"message": message})
+
+    return record_reached

@@ -22,7 +22,7 @@ from runner.logs import OutputCollector, OutputTarget
 from runner.models import JobStatus, LogProgress, LogQuery, StepRecord, new_entity_id, new_task_name
 from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ExecutionProfile, ProfileCatalog
-from runner.run_writes import Running, active_unit, outcome_unit, running_of
+from runner.run_writes import Running, active_unit, outcome_unit, requested_status_unit, running_of
 from runner.settings import Settings
 from runner.transitions import settle_step, transition_step
 from storage import Repository, StorageUnavailable, WriteTx
@@ -32,10 +32,8 @@ log = logging.getLogger(__name__)
 _ERROR_TAIL_LINES = 20
 STARTABLE = (JobStatus.CREATED, JobStatus.RESUMING)
 _SETTLES_UNSTARTED = {JobStatus.CANCELLING: JobStatus.CANCELLED, JobStatus.PAUSING: JobStatus.PAUSED}
-# How long a fresh workload may take to end before its `active` is written: one that ends sooner
-# (a short command) goes from `pending` straight to its outcome, in one write instead of two, which
-# the table allows. A crash meanwhile is safe: the next daemon adopts a `pending` step as it would
-# one killed between the spawn and that write.
+# A fresh workload ending sooner goes `pending` -> outcome in one write (docs/design.md, "Running
+# steps"); a crash meanwhile leaves a `pending` step, which recovery adopts as it always did.
 ACTIVE_WRITE_DELAY_S = 0.05
 
 
@@ -84,6 +82,7 @@ class StepRun:
         self.stop_grace_s = parts.settings.grace_period_s
         self.task: asyncio.Task[None] | None = None
         self._control_tasks: set[asyncio.Task[None]] = set()
+        self._active_retry: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -195,12 +194,13 @@ class StepRun:
         self.workload = workload
         await self._follow(step, tasks, workload, progress={}, masked=list(secrets.values()), fresh=True)
 
-    async def _mark_active(self, step: StepRecord, tasks: list[RunTask], workload: Workload) -> None:
+    async def _mark_active(
+        self, step: StepRecord, tasks: list[RunTask], workload: Workload, *, until_stored: bool = False
+    ) -> None:
         parts = self._parts
         now = parts.clock.now_us()
-        await parts.store.write(
-            active_unit(step, tasks, running_of(step, tasks, workload), now), patient=True
-        )
+        unit = active_unit(step, tasks, running_of(step, tasks, workload), now)
+        await parts.store.write(unit, patient=not until_stored, until_stored=until_stored)
         limits = [parts.profile_of(step).ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
         positive = [limit for limit in limits if limit > 0]
         parts.deadlines.ring(now + min(positive) * 1_000_000 if positive else None)
@@ -215,10 +215,21 @@ class StepRun:
             return running_of(step, tasks, workload)
         try:
             await self._mark_active(step, tasks, workload)
-        except StorageUnavailable as exc:  # it runs all the same: its outcome will say so
+        except StorageUnavailable as exc:
+            # It runs all the same: keep trying (a step left `pending` would meet its
+            # before-active deadline), and the outcome carries it should the end come first.
             log.warning("step %s of job %s: could not record it active: %s", step.name, step.job_name, exc)
+            self._active_retry = asyncio.create_task(
+                self._mark_active(step, tasks, workload, until_stored=True), name=f"active-{step.pk}"
+            )
             return running_of(step, tasks, workload)
         return None
+
+    async def _stop_active_retry(self) -> None:
+        retry, self._active_retry = self._active_retry, None
+        if retry is not None:
+            retry.cancel()  # the outcome, written next, carries what it would have
+            await asyncio.gather(retry, return_exceptions=True)
 
     # ------------------------------------------------------------------ after a restart
 
@@ -281,11 +292,14 @@ class StepRun:
                     running = await self._active_or_ended(step, tasks, workload, ended)
                 status = await _exit_of(ended, step)
             finally:
+                await self._stop_active_retry()
                 await _finish_collecting(collectors, step)
             if self._control_tasks:
                 await asyncio.gather(*self._control_tasks, return_exceptions=True)
             await self._finish(step, tasks, status, message=None, shutdown=self.shutdown, running=running)
         finally:
+            if ended.done() and not ended.cancelled():
+                ended.exception()  # seen (by _exit_of, or not needed any more)
             ended.cancel()  # when cancelled meanwhile: nothing waits for it any more (wait() is shielded)
             # A run cancelled by a shutdown that keeps steps running must leave its workload be.
             current = asyncio.current_task()
@@ -347,14 +361,8 @@ class StepRun:
         await self.workload.pause()
         self.frozen = True
         now = self._parts.clock.now_us()
-        step_pk = self.step_pk
-
-        def record_paused(tx: WriteTx) -> None:
-            step = tx.get_step_by_pk(step_pk)
-            if step is not None and step.status == JobStatus.PAUSING:
-                transition_step(tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"})
-
-        await self._parts.store.write(record_paused, patient=True)
+        unit = requested_status_unit(self.step_pk, JobStatus.PAUSING, JobStatus.PAUSED, "Paused", now)
+        await self._parts.store.write(unit, patient=True)
 
     async def _resume(self) -> None:
         if self.workload is None:
@@ -362,16 +370,10 @@ class StepRun:
         await self.workload.resume()
         self.frozen = False
         now = self._parts.clock.now_us()
-        step_pk = self.step_pk
-
-        def record_running(tx: WriteTx) -> None:
-            step = tx.get_step_by_pk(step_pk)
-            if step is not None and step.status == JobStatus.RESUMING:
-                transition_step(
-                    tx, step, JobStatus.ACTIVE, now=now, status_details={"message": "Job is running"}
-                )
-
-        await self._parts.store.write(record_running, patient=True)
+        unit = requested_status_unit(
+            self.step_pk, JobStatus.RESUMING, JobStatus.ACTIVE, "Job is running", now
+        )
+        await self._parts.store.write(unit, patient=True)
         self._parts.deadlines.ring(None)  # its deadlines run again from now
 
 

@@ -4,6 +4,7 @@ reason, starts when what it needs is given back, and one that can never fit is r
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,26 @@ async def test_a_waiting_request_that_no_longer_fits_after_a_restart_ends_in_err
         assert "it requests 2 CPUs; this machine now has 1" in job["error_details"]["message"]
         await api.request("POST", "/jobs/holder/cancel")
         await api.wait_job("holder", timeout_s=60)
+
+
+async def test_a_job_is_active_while_its_next_step_waits_after_a_short_first_one(tmp_path: Path) -> None:
+    """A first step that ends before its `active` is written goes `pending` -> `completed`; the job
+    must not stay `pending` while its second step waits for room: it is under way."""
+    async with running_server(tmp_path, **_settings()) as srv, api_for(srv) as api:
+        await api.create_job([_cpu_step("work", "sleep 60", cpu="2")], name="holder")
+        await api.wait_job("holder", {"active"}, timeout_s=60)
+        await api.create_job(
+            [_cpu_step("first", "true"), _cpu_step("second", "echo ran", cpu="1")], name="two"
+        )
+        status, second = 0, {}
+        for _ in range(600):
+            status, second = await api.request("GET", "/jobs/two/steps/second")
+            if status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200 and second["status"] == "created", second
+        job = await api.job("two")
+        assert job["status"] == "active", job
+        await api.request("POST", "/jobs/holder/cancel")
+        assert (await api.wait_job("two", timeout_s=60))["status"] == "completed"
+        assert await api.logs("two") == ["ran"]
