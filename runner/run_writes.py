@@ -36,6 +36,19 @@ def _task_details(running: Running, task: RunTask) -> dict[str, Any]:
     return {**running.details, "gpus": list(task.ref.gpus)}
 
 
+def _job_as_if_seen_active(tx: WriteTx, step: StepRecord, now: int) -> None:
+    """What the skipped `active` write would have done to the job: take it to `active`. Skipped
+    where going straight to the outcome is legal and says the same: a `pending` job's last step.
+    Otherwise a resumed job would stay `resuming` (it cannot go to `completed` directly), and a
+    multi-step job `pending` while its next step waits."""
+    job = tx.job_state(step.job_pk)
+    if job is None or job.status == JobStatus.ACTIVE or not job.status.can_transition_to(JobStatus.ACTIVE):
+        return
+    if job.status == JobStatus.PENDING and step.index + 1 >= job.step_count:
+        return
+    tx.set_job_status(job.pk, status=JobStatus.ACTIVE, error_details=job.error_details, now=now)
+
+
 def active_unit(
     step: StepRecord, tasks: list[RunTask], running: Running, now: int
 ) -> Callable[[WriteTx], None]:
@@ -85,6 +98,8 @@ def outcome_unit(
             return  # the job was deleted meanwhile
         end = step_outcome(fresh, status, message=message, shutdown=shutdown, tail=tail)
         details = end.details if running is None else {**running.details, **end.details}
+        if running is not None and fresh.status in (JobStatus.PENDING, JobStatus.RESUMING):
+            _job_as_if_seen_active(tx, fresh, now)
         if fresh.status.is_terminal:  # a client or the watchdog ended it meanwhile
             if running is not None:
                 tx.set_step_handle(step.pk, running.handle)

@@ -170,9 +170,6 @@ def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
             outcome.next_step_pk = tx.insert_step(
                 full, step.index + 1, new_entity_id("platform-job-step"), now
             )
-            # A first step that ended before its `active` was written leaves the job `pending`:
-            # the job is under way now, as after an `active` first step.
-            target = JobStatus.ACTIVE if job.status == JobStatus.PENDING else None
         else:
             target = JobStatus.COMPLETED
     elif step.status in _MIRRORED:

@@ -139,3 +139,26 @@ async def test_a_job_is_active_while_its_next_step_waits_after_a_short_first_one
         await api.request("POST", "/jobs/holder/cancel")
         assert (await api.wait_job("two", timeout_s=60))["status"] == "completed"
         assert await api.logs("two") == ["ran"]
+
+
+async def test_a_resumed_job_whose_waiting_step_ends_at_once_completes(tmp_path: Path) -> None:
+    """Pause and resume a job whose second step waits for room; once room is given back, that step
+    runs `true`, which ends before its `active` is written: the job must reach `completed`, not
+    stay `resuming` (which cannot go to `completed` directly)."""
+    async with running_server(tmp_path, **_settings()) as srv, api_for(srv) as api:
+        await api.create_job([_cpu_step("work", "sleep 60", cpu="2")], name="holder")
+        await api.wait_job("holder", {"active"}, timeout_s=60)
+        await api.create_job([_cpu_step("first", "true"), _cpu_step("second", "true", cpu="1")], name="two")
+        for _ in range(600):
+            if (await api.request("GET", "/jobs/two/steps/second"))[0] == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert (await api.request("POST", "/jobs/two/pause"))[0] == 200
+        await api.wait_job("two", {"paused"}, timeout_s=30)
+        assert (await api.request("POST", "/jobs/two/resume"))[0] == 200
+        assert (await api.job("two"))["status"] == "resuming"
+        await api.request("POST", "/jobs/holder/cancel")
+        job = await api.wait_job("two", timeout_s=60)
+        assert job["status"] == "completed", job
+        _, second = await api.request("GET", "/jobs/two/steps/second")
+        assert second["status"] == "completed", second
