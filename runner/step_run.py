@@ -336,7 +336,7 @@ class StepRun:
         running: Running | None = None,
     ) -> None:
         """Record how the workload ended, mapped against what the step was asked to do meanwhile.
-        `running`: it ended before its `active` was written; what that would have said goes in too."""
+        `running`: its `active` is not written (it ended first, or failed); it goes in too."""
         parts = self._parts
         now = parts.clock.now_us()
         tail = await self._output_tail(step) if with_output and not status.succeeded else []

@@ -22,7 +22,7 @@ from runner.models import (
 )
 
 # Built once: `json.dumps` with non-default separators builds a new encoder per call, and a job's
-# life dumps about twenty small objects on the writer's thread.
+# life dumps about sixteen small objects on the writer's thread.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -47,7 +47,7 @@ def _step_spec(text: str) -> StepSpec:
 
 
 # Rows come from the store's own typed columns: built without pydantic's validation (which copied
-# every dict again and cost a quarter of a status change on the writer's thread).
+# every dict again; building step records was ~5% of the daemon's GIL time in a 1,000-job profile).
 def job_record(row: sqlite3.Row) -> JobRecord:
     return JobRecord.model_construct(
         pk=row["pk"],
