@@ -11,6 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 ENV_PREFIX = "LOCALJOBS_"
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def default_data_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -82,6 +83,9 @@ class Settings:
     # When a step's main process ends, whatever it left running is ended too (SIGTERM, grace,
     # SIGKILL); True keeps such processes running, as the reference does.
     keep_leftover_processes: bool = False
+    # The event loop: uvloop (libuv, the default: ~15% less daemon CPU per job, measured in
+    # docs/benchmarks.md) or asyncio's own (`asyncio`, for debugging with asyncio's tools).
+    event_loop: str = "uvloop"
     # The daemon's own environment, read once at start (by load_settings; a Settings built in a
     # test takes this process's): subprocess steps inherit `inherited_env` of it, the launcher all.
     environment: Mapping[str, str] = field(
@@ -89,6 +93,8 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
         object.__setattr__(self, "environment", MappingProxyType(dict(self.environment)))
         # Paths go to other processes (the launcher, tasks) with other working folders: absolute.
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
@@ -128,6 +134,8 @@ class Settings:
 
 
 def _convert(name: str, raw: str, default: object) -> object:
+    if name == "event_loop" and raw not in EVENT_LOOPS:
+        raise ValueError(f"expected one of {', '.join(EVENT_LOOPS)}")
     if isinstance(default, bool):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

@@ -126,9 +126,26 @@ def test_flags_beat_environment(make_daemon: MakeDaemon, tmp_path: Path) -> None
     assert daemon.stop() == 0
 
 
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_either_event_loop_runs_jobs(make_daemon: MakeDaemon, tmp_path: Path, event_loop: str) -> None:
+    # No variable for uvloop: it is the default.
+    env = {"LOCALJOBS_EVENT_LOOP": event_loop} if event_loop == "asyncio" else {}
+    daemon = make_daemon(tmp_path / "data", env=env)
+    url = daemon.start()
+    _create_job(url, "loop", "sh", "-c", "echo on the loop")
+    assert _wait_job(daemon, "loop", TERMINAL)["status"] == "completed"
+    assert f"event loop: {event_loop}" in daemon.stderr, daemon
+    assert daemon.stop() == 0
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("LOCALJOBS_PORT", "abc"), ("LOCALJOBS_GRACE_PERIOD_S", "soon"), ("LOCALJOBS_KEEP_CONTAINERS", "maybe")],
+    [
+        ("LOCALJOBS_PORT", "abc"),
+        ("LOCALJOBS_GRACE_PERIOD_S", "soon"),
+        ("LOCALJOBS_KEEP_CONTAINERS", "maybe"),
+        ("LOCALJOBS_EVENT_LOOP", "twisted"),
+    ],
 )
 def test_bad_environment_value_exits_with_a_clear_message(
     make_daemon: MakeDaemon, tmp_path: Path, variable: str, value: str

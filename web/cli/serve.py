@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -110,7 +111,15 @@ def serve(log_level: str, keep_running: bool | None, allowed_hosts: tuple[str, .
     except (CannotStart, OSError) as exc:
         click.echo(f"localjobs: cannot start: {exc}", err=True)
         return 1
-    return asyncio.run(_serve(settings, lock))
+    return asyncio.run(_serve(settings, lock), loop_factory=_loop_factory(settings.event_loop))
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 async def _serve(settings: Settings, lock: DataDirLock) -> int:
@@ -122,6 +131,7 @@ async def _serve(settings: Settings, lock: DataDirLock) -> int:
     # Handlers first: a signal that arrives while steps are being adopted still stops cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s", settings.event_loop)
     # SIGHUP too (its terminal closed): a clean stop releases the data dir and ends the steps.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
