@@ -5,7 +5,6 @@ write_tx.py, logs.py and reads.py."""
 from __future__ import annotations
 
 import functools
-import json
 import sqlite3
 from typing import Any
 
@@ -20,18 +19,15 @@ from runner.models import (
     StepSpec,
     TaskRecord,
 )
-
-# Built once: `json.dumps` with non-default separators builds a new encoder per call, and a job's
-# life dumps about sixteen small objects on the writer's thread.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+from storage import json_text
 
 
 def dump(value: Any) -> str | None:
-    return None if value is None else _COMPACT.encode(value)
+    return None if value is None else json_text.dumps(value)
 
 
 def load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    return None if text is None else json_text.loads(text)
 
 
 # Specs never change once stored, and the same one is read at every status change of its job:
@@ -57,7 +53,7 @@ def job_record(row: sqlite3.Row) -> JobRecord:
         project=row["project"],
         description=row["description"],
         source=row["source"],
-        spec=json.loads(row["spec"]),
+        spec=json_text.loads(row["spec"]),
         platform_spec=_job_spec(row["platform_spec"]),
         fileset=row["fileset"],
         output_location=row["output_location"],
@@ -69,7 +65,7 @@ def job_record(row: sqlite3.Row) -> JobRecord:
         attempt_id=row["attempt_id"],
         attempt_seq=row["attempt_seq"],
         status=JobStatus(row["status"]),
-        status_details=json.loads(row["status_details"]),
+        status_details=json_text.loads(row["status_details"]),
         error_details=load(row["error_details"]),
     )
 
@@ -90,7 +86,7 @@ def step_record(row: sqlite3.Row) -> StepRecord:
         index=row["idx"],
         spec=_step_spec(row["spec"]),
         status=JobStatus(row["status"]),
-        status_details=json.loads(row["status_details"]),
+        status_details=json_text.loads(row["status_details"]),
         error_details=load(row["error_details"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -109,7 +105,7 @@ def task_record(row: sqlite3.Row) -> TaskRecord:
         step_pk=row["step_pk"],
         step_id=row["step_id"],
         status=JobStatus(row["status"]),
-        status_details=json.loads(row["status_details"]),
+        status_details=json_text.loads(row["status_details"]),
         error_details=load(row["error_details"]),
         error_stack=row["error_stack"],
         created_at=row["created_at"],

@@ -4,7 +4,6 @@ tasks, secrets, results; logs through storage/logs.py) available to a unit of wo
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,7 @@ from runner.models import (
     StepRecord,
     TaskRecord,
 )
-from storage import logs, queries
+from storage import json_text, logs, queries
 from storage.errors import AlreadyExists
 from storage.rows import dump, load, secret_record
 
@@ -210,7 +209,7 @@ class WriteTx:
         row = self._conn.execute("SELECT status_details FROM jobs WHERE pk = ?", (pk,)).fetchone()
         if row is None:
             return
-        merged = {**json.loads(row[0]), **details}
+        merged = {**json_text.loads(row[0]), **details}
         self._conn.execute("UPDATE jobs SET status_details = ? WHERE pk = ?", (dump(merged), pk))
 
     def update_step_state(

@@ -11,6 +11,8 @@ that list form. Field names, order and defaults follow the reference's models.
 
 from __future__ import annotations
 
+import functools
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,9 +33,25 @@ from runner.models import (
 )
 from runner.service import StatusTree
 
+# Years 1970-9999: what gmtime formats as isoformat does; outside them, datetime's own path.
+_FAST_RANGE = range(0, 253402300800)
+
 
 def timestamp(us: int) -> str:
-    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+    """ISO 8601 in UTC with a `Z`, microseconds only when there are any (as `isoformat`).
+
+    Every answer carries several and a log page one per line: the second's text is formatted
+    once (cached), which is ~5x cheaper than building a datetime per value."""
+    seconds, micro = divmod(us, 1_000_000)
+    if seconds not in _FAST_RANGE:
+        return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+    second = _second_text(seconds)
+    return f"{second}.{micro:06d}Z" if micro else f"{second}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def _model(fields: dict[str, Any], drop_none: bool) -> dict[str, Any]:

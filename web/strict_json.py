@@ -22,6 +22,7 @@ import math
 import re
 from typing import Any, NoReturn
 
+import orjson
 from aiohttp import web
 from pydantic_core import from_json
 
@@ -134,6 +135,13 @@ def dumps(data: Any) -> bytes:
     non-finite number or a lone surrogate. Such a row is still answered, with `null` for the
     number and U+FFFD for the surrogate (and a warning in the log), rather than failing every
     read or list that touches it."""
+    try:
+        # orjson first (several times faster): it refuses what `json` below refuses, and more
+        # (integers beyond 64 bits, non-string keys), all of which takes the path below. It
+        # writes NaN as null by itself, which is the repair below, without the warning.
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        pass
     try:
         return json.dumps(data, ensure_ascii=False, allow_nan=False).encode()
     except ValueError:  # includes UnicodeEncodeError

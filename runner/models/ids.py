@@ -3,9 +3,9 @@ timestamps as integer microseconds."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from datetime import UTC, datetime
 
 # The reference's NAME_PATTERN. Python's `re` is needed: the lookarounds are beyond pydantic's
@@ -25,22 +25,36 @@ NAME_RULE = (
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
+# Two digits per division: a job's life makes three ids, and this halves their cost.
+_B58_PAIRS = [a + b for a in _B58 for b in _B58]
+
+
 def base58(data: bytes) -> str:
     number = int.from_bytes(data, "big")
-    digits = []
+    pairs = []
     while number:
-        number, rem = divmod(number, 58)
-        digits.append(_B58[rem])
-    return "".join(reversed(digits)) or _B58[0]
+        number, rem = divmod(number, 3364)
+        pairs.append(_B58_PAIRS[rem])
+    text = "".join(reversed(pairs))
+    # The top pair may carry a leading zero digit that one-digit division would not write.
+    return (text[1:] if text[0] == _B58[0] else text) if text else _B58[0]
+
+
+def _uuid4_bytes() -> bytes:
+    """What `uuid.uuid4().bytes` is (version 4, RFC 4122 variant), without building the object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return bytes(raw)
 
 
 def new_entity_id(entity_type: str) -> str:
     """`platform-job-step-<base58 uuid4>`, the reference's id format."""
-    return f"{entity_type}-{base58(uuid.uuid4().bytes)}"
+    return f"{entity_type}-{base58(_uuid4_bytes())}"
 
 
 def new_task_name() -> str:
-    return f"task-{uuid.uuid4().hex}"
+    return f"task-{_uuid4_bytes().hex()}"
 
 
 def now_us() -> int:
