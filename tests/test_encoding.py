@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import uuid
 from datetime import UTC, datetime
@@ -55,6 +56,23 @@ def test_ids_keep_the_reference_format() -> None:
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
         name = new_task_name()
         assert uuid.UUID(hex=name.removeprefix("task-")).version == 4
+    made = {new_entity_id("x") for _ in range(2_000)}  # past several refills of the pool
+    assert len(made) == 2_000
+
+
+def test_a_forked_child_draws_other_ids() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, to the parent
+        os.write(write, new_entity_id("x").encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 100).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert child and child != new_entity_id("x")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -40,9 +41,36 @@ def base58(data: bytes) -> str:
     return (text[1:] if text[0] == _B58[0] else text) if text else _B58[0]
 
 
+class _RandomPool:
+    """os.urandom read 4 KiB at a time: a job's life takes four 16-byte draws, each a getrandom
+    call otherwise. The bytes are the same kernel randomness; a forked child starts afresh."""
+
+    _SIZE = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # ids are made on the event loop and the writer's thread
+        self._bytes = b""
+        self._at = 0
+
+    def take(self, count: int) -> bytes:
+        with self._lock:
+            if self._at + count > len(self._bytes):
+                self._bytes, self._at = os.urandom(self._SIZE), 0
+            at = self._at
+            self._at = at + count
+            return self._bytes[at : at + count]
+
+    def forget(self) -> None:
+        self._bytes, self._at = b"", 0
+
+
+_random = _RandomPool()
+os.register_at_fork(after_in_child=_random.forget)
+
+
 def _uuid4_bytes() -> bytes:
     """What `uuid.uuid4().bytes` is (version 4, RFC 4122 variant), without building the object."""
-    raw = bytearray(os.urandom(16))
+    raw = bytearray(_random.take(16))
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     return bytes(raw)
