@@ -206,7 +206,7 @@ async def test_container_step_can_call_the_daemon_back(api: Api) -> None:
     script = (
         'wget -q -O - --header "Authorization: Bearer $(cat "$NMP_WORKLOAD_IDENTITY_TOKEN_FILE")" '
         '"$NMP_BASE_URL/apis/jobs/v2/workspaces/$NEMO_JOB_WORKSPACE/jobs/$NEMO_JOB_ID" '
-        '| grep -o \'"name": "callback"\''
+        '| grep -o \'"name":"callback"\''
     )
     await api.create_job([container_step("call", script)], name="callback")
     job = await api.wait_job("callback", timeout_s=60)

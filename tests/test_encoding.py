@@ -103,3 +103,17 @@ def test_responses_stay_strict_json() -> None:
     assert json.loads(strict_json.dumps({"x": 2**80, "y": "é"})) == {"x": 2**80, "y": "é"}
     assert strict_json.dumps({"n": float("nan")}) == b'{"n":null}'
     assert json.loads(strict_json.dumps({"s": "a\ud800b"})) == {"s": "a\ufffdb"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"name": "callback", "n": [1, 2.5, None, True], "nested": {"é": "ü", "empty": {}}},
+        {"big": 2**80, "text": "tab\there"},  # the json module's path: the same bytes
+        [0.1, 1e16, -0.0, 123456789.125],
+    ],
+)
+def test_response_bytes_are_the_references(value: object) -> None:
+    from starlette.responses import JSONResponse  # what the reference answers with
+
+    assert strict_json.dumps(value) == JSONResponse(value).body
