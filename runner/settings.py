@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -111,10 +112,11 @@ class Settings:
         that it only ever cleans up its own."""
         return hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
 
-    @property
-    def inherited_environment(self) -> dict[str, str]:
-        """What a subprocess step inherits of the daemon's environment (`inherited_env` only)."""
-        return {k: self.environment[k] for k in self.inherited_env if k in self.environment}
+    @functools.cached_property
+    def inherited_environment(self) -> Mapping[str, str]:
+        """What a subprocess step inherits of the daemon's environment (`inherited_env` only).
+        Built once (the settings never change), read-only: every task start reads it."""
+        return MappingProxyType({k: self.environment[k] for k in self.inherited_env if k in self.environment})
 
     @property
     def db_path(self) -> Path:

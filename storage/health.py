@@ -86,6 +86,8 @@ class WriteHealth:
 
     def outages_since(self, since: float) -> OutageSummary | None:
         """The outages from `since` (time.monotonic()) until now; None when there was none."""
+        if self._start is None and not self._past:
+            return None  # the usual answer, asked once per finished task
         spells = list(self._past)
         if self._start is not None:
             spells.append(Outage(self._start, None, self._cause))
