@@ -136,8 +136,10 @@ class Settings:
 
 
 def _convert(name: str, raw: str, default: object) -> object:
-    if name == "event_loop" and raw not in EVENT_LOOPS:
-        raise ValueError(f"expected one of {', '.join(EVENT_LOOPS)}")
+    if name == "event_loop":
+        if raw.strip().lower() not in EVENT_LOOPS:
+            raise ValueError(f"expected one of {', '.join(EVENT_LOOPS)}")
+        return raw.strip().lower()
     if isinstance(default, bool):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

@@ -79,7 +79,7 @@ def test_a_forked_child_draws_other_ids() -> None:
     "value",
     [
         {"a": 1, "b": [1.5, None, True, "é"], "c": {"d": "x"}},
-        {"big": 2**80},  # beyond orjson's 64 bits: the standard library encodes it
+        {"big": 2**80 + 1, "small": -(2**70) - 1},  # beyond 64 bits: exact both ways
         {1: "an int key"},  # orjson refuses non-string keys
         "half \ud800 pair",  # a lone surrogate
         [],
@@ -89,7 +89,6 @@ def test_stored_json_reads_back_as_the_standard_library_would(value: object) -> 
     text = json_text.dumps(value)
     assert json.loads(text) == json.loads(json.dumps(value))
     assert json_text.loads(text) == json.loads(json.dumps(value))
-    assert json_text.dumps_bytes(value) == text.encode("utf-8", "surrogatepass")
 
 
 def test_rows_stored_before_strict_input_still_read() -> None:
@@ -109,7 +108,7 @@ def test_responses_stay_strict_json() -> None:
     "value",
     [
         {"name": "callback", "n": [1, 2.5, None, True], "nested": {"é": "ü", "empty": {}}},
-        {"big": 2**80, "text": "tab\there"},  # the json module's path: the same bytes
+        {"big": 2**80 + 1, "text": "tab\there"},  # the json module's path: the same bytes
         [0.1, 1e16, -0.0, 123456789.125],
     ],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from web import strict_json
 from web.security import POLICY, TOKEN_EXCHANGE_PATH
 
 CLIENT_ID = "localjobs"
@@ -25,9 +26,9 @@ routes = web.RouteTableDef()
 @routes.get("/apis/auth/discovery")
 async def discovery(request: web.Request) -> web.Response:
     if request.app[POLICY].token is None:
-        return web.json_response({"auth_enabled": False})
+        return strict_json.response({"auth_enabled": False})
     endpoint = f"{request.scheme}://{request.host}{TOKEN_EXCHANGE_PATH}"
-    return web.json_response(
+    return strict_json.response(
         {
             "auth_enabled": True,
             "oidc": {
@@ -42,7 +43,7 @@ async def discovery(request: web.Request) -> web.Response:
 
 
 def _oauth_error(error: str, description: str, status: int = 400) -> web.Response:
-    return web.json_response({"error": error, "error_description": description}, status=status)
+    return strict_json.response({"error": error, "error_description": description}, status=status)
 
 
 @routes.post(TOKEN_EXCHANGE_PATH)
@@ -64,7 +65,7 @@ async def token_exchange(request: web.Request) -> web.Response:
     subject = form.get("subject_token")
     if not isinstance(subject, str) or not policy.token_ok(subject.strip()):
         return _oauth_error("invalid_grant", "the subject token is not this daemon's token", 401)
-    return web.json_response(
+    return strict_json.response(
         {
             "access_token": policy.token,
             "issued_token_type": _ACCESS_TOKEN_TYPE,

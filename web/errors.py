@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from runner.errors import BadRequest, Conflict, NotFound, RunnerError, StorageError, Unprocessable
+from web import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except InvalidRequest as exc:
-        return _settled(web.json_response({"detail": exc.detail}, status=422))
+        return _settled(strict_json.response({"detail": exc.detail}, status=422))
     except RunnerError as exc:
         status = next((code for kind, code in _STATUS_OF if isinstance(exc, kind)), 500)
-        return _settled(web.json_response({"detail": str(exc)}, status=status))
+        return _settled(strict_json.response({"detail": str(exc)}, status=status))
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
-            response = web.json_response({"detail": exc.reason}, status=exc.status, headers=_allow(exc))
+            response = strict_json.response({"detail": exc.reason}, status=exc.status, headers=_allow(exc))
             return _settled(response)
         _settled(exc)
         raise
@@ -95,10 +96,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise  # the client left mid-response: nothing to answer, nothing to log as an error
     except StorageError as exc:
         log.error("storage failure on %s %s", request.method, request.path, exc_info=exc)
-        return web.json_response({"detail": f"storage failure: {exc}"}, status=503)
+        return strict_json.response({"detail": f"storage failure: {exc}"}, status=503)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response({"detail": "Internal error; see the daemon's log"}, status=500)
+        return strict_json.response({"detail": "Internal error; see the daemon's log"}, status=500)
     # A 4xx a handler answered itself (the token exchange's OAuth errors), unless already sent.
     return response if response.prepared else _settled(response)
 

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import psutil
 from aiohttp import web
 
+from web import strict_json
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -181,7 +183,7 @@ POLICY = web.AppKey("access_policy", AccessPolicy)
 
 
 def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"detail": detail}, status=status, headers=headers)
+    return strict_json.response({"detail": detail}, status=status, headers=headers)
 
 
 @web.middleware

@@ -137,8 +137,8 @@ def dumps(data: Any) -> bytes:
 
     Input is checked by `loads`, so only a row stored before those checks existed can hold a
     non-finite number or a lone surrogate. Such a row is still answered, with `null` for the
-    number and U+FFFD for the surrogate (and a warning in the log), rather than failing every
-    read or list that touches it."""
+    number and U+FFFD for the surrogate (a surrogate also logs a warning), rather than failing
+    every read or list that touches it."""
     try:
         # orjson first (several times faster): it refuses what `json` below refuses, and more
         # (integers beyond 64 bits, non-string keys), all of which takes the path below. It
@@ -165,6 +165,8 @@ def _repaired(value: Any) -> Any:
     return value
 
 
-def response(data: Any, status: int = 200) -> web.Response:
-    """Every JSON answer of the API's handlers."""
-    return web.Response(body=dumps(data), status=status, content_type="application/json", charset="utf-8")
+def response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Every JSON answer of the daemon, errors included."""
+    return web.Response(
+        body=dumps(data), status=status, headers=headers, content_type="application/json", charset="utf-8"
+    )

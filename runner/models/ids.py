@@ -53,6 +53,7 @@ class _RandomPool:
         self._at = 0
 
     def take(self, count: int) -> bytes:
+        assert count <= self._SIZE
         with self._lock:
             if self._at + count > len(self._bytes):
                 self._bytes, self._at = os.urandom(self._SIZE), 0
@@ -61,6 +62,8 @@ class _RandomPool:
             return self._bytes[at : at + count]
 
     def forget(self) -> None:
+        # A fresh lock too: another thread of the parent may have held it at the fork.
+        self._lock = threading.Lock()
         self._bytes, self._at = b"", 0
 
 

@@ -111,7 +111,15 @@ def serve(log_level: str, keep_running: bool | None, allowed_hosts: tuple[str, .
     except (CannotStart, OSError) as exc:
         click.echo(f"localjobs: cannot start: {exc}", err=True)
         return 1
-    return asyncio.run(_serve(settings, lock), loop_factory=_loop_factory(settings.event_loop))
+    try:
+        factory = _loop_factory(settings.event_loop)
+    except ImportError:
+        click.echo(
+            "localjobs: uvloop is not installed: install it, or set LOCALJOBS_EVENT_LOOP=asyncio", err=True
+        )
+        lock.release()
+        return 2
+    return asyncio.run(_serve(settings, lock), loop_factory=factory)
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -131,7 +139,7 @@ async def _serve(settings: Settings, lock: DataDirLock) -> int:
     # Handlers first: a signal that arrives while steps are being adopted still stops cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    log.info("event loop: %s", settings.event_loop)
+    log.info("event loop: %s", "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio")
     # SIGHUP too (its terminal closed): a clean stop releases the data dir and ends the steps.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from web import strict_json
 from web.dashboard.templates import page, render
 from web.security import LOGIN_PATH, POLICY
 
@@ -98,4 +99,4 @@ def _see_other(location: str) -> web.Response:
 
 
 def _plain(status: int, detail: str) -> web.Response:
-    return web.json_response({"detail": detail}, status=status)
+    return strict_json.response({"detail": detail}, status=status)
