@@ -128,7 +128,8 @@ class WriteTx:
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"a job named {name!r} already exists in workspace {workspace!r}") from exc
         assert cursor.lastrowid is not None
-        return JobRecord(
+        # Built from what the request's models already validated: no second validation.
+        return JobRecord.model_construct(
             pk=cursor.lastrowid,
             id=id,
             name=name,
