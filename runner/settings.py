@@ -94,8 +94,7 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        if self.event_loop not in EVENT_LOOPS:
-            raise ValueError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
+        object.__setattr__(self, "event_loop", _event_loop_named(self.event_loop))
         object.__setattr__(self, "environment", MappingProxyType(dict(self.environment)))
         # Paths go to other processes (the launcher, tasks) with other working folders: absolute.
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
@@ -135,11 +134,16 @@ class Settings:
         return self.token_file if self.token_file is not None else self.data_dir / "token"
 
 
+def _event_loop_named(raw: str) -> str:
+    name = raw.strip().lower()
+    if name not in EVENT_LOOPS:
+        raise ValueError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, not {raw!r}")
+    return name
+
+
 def _convert(name: str, raw: str, default: object) -> object:
-    if name == "event_loop":
-        if raw.strip().lower() not in EVENT_LOOPS:
-            raise ValueError(f"expected one of {', '.join(EVENT_LOOPS)}")
-        return raw.strip().lower()
+    if name == "event_loop":  # checked here too, so that the message names the variable
+        return _event_loop_named(raw)
     if isinstance(default, bool):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
