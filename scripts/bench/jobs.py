@@ -22,6 +22,22 @@ from scripts.bench.daemon import AUTH_HEADERS, running_daemon
 from scripts.bench.daemon import launcher as daemon_launcher
 
 
+def machine_cpu() -> tuple[float, float, float]:
+    """Seconds of CPU time so far, over all cores: (busy, idle incl. iowait, stolen by the host)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / tick, (idle + iowait) / tick, steal / tick
+
+
+def busy_share(before: tuple[float, float, float], after: tuple[float, float, float]) -> tuple[float, float]:
+    """Of all cores' time between two `machine_cpu()` readings: the share busy, the share stolen."""
+    busy, idle, steal = (a - b for a, b in zip(after, before, strict=True))
+    total = busy + idle + steal
+    return (busy / total, steal / total) if total > 0 else (0.0, 0.0)
+
+
 @dataclass
 class RunResult:
     values: dict[str, float] = field(default_factory=dict)
@@ -127,7 +143,9 @@ async def phase_floor(n: int, tmp: Path, run_no: int, result: RunResult) -> None
     true = shutil.which("true") or "/bin/true"
     bare = tmp / f"floor-{run_no}"
     bare.mkdir(parents=True)
+    machine0 = machine_cpu()
     result.values["floor_s"] = await spawn_floor(n, lambda i, d: [true], bare)
+    result.values["floor_machine_busy"], _ = busy_share(machine0, machine_cpu())
 
 
 async def one_run(args: argparse.Namespace, run_no: int, tmp: Path, result: RunResult) -> None:
@@ -149,8 +167,12 @@ async def one_run(args: argparse.Namespace, run_no: int, tmp: Path, result: RunR
             mine0 = me.cpu_times()
             launcher = daemon_launcher(daemon)  # started by the spawn-latency phase
             launcher0 = launcher.cpu_times() if launcher is not None else None
+            machine0 = machine_cpu()
             with profiler(daemon.pid, args.profile if run_no == 1 else None):
                 await phase_end_to_end(session, daemon.base_url, args.jobs, args.concurrency, result)
+            result.values["machine_busy"], result.values["machine_steal"] = busy_share(
+                machine0, machine_cpu()
+            )
             cpu1, mine1 = psutil.Process(daemon.pid).cpu_times(), me.cpu_times()
             result.values["daemon_cpu_s"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
             result.values["daemon_sys_s"] = cpu1.system - cpu0.system

@@ -137,8 +137,13 @@ def report(
             f"| {each('launcher_cpu_s', 2)} | | | |",
             f"| Load generator (this script) CPU time during that run (s) | {fmt(m('client_cpu_s'), 2)} "
             f"| {each('client_cpu_s', 2)} | | | |",
+            f"| Machine (all cores) busy / stolen by the host during that run (%) "
+            f"| {fmt(100 * m('machine_busy'))} / {fmt(100 * m('machine_steal'))} "
+            f"| busy: {', '.join(fmt(100 * x) for x in vals('machine_busy'))} | | | |",
             f"| Floor: {n} `true` spawned from Python, {MAX_RUNNING_STEPS} at a time (s) | {fmt(m('floor_s'), 2)} "
             f"| {each('floor_s', 2)} | | | |",
+            f"| Machine busy during the floor (%) | {fmt(100 * m('floor_machine_busy'))} "
+            f"| {', '.join(fmt(100 * x) for x in vals('floor_machine_busy'))} | | | |",
             f"| **Daemon / floor** | **{fmt(ratio, 2)}** | {', '.join(fmt(x, 2) for x in ratios)} | <= 3 | "
             f"| {verdict(ratio <= 3)} |",
             # The floor is bimodal on a shared VM (0.5 s or ~1.4 s for the same spawns, whatever
