@@ -23,7 +23,7 @@ from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ProfileCatalog
 from runner.recovery import Recovery, settle_unfit
 from runner.settings import Settings
-from runner.step_run import RunParts, SecretSource, StepRun, log_failure
+from runner.step_run import RunParts, SecretSource, StartedStep, StepRun, log_failure
 from storage import Repository
 
 
@@ -76,6 +76,40 @@ class Scheduler:
     def wake(self) -> None:
         """New runnable steps may exist, or a slot was freed."""
         self._wake.set()
+
+    def claim_first_step(self) -> StepRun | None:
+        """A run, its slot and its step key, for a new job's first step to be recorded started
+        by the submit's own transaction (`StepRun.record_first_step_started`) instead of left
+        `created` for the loop: one transaction and one read fewer per job. That transaction
+        does so only if no step waits to start (FIFO); else it inserts the step `created`, under
+        another key, and the claim is dropped. Holding the key before the commit, the claim is
+        `is_running` as soon as anyone can find the job (a cancel then stops it, not skips it).
+        Then `launch_claimed` or `drop_claim`, whatever happens."""
+        if (
+            self._closing
+            or not self._base_url  # recovery not done: the loop has not begun
+            or len(self._runs) >= self._settings.max_running_steps
+        ):
+            return None
+        run = StepRun(self._parts, self._store.new_step_key())
+        self._runs[run.step_pk] = run
+        return run
+
+    def launch_claimed(self, run: StepRun, started: StartedStep) -> None:
+        if self._closing:
+            # Recorded `pending` and never spawned, as after a crash: the next start of the
+            # daemon starts it afresh (with stop_steps_on_shutdown, the loop's own starts are
+            # spawned and stopped instead; a claim is not, the shutdown being past them).
+            self._runs.pop(run.step_pk, None)
+            return
+        run.job_pk = started.step.job_pk  # log followers ask `job_is_live` from now on
+        self._claim(run, run.launch(self._base_url, started))
+
+    def drop_claim(self, run: StepRun) -> None:
+        """The submit stored no step under the claim (it failed, or others waited first)."""
+        if self._runs.get(run.step_pk) is run:
+            del self._runs[run.step_pk]
+        self.wake()
 
     def is_running(self, step_pk: int) -> bool:
         return step_pk in self._runs

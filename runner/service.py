@@ -6,9 +6,11 @@ records intent in the store and tells the scheduler through the `WorkloadControl
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +42,7 @@ from runner.notify import ChangeSignal
 from runner.profiles import ProfileCatalog
 from runner.results import Artifact, ResultService
 from runner.secrets import SecretService
+from runner.step_run import StartedStep, StepRun
 from runner.task_service import TaskService
 from runner.transitions import TransitionOutcome, settle_step, transition_step
 from storage import AlreadyExists, Repository, WriteTx
@@ -52,6 +55,15 @@ class WorkloadControl(Protocol):
         """New runnable steps may exist."""
 
     def is_running(self, step_pk: int) -> bool: ...
+
+    def claim_first_step(self) -> StepRun | None:
+        """A run (and its slot) for a new job's first step, if it may start right away."""
+
+    def launch_claimed(self, run: StepRun, started: StartedStep) -> None:
+        """Spawn and follow the claimed step its submit recorded started."""
+
+    def drop_claim(self, run: StepRun) -> None:
+        """Give back a claim whose submit stored nothing."""
 
     def job_is_live(self, job_pk: int) -> bool: ...
 
@@ -135,7 +147,13 @@ class JobService:
         now = self._clock.now_us()
         name = request.name or generate_job_name(request.source)
 
-        def record_job(tx: WriteTx) -> JobRecord:
+        # The first step starts in this very transaction when the scheduler has a slot and no
+        # other step waits (see Scheduler.claim_first_step); else the scheduler's loop starts it.
+        first = request.platform_spec.steps[0]
+        run = self._workloads.claim_first_step() if not step_needs(first.executor) else None
+
+        def record_job(tx: WriteTx) -> tuple[JobRecord, StartedStep | None]:
+            starts_now = run is not None and not tx.any_step_waiting()
             try:
                 job = tx.insert_job(
                     id=new_entity_id("platform-job"),
@@ -153,15 +171,37 @@ class JobService:
                     auth_context=self._principal,
                     attempt_id=new_entity_id("platform-job-attempt"),
                     now=now,
+                    status=JobStatus.PENDING if starts_now else JobStatus.CREATED,
                 )
             except AlreadyExists as exc:
                 raise Conflict(str(exc)) from exc
+            if starts_now and run is not None:
+                return job, run.record_first_step_started(tx, job, now)
             # Steps are created one at a time, as in the reference: the next when this one completes.
             tx.insert_step(job, 0, new_entity_id("platform-job-step"), now)
-            return job
+            return job, None
 
-        job = await self._store.write(record_job)
-        self._workloads.wake()
+        if run is None:
+            job, _ = await self._store.write(record_job)
+            self._workloads.wake()
+            return job
+        # Shielded: a submit whose client goes away must still spawn what its commit recorded.
+        job = await asyncio.shield(self._record_and_launch(record_job, run))
+        # Answered as the reference answers a submit: the job as created, before its start.
+        return job.model_copy(update={"status": JobStatus.CREATED})
+
+    async def _record_and_launch(
+        self, record_job: Callable[[WriteTx], tuple[JobRecord, StartedStep | None]], run: StepRun
+    ) -> JobRecord:
+        try:
+            job, started = await self._store.write(record_job)
+        except BaseException:
+            self._workloads.drop_claim(run)
+            raise
+        if started is None:
+            self._workloads.drop_claim(run)  # and the loop, woken, starts what waits in order
+        else:
+            self._workloads.launch_claimed(run, started)
         return job
 
     async def _check_profiles(self, request: CreateJobRequest) -> None:

@@ -2,7 +2,10 @@
 (plain functions: a transaction runs whole on the writer's thread, see `Repository.write`).
 
 Every writer (the API's PATCH, the scheduler, the watchdog) goes through `transition_step`, so the
-transition table, the roll-up and the creation of the next step hold for all of them alike.
+transition table, the roll-up and the creation of the next step hold for all of them alike. One
+exception: a submit that starts its job's first step at once inserts the job and the step
+`pending` (`StepRun.record_first_step_started`), as this roll-up would leave them;
+tests/test_submit_start.py compares the rows both ways leave.
 """
 
 from __future__ import annotations
@@ -169,7 +172,7 @@ def _roll_up(tx: WriteTx, outcome: TransitionOutcome, now: int) -> None:
             assert full is not None
             outcome.next_step_pk = tx.insert_step(
                 full, step.index + 1, new_entity_id("platform-job-step"), now
-            )
+            ).pk
         else:
             target = JobStatus.COMPLETED
     elif step.status in _MIRRORED:

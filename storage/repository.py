@@ -36,6 +36,7 @@ from storage.health import OutageSummary, WriteHealth, low_on_space
 from storage.log_files import LogFiles
 from storage.reads import Reads
 from storage.schema import migrate
+from storage.step_keys import StepKeys
 from storage.write_tx import WriteTx
 from storage.writer import BUSY_TIMEOUT_MS, WriterThread
 
@@ -73,10 +74,13 @@ class Repository(Reads):
     """Typed access to the store: reads on a reader connection (aiosqlite, the methods of
     `Reads`), writes through `write()` on the writer's own thread."""
 
-    def __init__(self, reader: aiosqlite.Connection, writer: WriterThread, log_files: LogFiles) -> None:
+    def __init__(
+        self, reader: aiosqlite.Connection, writer: WriterThread, log_files: LogFiles, step_keys: StepKeys
+    ) -> None:
         super().__init__(reader, log_files)
         self._writer = writer
         self._health = WriteHealth()
+        self._step_keys = step_keys
 
     @classmethod
     async def open(cls, path: Path) -> Repository:
@@ -88,6 +92,7 @@ class Repository(Reads):
             raise StorageUnavailable(f"cannot open the database at {path}: {exc}") from exc
         try:
             await writer.call(migrate, in_transaction=False)
+            step_keys = StepKeys(await writer.call(_highest_step_pk, in_transaction=False))
             reader = await aiosqlite.connect(path, isolation_level=None)
             await _configure_reader(reader)
         except (OSError, sqlite3.Error) as exc:
@@ -103,7 +108,7 @@ class Repository(Reads):
             await reader.close()
             await writer.close()
             raise StorageUnavailable(f"cannot create the log folder {log_files.root}: {exc}") from exc
-        return cls(reader, writer, log_files)
+        return cls(reader, writer, log_files, step_keys)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -132,7 +137,7 @@ class Repository(Reads):
         try:
             while True:
                 try:
-                    result = await self._writer.call(functools.partial(_unit_of_work, work))
+                    result = await self._writer.call(functools.partial(_unit_of_work, work, self._step_keys))
                 except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT, or a closed writer
                     failure = cannot_write(exc)
                 except StorageUnavailable as exc:
@@ -175,10 +180,19 @@ class Repository(Reads):
         a step that ran meanwhile should say."""
         return self._health.outages_since(since)
 
+    def new_step_key(self) -> int:
+        """A primary key no step has nor will be given by anyone else (see StepKeys)."""
+        return self._step_keys.take()
 
-def _unit_of_work[T](work: Callable[[WriteTx], T], conn: sqlite3.Connection) -> T:
+
+def _highest_step_pk(conn: sqlite3.Connection) -> int:
+    highest: int = conn.execute("SELECT COALESCE(MAX(pk), 0) FROM steps").fetchone()[0]
+    return highest
+
+
+def _unit_of_work[T](work: Callable[[WriteTx], T], step_keys: StepKeys, conn: sqlite3.Connection) -> T:
     try:
-        return work(WriteTx(conn))
+        return work(WriteTx(conn, step_keys))
     except sqlite3.IntegrityError as exc:
         # e.g. a row whose job was deleted meanwhile (foreign key)
         raise Gone(f"the record changed under this write: {exc}") from exc

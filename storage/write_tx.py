@@ -24,6 +24,7 @@ from runner.models import (
 from storage import json_text, logs, queries
 from storage.errors import AlreadyExists
 from storage.rows import dump, load, secret_record
+from storage.step_keys import StepKeys
 
 # A status_details key that a JSON path can name as it is ($.key); others take the slow merge.
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -33,8 +34,9 @@ class WriteTx:
     """The typed reads and writes available inside one `Repository.write()`: plain (blocking)
     calls, made on the writer's thread."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, step_keys: StepKeys) -> None:
         self._conn = conn
+        self._step_keys = step_keys
 
     def _run[T](self, query: queries.Query[T]) -> T:
         return query.build(self._conn.execute(query.sql, query.args).fetchall())
@@ -59,6 +61,10 @@ class WriteTx:
         if row is None:
             return None
         return JobState(pk=pk, status=JobStatus(row[0]), error_details=load(row[1]), step_count=row[2])
+
+    def any_step_waiting(self) -> bool:
+        """Whether a step waits for the scheduler to start it (`created` or `resuming`)."""
+        return self._one("SELECT 1 FROM steps WHERE status IN ('created','resuming') LIMIT 1", ()) is not None
 
     def get_step_by_pk(self, pk: int) -> StepRecord | None:
         return self._run(queries.step_by_pk(pk))
@@ -99,6 +105,7 @@ class WriteTx:
         auth_context: dict[str, Any] | None,
         attempt_id: str,
         now: int,
+        status: JobStatus = JobStatus.CREATED,
     ) -> JobRecord:
         try:
             cursor = self._conn.execute(
@@ -120,7 +127,7 @@ class WriteTx:
                     dump(custom_fields),
                     dump(auth_context),
                     attempt_id,
-                    JobStatus.CREATED.value,
+                    status.value,
                     now,
                     now,
                 ),
@@ -148,18 +155,32 @@ class WriteTx:
             updated_at=now,
             attempt_id=attempt_id,
             attempt_seq=0,
-            status=JobStatus.CREATED,
+            status=status,
             status_details={},
             error_details=None,
         )
 
-    def insert_step(self, job: JobRecord, index: int, step_id: str, now: int) -> int:
+    def insert_step(
+        self,
+        job: JobRecord,
+        index: int,
+        step_id: str,
+        now: int,
+        *,
+        pk: int | None = None,
+        status: JobStatus = JobStatus.CREATED,
+        status_details: dict[str, Any] | None = None,
+    ) -> StepRecord:
+        """`pk`: a key taken from `Repository.new_step_key` (one is taken here otherwise)."""
         spec = job.platform_spec.steps[index]
-        cursor = self._conn.execute(
-            "INSERT INTO steps (id, workspace, job_pk, job_name, job_source, attempt_id, fileset,"
-            " output_location, auth_context, idx, name, spec, status, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        pk = self._step_keys.take() if pk is None else pk
+        details = status_details or {}
+        self._conn.execute(
+            "INSERT INTO steps (pk, id, workspace, job_pk, job_name, job_source, attempt_id, fileset,"
+            " output_location, auth_context, idx, name, spec, status, status_details, created_at,"
+            " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
+                pk,
                 step_id,
                 job.workspace,
                 job.pk,
@@ -172,13 +193,36 @@ class WriteTx:
                 index,
                 spec.name,
                 spec.model_dump_json(),
-                JobStatus.CREATED.value,
+                status.value,
+                json_text.dumps(details),
                 now,
                 now,
             ),
         )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        # Built from what is known already, as insert_job's record.
+        return StepRecord.model_construct(
+            pk=pk,
+            id=step_id,
+            name=spec.name,
+            workspace=job.workspace,
+            job_pk=job.pk,
+            job_name=job.name,
+            job_source=job.source,
+            attempt_id=job.attempt_id,
+            fileset=job.fileset,
+            output_location=job.output_location,
+            auth_context=job.auth_context,
+            index=index,
+            spec=spec,
+            status=status,
+            status_details=details,
+            error_details=None,
+            created_at=now,
+            updated_at=now,
+            active_since=None,
+            active_us=0,
+            handle=None,
+        )
 
     def update_job_state(
         self,

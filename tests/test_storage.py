@@ -282,3 +282,22 @@ async def test_job_counters_start_from_the_rows_already_there(tmp_path: Path) ->
         assert (page.total, len(page.items)) == (5, 2)
     finally:
         await store.close()
+
+
+async def test_step_keys_claimed_before_a_write_are_not_taken_by_its_inserts_nor_after_a_reopen(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "localjobs.db"
+    store = await Repository.open(path)
+    claimed = store.new_step_key()  # taken before the write that uses it, as a submit does
+    await _add_job(store, "ws", "first", "src", 2, 1_000)
+    await store.close()
+    store = await Repository.open(path)
+    try:
+        after_reopen = store.new_step_key()
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        stored = [pk for (pk,) in conn.execute("SELECT pk FROM steps ORDER BY pk")]
+    assert claimed not in stored  # the inserts took keys of their own
+    assert len(stored) == 2 and after_reopen > max(stored)
