@@ -14,7 +14,8 @@ from runner.allocation import unfit_reason
 from runner.executors.base import ExecutorError, ExitStatus, StepHandle, Workload
 from runner.launching import RunTask, run_tasks
 from runner.models import JobStatus, LogProgress, Needs, StepRecord, step_needs
-from runner.step_run import STARTABLE, RunParts
+from runner.start_writes import STARTABLE
+from runner.step_run import RunParts
 from runner.transitions import record_task_status, settle_step
 from storage import Repository, WriteTx
 

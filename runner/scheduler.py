@@ -23,7 +23,8 @@ from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ProfileCatalog
 from runner.recovery import Recovery, settle_unfit
 from runner.settings import Settings
-from runner.step_run import RunParts, SecretSource, StartedStep, StepRun, log_failure
+from runner.start_writes import StartedStep
+from runner.step_run import RunParts, SecretSource, StepRun, log_failure
 from storage import Repository
 
 

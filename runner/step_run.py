@@ -12,12 +12,11 @@ from typing import Any, Protocol
 
 from runner.allocation import Allocator
 from runner.clock import Clock
-from runner.environment import task_paths
 from runner.errors import NotFound
-from runner.executors.base import ExecutorError, ExitStatus, TaskRef, Workload
+from runner.executors.base import ExecutorError, ExitStatus, Workload
 from runner.executors.registry import ExecutorRegistry
 from runner.file_events import FileEvents
-from runner.launching import RunTask, handle_of, launch_of, split_gpus
+from runner.launching import RunTask, launch_of
 from runner.logs import OutputCollector, OutputTarget
 from runner.models import (
     JobRecord,
@@ -25,34 +24,20 @@ from runner.models import (
     LogProgress,
     LogQuery,
     StepRecord,
-    new_entity_id,
-    new_task_name,
 )
 from runner.notify import ChangeSignal, DeadlineBell
 from runner.profiles import ExecutionProfile, ProfileCatalog
 from runner.run_writes import Running, active_unit, outcome_unit, requested_status_unit, running_of
 from runner.settings import Settings
-from runner.transitions import settle_step, transition_step
+from runner.start_writes import StartedStep, first_step_started, start_unit
 from storage import Repository, StorageUnavailable, WriteTx
 
 log = logging.getLogger(__name__)
 
 _ERROR_TAIL_LINES = 20
-STARTABLE = (JobStatus.CREATED, JobStatus.RESUMING)
-_SETTLES_UNSTARTED = {JobStatus.CANCELLING: JobStatus.CANCELLED, JobStatus.PAUSING: JobStatus.PAUSED}
 # A fresh workload ending sooner goes `pending` -> outcome in one write (docs/design.md, "Running
 # steps"); a crash meanwhile leaves a `pending` step, which recovery adopts as it always did.
 ACTIVE_WRITE_DELAY_S = 0.05
-# What a step and its tasks say from their start being recorded until they are seen running.
-STARTING = {"message": "Starting"}  # copied where used: records are shared, never changed
-
-
-@dataclass(frozen=True)
-class StartedStep:
-    """A step whose start is recorded (`pending`, its tasks inserted), not yet spawned."""
-
-    step: StepRecord
-    tasks: list[RunTask]
 
 
 class SecretSource(Protocol):
@@ -139,80 +124,18 @@ class StepRun:
     async def start(self, base_url: str, on_recorded: Callable[[], None] = lambda: None) -> None:
         """Record the start (its tasks, `pending`), spawn it, follow it to its end. `on_recorded`
         is told once the start is recorded (the step is no longer `created`)."""
-        step_pk = self.step_pk
-        now = self._parts.clock.now_us()
-
-        def record_start(tx: WriteTx) -> StartedStep | None:
-            fresh = tx.get_step_by_pk(step_pk)
-            if fresh is None or fresh.status not in STARTABLE:
-                # Cancelled or paused between the claim and now: nothing ran, so settle it here.
-                if fresh is not None and fresh.status in _SETTLES_UNSTARTED:
-                    final = _SETTLES_UNSTARTED[fresh.status]
-                    settle_step(tx, fresh, final, now=now, status_details={"message": final.title()})
-                return None
-            tasks = self._insert_tasks(tx, fresh, now)
-            # Recorded before the spawn: after a crash the next daemon knows where to look, and
-            # never starts the step a second time.
-            outcome = transition_step(
-                tx,
-                fresh,
-                JobStatus.PENDING,
-                now=now,
-                status_details=dict(STARTING),
-                handle=handle_of(tasks).to_json(),
-            )
-            return StartedStep(outcome.step, tasks)
-
-        started = await self._parts.store.write(record_start)
+        parts = self._parts
+        unit = start_unit(self.step_pk, parts.clock.now_us(), parts.allocator, parts.settings.work_dir)
+        started = await parts.store.write(unit)
         on_recorded()
         if started is not None:
             await self.launch(base_url, started)
 
     def record_first_step_started(self, tx: WriteTx, job: JobRecord, now: int) -> StartedStep:
         """Inside the transaction that inserts `job` (as `pending`): its first step, under this
-        run's key, recorded as `record_start` leaves a step (`pending`, its tasks, their handle),
-        without the second transaction. Runs on the writer's thread: changes nothing of the run."""
-        step = tx.insert_step(
-            job,
-            0,
-            new_entity_id("platform-job-step"),
-            now,
-            pk=self.step_pk,
-            status=JobStatus.PENDING,
-            status_details=dict(STARTING),
-        )
-        tasks = self._insert_tasks(tx, step, now)
-        handle = handle_of(tasks).to_json()
-        tx.set_step_handle(step.pk, handle)
-        return StartedStep(step.model_copy(update={"handle": handle}), tasks)
-
-    def _insert_tasks(self, tx: WriteTx, step: StepRecord, now: int) -> list[RunTask]:
+        run's key, started (runner/start_writes.py). On the writer's thread: changes nothing."""
         parts = self._parts
-        executor_spec = step.spec.executor
-        count = executor_spec.resources.num_nodes if executor_spec.provider == "gpu_distributed" else 1
-        names = [new_task_name() for _ in range(count)]
-        per_task = split_gpus(parts.allocator.gpus_of(step.pk), count)
-        return [
-            RunTask(
-                TaskRef(
-                    tx.insert_task(
-                        id=new_entity_id("platform-job-task"),
-                        step_pk=step.pk,
-                        name=name,
-                        status=JobStatus.PENDING,
-                        status_details=dict(STARTING),
-                        error_details=None,
-                        error_stack=None,
-                        heartbeat_at=None,
-                        now=now,
-                    ),
-                    name,
-                    tuple(g.device_id for g in gpus),
-                ),
-                task_paths(parts.settings.work_dir, step, name),
-            )
-            for name, gpus in zip(names, per_task, strict=True)
-        ]
+        return first_step_started(tx, job, self.step_pk, now, parts.allocator, parts.settings.work_dir)
 
     async def launch(self, base_url: str, started: StartedStep) -> None:
         """Spawn a step whose start is recorded, and follow it to its end."""

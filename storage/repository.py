@@ -5,7 +5,8 @@ storage/reads.py, every async read. All SQL of the project lives in this package
 - storage/schema.py: the schema, as migrations, and running them;
 - storage/rows.py: sqlite rows -> runner.models records;
 - storage/queries.py: query builders (single records; list filters, sorts and counts);
-- storage/write_tx.py: `WriteTx`, the reads and writes of a unit of work;
+- storage/write_tx.py: `WriteTx`, the reads and writes of a unit of work (storage/secret_writes.py:
+  those of secrets and results); storage/step_keys.py: steps' primary keys;
 - storage/logs.py: the log tables' writes, trimming and reads;
 - storage/reads.py: the async reads;
 - storage/writer.py: the write connection's thread; storage/health.py: whether writes go through;

@@ -16,21 +16,20 @@ from runner.models import (
     JobStatus,
     LogAppend,
     PlatformJobSpec,
-    ResultRecord,
-    SecretRecord,
     StepRecord,
     TaskRecord,
 )
 from storage import json_text, logs, queries
 from storage.errors import AlreadyExists
-from storage.rows import dump, load, secret_record
+from storage.rows import dump, load
+from storage.secret_writes import SecretAndResultWrites
 from storage.step_keys import StepKeys
 
 # A status_details key that a JSON path can name as it is ($.key); others take the slow merge.
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class WriteTx:
+class WriteTx(SecretAndResultWrites):
     """The typed reads and writes available inside one `Repository.write()`: plain (blocking)
     calls, made on the writer's thread."""
 
@@ -80,12 +79,6 @@ class WriteTx:
 
     def get_task_by_pk(self, pk: int) -> TaskRecord | None:
         return self._run(queries.task_by_pk(pk))
-
-    def get_secret(self, workspace: str, name: str) -> SecretRecord | None:
-        return self._run(queries.secret_named(workspace, name))
-
-    def get_result(self, job_pk: int, name: str) -> ResultRecord | None:
-        return self._run(queries.result_named(job_pk, name))
 
     def insert_job(
         self,
@@ -385,49 +378,3 @@ class WriteTx:
         """Index chunks written to the task's log file, with the read offset they end at, in one
         commit (storage/logs.py): a crash loses or repeats nothing."""
         return logs.append(self._conn, entry)
-
-    # ------------------------------------------------------------------------- secrets
-
-    def insert_secret(
-        self, workspace: str, name: str, description: str | None, value: str, key_id: str, now: int
-    ) -> None:
-        try:
-            self._conn.execute(
-                "INSERT INTO secrets (workspace, name, description, value, key_id, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (workspace, name, description, value, key_id, now, now),
-            )
-        except sqlite3.IntegrityError as exc:
-            raise AlreadyExists(f"a secret named {name!r} already exists in workspace {workspace!r}") from exc
-
-    def update_secret(
-        self, pk: int, description: str | None, value: str, key_id: str | None, now: int
-    ) -> None:
-        self._conn.execute(
-            "UPDATE secrets SET description = ?, value = ?, key_id = ?, updated_at = ? WHERE pk = ?",
-            (description, value, key_id, now, pk),
-        )
-
-    def reseal_secret(self, pk: int, value: str, key_id: str) -> None:
-        """A new sealed form of the same value: not a change a client sees (updated_at stays)."""
-        self._conn.execute("UPDATE secrets SET value = ?, key_id = ? WHERE pk = ?", (value, key_id, pk))
-
-    def all_secrets(self) -> list[SecretRecord]:
-        return [secret_record(r) for r in self._conn.execute("SELECT * FROM secrets ORDER BY pk")]
-
-    def delete_secret(self, pk: int) -> None:
-        self._conn.execute("DELETE FROM secrets WHERE pk = ?", (pk,))
-
-    # ------------------------------------------------------------------------- results
-
-    def insert_result(
-        self, *, id: str, job_pk: int, name: str, artifact_url: str, storage_type: str, now: int
-    ) -> None:
-        try:
-            self._conn.execute(
-                "INSERT INTO results (id, job_pk, name, artifact_url, artifact_storage_type, created_at,"
-                " updated_at) VALUES (?,?,?,?,?,?,?)",
-                (id, job_pk, name, artifact_url, storage_type, now, now),
-            )
-        except sqlite3.IntegrityError as exc:
-            raise AlreadyExists(f"a result named {name!r} already exists for this job") from exc
