@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runner.errors import CannotStart, Unprocessable
@@ -174,6 +173,8 @@ def _merged(base: ExecutionProfile, entry: _ProfileEntry) -> ExecutionProfile:
 
 
 def _read_entries(path: Path, settings: Settings) -> list[_ProfileEntry]:
+    import yaml  # only with a profiles file: ~1 MB of RSS otherwise not needed
+
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tarfile
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -137,6 +136,8 @@ async def tar_gz_stream(folder: Path, arcname: str) -> AsyncIterator[bytes]:
 
     def produce() -> None:
         try:
+            import tarfile  # only when a folder result is packed: ~0.4 MB of RSS otherwise
+
             with os.fdopen(write_fd, "wb") as sink, tarfile.open(fileobj=sink, mode="w|gz") as tar:
                 tar.add(folder, arcname=arcname)
         except BaseException as exc:  # reported to the reader below

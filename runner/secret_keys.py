@@ -20,12 +20,13 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from runner.access import read_private, write_private
 from runner.errors import CannotStart, Conflict
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _PREFIX = "lj1:"
 _NONCE_BYTES = 12
@@ -63,7 +64,7 @@ class Keyring:
         text = read_private(path, "secrets key file")
         if text is None:
             key_id = _new_id()
-            keys = _Keys(current=key_id, keys={key_id: AESGCM.generate_key(bit_length=256)})
+            keys = _Keys(current=key_id, keys={key_id: secrets.token_bytes(_KEY_BYTES)})
             write_private(path, _encode(keys))
             return cls(path, keys)
         return cls(path, _decode(path, text))
@@ -75,7 +76,7 @@ class Keyring:
     def seal(self, workspace: str, name: str, value: str) -> Sealed:
         keys = self._keys
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        box = AESGCM(keys.keys[keys.current]).encrypt(nonce, value.encode(), _bound_to(workspace, name))
+        box = _aead(keys.keys[keys.current]).encrypt(nonce, value.encode(), _bound_to(workspace, name))
         return Sealed(keys.current, _PREFIX + base64.urlsafe_b64encode(nonce + box).decode())
 
     def open(self, workspace: str, name: str, key_id: str | None, stored: str) -> str:
@@ -84,9 +85,11 @@ class Keyring:
         key = self._keys.keys.get(key_id)
         if key is None or not stored.startswith(_PREFIX):
             raise SealError(f"secret {workspace}/{name} is sealed with key {key_id}, which the keyring lacks")
+        from cryptography.exceptions import InvalidTag
+
         try:
             raw = base64.urlsafe_b64decode(stored[len(_PREFIX) :])
-            plain = AESGCM(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _bound_to(workspace, name))
+            plain = _aead(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _bound_to(workspace, name))
         except (InvalidTag, ValueError, binascii.Error) as exc:
             raise SealError(f"secret {workspace}/{name} does not open with key {key_id}") from exc
         return plain.decode()
@@ -94,7 +97,7 @@ class Keyring:
     def add_current(self) -> str:
         """A new current key, written to the file (beside the old ones) before it is used."""
         key_id = _new_id()
-        keys = _Keys(current=key_id, keys={**self._keys.keys, key_id: AESGCM.generate_key(bit_length=256)})
+        keys = _Keys(current=key_id, keys={**self._keys.keys, key_id: secrets.token_bytes(_KEY_BYTES)})
         write_private(self._path, _encode(keys))
         self._keys = keys
         return key_id
@@ -108,6 +111,14 @@ class Keyring:
         keys = _Keys(current=self._keys.current, keys=kept)
         write_private(self._path, _encode(keys))
         self._keys = keys
+
+
+def _aead(key: bytes) -> AESGCM:
+    # Imported at the first seal or open: `cryptography` is ~7 MB of the daemon's RSS, and a
+    # daemon whose jobs use no secret never needs it.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
 
 
 def _bound_to(workspace: str, name: str) -> bytes:

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from web import contract_extras, openapi_reference, strict_json
+from web import contract_extras, strict_json
 from web.contract_extras import OPENAPI_PATH
 from web.routes import SERVICE
 
@@ -52,6 +52,8 @@ def _contract_bytes() -> bytes:
 
 def contract() -> dict[str, Any]:
     """The OpenAPI 3.1 document of what this daemon serves (a fresh copy)."""
+    from web import openapi_reference  # 120 KB of text: loaded once asked for, not at start
+
     jobs = json.loads(openapi_reference.JOBS)
     secrets = json.loads(openapi_reference.SECRETS)
     doc: dict[str, Any] = {
