@@ -119,3 +119,16 @@ def ts(value: str) -> datetime:
 def file_mode(path: str | Path) -> int:
     """The permission bits of `path` (e.g. 0o600)."""
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def cpu_step(name: str, script: str, **requests: str) -> dict[str, Any]:
+    """A `cpu` step asking for `requests` (e.g. cpu="1", memory="256Mi"), run as a host process
+    by a daemon with `cpu_containers_as_subprocess` (its image is never pulled)."""
+    return {
+        "name": name,
+        "executor": {
+            "provider": "cpu",
+            "container": {"image": "unused-as-host-process", "entrypoint": ["sh", "-c"], "command": [script]},
+            "resources": {"requests": requests},
+        },
+    }

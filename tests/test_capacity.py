@@ -11,20 +11,10 @@ from typing import Any
 from openapi_schema_validator import OAS31Validator
 
 from tests.conftest import Api, api_for, running_server
+from tests.helpers import cpu_step
 from web.meta_routes import contract
 
 _GI = 2**30
-
-
-def _cpu_step(name: str, script: str, **requests: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "executor": {
-            "provider": "cpu",
-            "container": {"image": "unused-as-host-process", "entrypoint": ["sh", "-c"], "command": [script]},
-            "resources": {"requests": requests},
-        },
-    }
 
 
 def _settings(**extra: Any) -> dict[str, Any]:
@@ -46,11 +36,11 @@ async def _submit(api: Api, step: dict[str, Any]) -> tuple[int, Any]:
 
 async def test_requests_wait_for_room_and_start_when_it_is_given_back(tmp_path: Path) -> None:
     async with running_server(tmp_path, **_settings()) as srv, api_for(srv) as api:
-        await api.create_job([_cpu_step("work", "sleep 60", cpu="1500m", memory="256Mi")], name="big")
+        await api.create_job([cpu_step("work", "sleep 60", cpu="1500m", memory="256Mi")], name="big")
         await api.wait_job("big", {"active"}, timeout_s=60)
         # 0.5 CPU is left: a step asking for 1 waits, one asking for nothing does not.
-        await api.create_job([_cpu_step("work", "echo ran", cpu="1")], name="waits")
-        await api.create_job([_cpu_step("work", "echo plain")], name="plain")
+        await api.create_job([cpu_step("work", "echo ran", cpu="1")], name="waits")
+        await api.create_job([cpu_step("work", "echo plain")], name="plain")
         assert (await api.wait_job("plain", timeout_s=60))["status"] == "completed"
         assert (await api.request("GET", "/jobs/waits"))[1]["status"] == "created"
 
@@ -79,10 +69,10 @@ async def test_requests_wait_for_room_and_start_when_it_is_given_back(tmp_path: 
 
 async def test_a_request_larger_than_the_machine_is_refused_at_submission(tmp_path: Path) -> None:
     async with running_server(tmp_path, **_settings()) as srv, api_for(srv) as api:
-        status, body = await _submit(api, _cpu_step("huge", "true", cpu="3"))
+        status, body = await _submit(api, cpu_step("huge", "true", cpu="3"))
         assert status == 422, body
         assert "it requests 3 CPUs; this machine has 2 (see --cpus / LOCALJOBS_CPUS)" in body["detail"]
-        status, body = await _submit(api, _cpu_step("huge", "true", memory="2Gi"))
+        status, body = await _submit(api, cpu_step("huge", "true", memory="2Gi"))
         assert status == 422, body
         assert "it requests 2 GiB of memory; this machine has 1 GiB" in body["detail"]
         _, jobs = await api.request("GET", "/jobs")
@@ -92,11 +82,11 @@ async def test_a_request_larger_than_the_machine_is_refused_at_submission(tmp_pa
 async def test_a_restarted_daemon_counts_what_surviving_steps_requested(tmp_path: Path) -> None:
     settings = _settings(stop_steps_on_shutdown=False)
     async with running_server(tmp_path, **settings) as srv, api_for(srv) as api:
-        await api.create_job([_cpu_step("work", "sleep 60", cpu="2")], name="survivor")
+        await api.create_job([cpu_step("work", "sleep 60", cpu="2")], name="survivor")
         await api.wait_job("survivor", {"active"}, timeout_s=60)
     async with running_server(tmp_path, **settings) as srv, api_for(srv) as api:
         assert (await _capacity(api))["cpus"]["in_use"] == 2.0
-        await api.create_job([_cpu_step("work", "true", cpu="1")], name="newcomer")
+        await api.create_job([cpu_step("work", "true", cpu="1")], name="newcomer")
         assert (await api.request("GET", "/jobs/newcomer"))[1]["status"] == "created"
         await api.request("POST", "/jobs/survivor/cancel")
         assert (await api.wait_job("newcomer", timeout_s=60))["status"] == "completed"
@@ -107,9 +97,9 @@ async def test_a_waiting_request_that_no_longer_fits_after_a_restart_ends_in_err
         running_server(tmp_path, **_settings(stop_steps_on_shutdown=False)) as srv,
         api_for(srv) as api,
     ):
-        await api.create_job([_cpu_step("work", "sleep 60", cpu="2")], name="holder")
+        await api.create_job([cpu_step("work", "sleep 60", cpu="2")], name="holder")
         await api.wait_job("holder", {"active"}, timeout_s=60)
-        await api.create_job([_cpu_step("work", "true", cpu="2")], name="waiter")
+        await api.create_job([cpu_step("work", "true", cpu="2")], name="waiter")
     async with running_server(tmp_path, **_settings(cpus=1.0)) as srv, api_for(srv) as api:
         job = await api.wait_job("waiter", timeout_s=30)
         assert job["status"] == "error"
@@ -122,11 +112,9 @@ async def test_a_job_is_active_while_its_next_step_waits_after_a_short_first_one
     """A first step that ends before its `active` is written goes `pending` -> `completed`; the job
     must not stay `pending` while its second step waits for room: it is under way."""
     async with running_server(tmp_path, **_settings()) as srv, api_for(srv) as api:
-        await api.create_job([_cpu_step("work", "sleep 60", cpu="2")], name="holder")
+        await api.create_job([cpu_step("work", "sleep 60", cpu="2")], name="holder")
         await api.wait_job("holder", {"active"}, timeout_s=60)
-        await api.create_job(
-            [_cpu_step("first", "true"), _cpu_step("second", "echo ran", cpu="1")], name="two"
-        )
+        await api.create_job([cpu_step("first", "true"), cpu_step("second", "echo ran", cpu="1")], name="two")
         status, second = 0, {}
         for _ in range(600):
             status, second = await api.request("GET", "/jobs/two/steps/second")
@@ -146,9 +134,9 @@ async def test_a_resumed_job_whose_waiting_step_ends_at_once_completes(tmp_path:
     runs `true`, which ends before its `active` is written: the job must reach `completed`, not
     stay `resuming` (which cannot go to `completed` directly)."""
     async with running_server(tmp_path, **_settings()) as srv, api_for(srv) as api:
-        await api.create_job([_cpu_step("work", "sleep 60", cpu="2")], name="holder")
+        await api.create_job([cpu_step("work", "sleep 60", cpu="2")], name="holder")
         await api.wait_job("holder", {"active"}, timeout_s=60)
-        await api.create_job([_cpu_step("first", "true"), _cpu_step("second", "true", cpu="1")], name="two")
+        await api.create_job([cpu_step("first", "true"), cpu_step("second", "true", cpu="1")], name="two")
         for _ in range(600):
             if (await api.request("GET", "/jobs/two/steps/second"))[0] == 200:
                 break

@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 
 from tests.conftest import Api, api_for, running_server, shell, step
+from tests.helpers import cpu_step
 
 
 def _alive_with(marker: str) -> list[psutil.Process]:
@@ -19,17 +20,6 @@ def _alive_with(marker: str) -> list[psutil.Process]:
         if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(proc.info["cmdline"] or []):
             found.append(proc)
     return found
-
-
-def _cpu_step(name: str, script: str, **requests: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "executor": {
-            "provider": "cpu",
-            "container": {"image": "unused-as-host-process", "entrypoint": ["sh", "-c"], "command": [script]},
-            "resources": {"requests": requests},
-        },
-    }
 
 
 async def _started_by_its_submit(api: Api, job: str, step_name: str) -> bool:
@@ -66,18 +56,18 @@ async def test_an_idle_daemon_has_started_a_job_when_it_answers_the_submit(api: 
 async def test_a_submit_behind_a_waiting_step_leaves_the_start_to_the_scheduler(tmp_path: Path) -> None:
     settings = {"cpus": 2.0, "memory": "1Gi", "cpu_containers_as_subprocess": True}
     async with running_server(tmp_path, **settings) as srv, api_for(srv) as api:
-        await api.create_job([_cpu_step("work", "true")], name="warm-up")
+        await api.create_job([cpu_step("work", "true")], name="warm-up")
         await api.wait_job("warm-up", timeout_s=60)
-        await api.create_job([_cpu_step("work", "echo one")], name="direct")
+        await api.create_job([cpu_step("work", "echo one")], name="direct")
         assert (await api.wait_job("direct", timeout_s=60))["status"] == "completed"
         assert await _started_by_its_submit(api, "direct", "work")
 
-        await api.create_job([_cpu_step("work", "sleep 60", cpu="2")], name="holder")
+        await api.create_job([cpu_step("work", "sleep 60", cpu="2")], name="holder")
         await api.wait_job("holder", {"active"}, timeout_s=60)
-        await api.create_job([_cpu_step("work", "echo waited", cpu="1")], name="waits")
+        await api.create_job([cpu_step("work", "echo waited", cpu="1")], name="waits")
         # A step waits (for CPUs): a new job goes the scheduler's way, which lets a step asking
         # for nothing pass one waiting for room, as before.
-        await api.create_job([_cpu_step("work", "echo one")], name="by-loop")
+        await api.create_job([cpu_step("work", "echo one")], name="by-loop")
         assert (await api.wait_job("by-loop", timeout_s=60))["status"] == "completed"
         assert not await _started_by_its_submit(api, "by-loop", "work")
         assert (await api.job("waits"))["status"] == "created"
@@ -86,7 +76,7 @@ async def test_a_submit_behind_a_waiting_step_leaves_the_start_to_the_scheduler(
 
         await api.request("POST", "/jobs/holder/cancel")
         assert (await api.wait_job("waits", timeout_s=60))["status"] == "completed"
-        await api.create_job([_cpu_step("work", "true")], name="again")
+        await api.create_job([cpu_step("work", "true")], name="again")
         await api.wait_job("again", timeout_s=60)
         assert await _started_by_its_submit(api, "again", "work")  # nothing waits any more
 
