@@ -31,6 +31,14 @@ def dumps(value: Any) -> str:
         return _COMPACT.encode(value)
 
 
+def dumps_bytes(value: Any) -> bytes:
+    """Compact JSON as UTF-8 bytes."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _COMPACT.encode(value).encode()
+
+
 def loads(text: str | bytes) -> Any:
     try:
         # allow_inf_nan: a row stored before input was checked may hold NaN (json wrote it).

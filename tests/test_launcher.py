@@ -65,6 +65,20 @@ async def test_many_starts_at_once_all_get_their_answer(tmp_path: Path) -> None:
         assert all((tmp_path / f"task-{i}" / "exit_code").read_text() == f"{i % 7}\n" for i in range(150))
 
 
+async def test_the_environment_reaches_the_task_byte_for_byte(tmp_path: Path) -> None:
+    """The daemon encodes requests with orjson, which refuses a lone surrogate (an environment
+    byte that is not UTF-8, as os.environ holds it): such a request goes as the standard
+    library's JSON; both arrive as given."""
+    async with _client(tmp_path) as client:
+        for name, value in (("plain", "caf\u00e9 \u2603"), ("odd", "caf\u00e9-\udcff")):
+            request = _request(tmp_path / name, ["/bin/sh", "-c", 'printf %s "$ODD" > value'])
+            request.env["ODD"] = value
+            started = await client.start(request)
+            os.close(started.pidfd)
+            assert await asyncio.wait_for(started.exited, 30) == 0
+            assert (tmp_path / name / "value").read_bytes() == os.fsencode(value)
+
+
 async def test_an_idle_launcher_leaves_and_the_next_start_brings_a_new_one(tmp_path: Path) -> None:
     go = tmp_path / "go"
     async with _client(tmp_path, idle_s=0.2) as client:

@@ -41,6 +41,7 @@ from runner.executors.host.protocol import (
     TaskStart,
     decode_report,
 )
+from storage import json_text
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class LauncherClient:
         if self._closed:
             raise ExecutorError("the daemon is shutting down")
         request_id = next(self._ids)
-        data = StartRequest(request_id, task).encode()
+        data = StartRequest(request_id, task).encode(json_text.dumps_bytes)
         if len(data) > MAX_MESSAGE:
             raise RequestTooLarge()
         sock = await self._connected()

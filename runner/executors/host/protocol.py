@@ -23,6 +23,7 @@ Exit codes are as a shell reports them (`128+S` for signal S).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Below the default socket buffer (net.core.wmem_default: 208 KiB). A larger start request is
@@ -34,6 +35,10 @@ MARKER_PREFIX = "localjobs-task:"
 # The launcher's file descriptor for its end of the pair, in its command line.
 LAUNCHER_FD = 3
 _KEEP = "keep"
+
+
+def _stdlib_json(value: object) -> bytes:
+    return json.dumps(value).encode()
 
 
 class BadMessage(ValueError):
@@ -99,9 +104,11 @@ class StartRequest:
     id: int  # repeated in the answer
     task: TaskStart
 
-    def encode(self) -> bytes:
+    def encode(self, dumps: Callable[[object], bytes] = _stdlib_json) -> bytes:
+        """`dumps`: the daemon passes a faster encoder (the launcher decodes any JSON); the
+        task's environment is most of a request."""
         task = self.task
-        return json.dumps(
+        return dumps(
             {
                 "argv": task.argv,
                 "env": task.env,
@@ -115,7 +122,7 @@ class StartRequest:
                 "order": task.order,
                 "id": self.id,
             }
-        ).encode()
+        )
 
 
 @dataclass(frozen=True, slots=True)
