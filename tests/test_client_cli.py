@@ -113,6 +113,8 @@ def test_ctrl_c_without_a_terminal_cancels_the_job(daemon: DaemonProcess) -> Non
         ) from None
     assert proc.returncode == 75, (out, err)
     assert "cancelling interrupted" in err
+    # Following goes on after the last line shown: the log is not printed a second time.
+    assert "started" not in out, out
     assert _job(data, "interrupted")["status"] == "cancelled"
 
 
@@ -162,6 +164,45 @@ def test_a_refused_job_prints_the_fields_and_exits_65(daemon: DaemonProcess) -> 
     result = cli(_data(daemon), "run", "--name", "Not A Name", "--", "true")
     assert result.returncode == 65, result
     assert "refused (422)" in result.stderr and "name" in result.stderr
+
+
+def test_a_command_runs_in_the_directory_it_is_run_from(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """As task-spooler or Slurm run a job where it was submitted: `python train.py` and
+    `./nightly.sh` are found; -C picks another directory, --in-task-folder the task's own."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("import os, sys; print(os.getcwd(), *sys.argv[1:])\n")
+    script = project / "nightly.sh"
+    script.write_text("#!/bin/sh\necho nightly in $(pwd)\n")
+    script.chmod(0o755)
+
+    def run_here(*args: str) -> Result:
+        return subprocess.run(
+            [*localjobs_command(), "run", *args],
+            cwd=project,
+            env=_env(_data(daemon)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    trained = run_here("--", sys.executable, "train.py", "--epochs", "3")
+    assert trained.returncode == 0 and trained.stdout == f"{project} --epochs 3\n", trained
+    nightly = run_here("--", "./nightly.sh")
+    assert nightly.returncode == 0 and nightly.stdout == f"nightly in {project}\n", nightly
+    elsewhere = run_here("-C", str(tmp_path), "--", "pwd")
+    assert elsewhere.returncode == 0 and elsewhere.stdout == f"{tmp_path}\n", elsewhere
+    own = run_here("--in-task-folder", "--", "pwd")
+    assert own.returncode == 0 and own.stdout.startswith(str(_data(daemon))), own
+    refused = run_here("-C", str(tmp_path), "--in-task-folder", "--", "pwd")
+    assert refused.returncode == 2 and "--workdir" in refused.stderr, refused
+
+
+def test_a_missing_job_file_is_an_error_not_a_command(daemon: DaemonProcess, tmp_path: Path) -> None:
+    result = cli(_data(daemon), "run", str(tmp_path / "typo.yaml"))
+    assert result.returncode == 2 and "no such job file" in result.stderr, result
+    assert "typo" not in cli(_data(daemon), "ls", "--all").stdout  # nothing was submitted
 
 
 def test_job_files_yaml_and_json(daemon: DaemonProcess, tmp_path: Path) -> None:

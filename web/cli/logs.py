@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
 
@@ -33,11 +34,11 @@ def logs(connect: Connect, name: str, follow: bool, tail: int | None, step: str 
     """Print the job's output (stderr lines to stderr); with -f, until the job ends."""
     api = connect()
     if follow:
-        cursor = None
+        position = FollowPosition()
         printer = functools.partial(_print_line, as_json=as_json)
         while True:
-            first = cursor is None
-            cursor = follow_lines(api, name, cursor, printer, step_id=step, tail=tail if first else None)
+            first = position.cursor is None
+            follow_lines(api, name, position, printer, step_id=step, tail=tail if first else None)
             if job_when_finished(api, name) is not None:
                 return 0
     path = api.job_path(name) + "/logs"
@@ -65,27 +66,36 @@ def _print_line(line: dict[str, Any], as_json: bool) -> None:
         _echo_line(line)
 
 
+@dataclass
+class FollowPosition:
+    """How far a follow has printed: the cursor of the last line shown (None: from the start).
+    Moved on as each line is printed, so a follow cut anywhere, by Ctrl-C too, resumes after
+    the last line shown instead of printing the log again."""
+
+    cursor: str | None = None
+
+
 def follow_lines(
     api: Api,
     name: str,
-    cursor: str | None,
+    position: FollowPosition,
     printer: Callable[[dict[str, Any]], None] | None = None,
     **params: Any,
-) -> str | None:
-    """Print the job's lines as they come, until the daemon ends the stream (the job ended, or
-    the daemon went away); returns the last cursor, to resume from without repeating a line."""
+) -> None:
+    """Print the job's lines as they come, from `position` on, until the daemon ends the stream
+    (the job ended, or the daemon went away)."""
     query: dict[str, Any] = {"follow": "true", **{k: v for k, v in params.items() if v is not None}}
-    if cursor:
-        query["page_cursor"] = cursor
+    if position.cursor:
+        query["page_cursor"] = position.cursor
     deadline = time.monotonic() + _RECONNECT_FOR_S
     while True:
         try:
             for line in api.stream_lines(api.job_path(name) + "/logs", query):
-                cursor = line.get("cursor", cursor)
                 (printer or _echo_line)(line)
-            return cursor
+                position.cursor = line.get("cursor", position.cursor)
+            return
         except (OSError, HTTPException):
-            return cursor  # cut mid-stream: the caller looks at the job, then resumes
+            return  # cut mid-stream: the caller looks at the job, then resumes
         except Unreachable:
             if time.monotonic() > deadline:
                 raise

@@ -15,7 +15,7 @@ import click
 from web.cli import outcome
 from web.cli.common import client_options, json_option
 from web.cli.connect import Api, ClientError
-from web.cli.logs import follow_lines, job_when_finished
+from web.cli.logs import FollowPosition, follow_lines, job_when_finished
 from web.cli.render import (
     console,
     human_duration,
@@ -53,6 +53,13 @@ def _parse_env(pairs: tuple[str, ...]) -> list[dict[str, str]]:
     return variables
 
 
+def _in_directory(command: tuple[str, ...], workdir: Path) -> list[str]:
+    """The command run from `workdir`: a task starts in its own folder (as the API says), where
+    `python train.py` or `./nightly.sh` would not be found. `env -C` (coreutils) keeps it one
+    visible command, as the step's record shows it."""
+    return ["env", "-C", str(workdir.resolve()), "--", *command]
+
+
 def _command_job(
     command: tuple[str, ...],
     env: tuple[str, ...],
@@ -60,12 +67,14 @@ def _command_job(
     cpu: str | None,
     memory: str | None,
     gpus: int | None,
+    workdir: Path | None,
 ) -> dict[str, Any]:
     step: dict[str, Any] = {"name": "main", "environment": _parse_env(env)}
     if image is None:
         if cpu or memory or gpus:
             raise click.UsageError("--cpu, --memory and --gpus go with --image (a container step)")
-        step["executor"] = {"provider": "subprocess", "command": list(command)}
+        argv = list(command) if workdir is None else _in_directory(command, workdir)
+        step["executor"] = {"provider": "subprocess", "command": argv}
     else:
         limits = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
         resources: dict[str, Any] = {"limits": limits} if limits else {}
@@ -87,6 +96,17 @@ def _command_job(
 @click.option("--cpu", help="container CPU limit, e.g. 2 or 500m")
 @click.option("--memory", help="container memory limit, e.g. 4Gi")
 @click.option("--gpus", type=click.IntRange(min=0), help="GPUs for the container")
+@click.option(
+    "--workdir",
+    "-C",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="directory a command runs in (default: the current one)",
+)
+@click.option(
+    "--in-task-folder",
+    is_flag=True,
+    help="run the command in the task's own folder, as a job submitted over the API runs",
+)
 @click.option("--detach", "-d", is_flag=True, help="print the job's name and return at once")
 @client_options
 def run(
@@ -98,25 +118,32 @@ def run(
     cpu: str | None,
     memory: str | None,
     gpus: int | None,
+    workdir: Path | None,
+    in_task_folder: bool,
     detach: bool,
 ) -> int:
     """Submit a job, stream its logs until it ends, exit with its outcome.
 
     \b
     localjobs run job.yaml              a job file: the body of POST /jobs (YAML or JSON)
-    localjobs run -- python train.py    a one-step subprocess job
+    localjobs run -- python train.py    a one-step subprocess job, run in this directory
     localjobs run --image busybox -- echo hi
 
     Exit code: 0 completed; the failed step's exit code; 128+N killed by signal N; 70 failed
     without an exit code; 75 cancelled; 65 refused by the daemon; 69 no daemon answers.
     Ctrl-C asks whether to cancel the job or detach; a second Ctrl-C cancels."""
     first = Path(args[0])
-    if len(args) == 1 and first.suffix in _JOB_FILE_SUFFIXES and first.is_file():
+    if len(args) == 1 and first.suffix in _JOB_FILE_SUFFIXES:
+        if not first.is_file():
+            raise click.UsageError(f"{first}: no such job file")
+        if env or image or workdir or in_task_folder:
+            raise click.UsageError("--env, --image and --workdir build a job from a command, not from a file")
         body = _job_from_file(first)
-        if env or image:
-            raise click.UsageError("--env and --image build a job from a command, not from a file")
     else:
-        body = _command_job(args, env, image, cpu, memory, gpus)
+        if workdir is not None and (in_task_folder or image):
+            raise click.UsageError("--workdir goes with a host command, not --in-task-folder or --image")
+        chosen = None if in_task_folder or image else (workdir or Path.cwd())
+        body = _command_job(args, env, image, cpu, memory, gpus, chosen)
     if name:
         body["name"] = name
     api = connect()
@@ -134,7 +161,7 @@ def run(
 
 def _attach(api: Api, name: str) -> int:
     """Stream the job's logs until it ends; Ctrl-C asks (cancel or detach)."""
-    cursor: str | None = None
+    position = FollowPosition()
     cancelled = False
     announced = False
     with _progress(api, name):
@@ -143,7 +170,7 @@ def _attach(api: Api, name: str) -> int:
                 if not announced:
                     click.echo(f"localjobs: job {name} submitted", err=True)
                     announced = True
-                cursor = follow_lines(api, name, cursor)
+                follow_lines(api, name, position)
                 job = job_when_finished(api, name)
                 if job is not None:
                     return _report(job)
