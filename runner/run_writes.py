@@ -12,7 +12,7 @@ from runner.executors.base import ExitStatus, Workload
 from runner.launching import RunTask, folder_details, handle_of
 from runner.models import JobStatus, StepRecord
 from runner.step_outcome import step_outcome
-from runner.transitions import record_task_status, settle_step, transition_step
+from runner.transitions import record_task_status, settle_step, tell_tasks_and_job, transition_step
 from storage import WriteTx
 
 
@@ -132,5 +132,6 @@ def requested_status_unit(
         step = tx.get_step_by_pk(step_pk)
         if step is not None and step.status == asked:
             transition_step(tx, step, reached, now=now, status_details={"message": message})
+            tell_tasks_and_job(tx, step, message, now=now)
 
     return record_reached

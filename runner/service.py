@@ -45,7 +45,7 @@ from runner.secrets import SecretService
 from runner.start_writes import StartedStep
 from runner.step_run import StepRun
 from runner.task_service import TaskService
-from runner.transitions import TransitionOutcome, settle_step, transition_step
+from runner.transitions import TransitionOutcome, settle_step, tell_tasks_and_job, transition_step
 from runner.workload_control import WorkloadControl
 from storage import AlreadyExists, Repository, WriteTx
 
@@ -284,6 +284,7 @@ class JobService:
             ).step
             if not live:
                 transition_step(tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"})
+            tell_tasks_and_job(tx, step, "Pausing" if live else "Paused", now=now)
             return reload_job(tx, job), step.pk if live else None
 
         job, live_step = await self._store.write(pause)
@@ -300,6 +301,7 @@ class JobService:
             if step is None or step.status != JobStatus.PAUSED:
                 return job, None, False
             transition_step(tx, step, JobStatus.RESUMING, now=now, status_details={"message": "Resuming"})
+            tell_tasks_and_job(tx, step, "Resuming", now=now)
             return reload_job(tx, job), step.pk, self._workloads.is_running(step.pk)
 
         job, step_pk, live = await self._store.write(resume)

@@ -214,6 +214,14 @@ def record_task_status(
         tx.merge_job_status_details(job_pk, kept)
 
 
+def tell_tasks_and_job(tx: WriteTx, step: StepRecord, message: str, *, now: int) -> None:
+    """A step paused, resuming or running again by the daemon's hand: its tasks' and its job's
+    `message` say so (their statuses stay), or they would go on saying "Job is running"."""
+    for task in tx.tasks_of_step(step.pk):
+        said = {"message": message}
+        record_task_status(tx, task.pk, task.status, said, None, None, now, job_pk=step.job_pk)
+
+
 def note_output_error(tx: WriteTx, task_pk: int, note: str, *, now: int) -> None:
     """Say in the task's and its step's status_details (and error_details, for a step that ended
     in error) that their output could not all be stored, whatever their status meanwhile."""

@@ -82,6 +82,10 @@ async def test_pause_freezes_and_resume_continues_progress(api: Api) -> None:
     status, job = await api.request("POST", "/jobs/counter/pause")
     assert status == 200
     job = await api.wait_job("counter", {"paused"})
+    # The job and its task say it is paused, not what they said while it ran.
+    assert job["status_details"]["message"] == "Paused", job
+    _, tasks = await api.request("GET", "/jobs/counter/steps/count/tasks")
+    assert [t["status_details"]["message"] for t in tasks["data"]] == ["Paused"], tasks
     _, step_before = await api.request("GET", "/jobs/counter/steps/count")
     pid = step_before["status_details"]["pid"]
     # Stopped, or (dash vforks) waiting in the kernel for a stopped child to exec.
@@ -99,7 +103,9 @@ async def test_pause_freezes_and_resume_continues_progress(api: Api) -> None:
     assert await api.logs("counter") == frozen
     status, job = await api.request("POST", "/jobs/counter/resume")
     assert status == 200
-    await api.wait_job("counter", {"active"})
+    assert job["status_details"]["message"] == "Resuming", job
+    job = await api.wait_job("counter", {"active"})
+    assert job["status_details"]["message"] == "Job is running", job
     # It prints again: more lines get stored (polled, not a fixed sleep hoping one was printed).
     deadline = time.monotonic() + 20
     while len(resumed := await api.logs("counter")) <= len(frozen):
