@@ -152,6 +152,23 @@ def test_json_output_of_reading_commands(daemon: DaemonProcess) -> None:
     assert "step main completed" in status.stdout
 
 
+def test_ls_shows_the_step_a_job_failed_in_and_a_completed_job_as_done(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    data = _data(daemon)
+    job_file = tmp_path / "two.json"
+    steps = [
+        {"name": "prepare", "executor": {"provider": "subprocess", "command": ["true"]}},
+        {"name": "fails-here", "executor": {"provider": "subprocess", "command": ["sh", "-c", "exit 3"]}},
+    ]
+    job_file.write_text(json.dumps({"name": "two-steps", "platform_spec": {"steps": steps}}))
+    assert cli(data, "run", str(job_file)).returncode == 3
+    assert cli(data, "run", "--name", "done-job", "--", "true").returncode == 0
+    rows = {line.split()[0]: line for line in cli(data, "ls").stdout.splitlines() if line.strip()}
+    assert "fails-here" in rows["two-steps"], rows
+    assert "100%" in rows["done-job"], rows
+
+
 def test_wait_timeout_exits_124(daemon: DaemonProcess) -> None:
     data = _data(daemon)
     assert cli(data, "run", "-d", "--name", "sleeper", "--", "sleep", "20").returncode == 0

@@ -49,6 +49,32 @@ def _current_steps(api: Api) -> dict[str, str]:
     return {step.get("job", ""): step.get("name", "") for step in steps}
 
 
+# `ls --all` over a long history asks for at most this many failed jobs' steps (one request each).
+_FAILED_STEPS_LOOKED_UP = 100
+
+
+def _failed_steps(api: Api, jobs: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> the step it failed or was cancelled in (as the dashboard shows it)."""
+    failed = [j.get("name", "") for j in jobs if j.get("status") in ("error", "cancelled")]
+    found: dict[str, str] = {}
+    for name in failed[:_FAILED_STEPS_LOOKED_UP]:
+        try:
+            query = {"filter[status]": "error,cancelled", "page_size": 1}
+            page = api.get(api.job_path(name) + "/steps", **query)
+        except ApiError:
+            continue  # deleted meanwhile: the row stays without its step
+        if page.get("data"):
+            found[name] = str(page["data"][0].get("name", ""))
+    return found
+
+
+def _progress_shown(job: dict[str, Any]) -> float | None:
+    """What the workload last reported; a completed job that never said is done, as the
+    dashboard shows it."""
+    done = percentage(job)
+    return 100.0 if done is None and job.get("status") == "completed" else done
+
+
 @dataclass(frozen=True)
 class _Holding:
     """What `ls` adds from the capacity route: GPUs each job's running step holds, and why a
@@ -98,7 +124,7 @@ def ls(connect: Connect, statuses: tuple[str, ...], show_all: bool, as_json: boo
         print_json(jobs)
         return 0
     unfinished = any(j.get("status") not in outcome.FINISHED for j in jobs)
-    current = _current_steps(api) if unfinished else {}
+    current = {**_failed_steps(api, jobs), **(_current_steps(api) if unfinished else {})}
     holding = _Holding.of(api) if unfinished else _Holding()
     columns = ["NAME", "STATUS", "STEP", "PROGRESS", "AGE", "DURATION"]
     grid = table(*columns, *(["GPUS"] if holding.machine_has_gpus else []))
@@ -109,7 +135,7 @@ def ls(connect: Connect, statuses: tuple[str, ...], show_all: bool, as_json: boo
             name,
             styled_status(str(job.get("status", ""))),
             current.get(name, ""),
-            progress_text(percentage(job)),
+            progress_text(_progress_shown(job)),
             human_duration(age),
             human_duration(duration),
         ]
