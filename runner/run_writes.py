@@ -122,6 +122,10 @@ def outcome_unit(
     return record_outcome
 
 
+# What a step's tasks and job say once a pause or resume is done (the reference's wording).
+_TOLD = {JobStatus.PAUSED: "Job is paused", JobStatus.ACTIVE: "Job is running"}
+
+
 def requested_status_unit(
     step_pk: int, asked: JobStatus, reached: JobStatus, message: str, now: int
 ) -> Callable[[WriteTx], None]:
@@ -132,6 +136,6 @@ def requested_status_unit(
         step = tx.get_step_by_pk(step_pk)
         if step is not None and step.status == asked:
             transition_step(tx, step, reached, now=now, status_details={"message": message})
-            tell_tasks_and_job(tx, step, message, now=now)
+            tell_tasks_and_job(tx, step, _TOLD.get(reached, message), now=now)
 
     return record_reached

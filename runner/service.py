@@ -260,6 +260,7 @@ class JobService:
             # and cancelling), so cancel works from every unfinished status.
             if self._workloads.is_running(step.pk):
                 settle_step(tx, step, JobStatus.CANCELLING, now=now, status_details={"message": "Cancelling"})
+                tell_tasks_and_job(tx, step, "Job is cancelling", now=now)
                 return reload_job(tx, job), step.pk
             message = {"message": "Cancelled before it ran"}
             settle_step(tx, step, JobStatus.CANCELLED, now=now, status_details=message)
@@ -284,7 +285,7 @@ class JobService:
             ).step
             if not live:
                 transition_step(tx, step, JobStatus.PAUSED, now=now, status_details={"message": "Paused"})
-            tell_tasks_and_job(tx, step, "Pausing" if live else "Paused", now=now)
+            tell_tasks_and_job(tx, step, "Job is pausing" if live else "Job is paused", now=now)
             return reload_job(tx, job), step.pk if live else None
 
         job, live_step = await self._store.write(pause)
@@ -301,7 +302,7 @@ class JobService:
             if step is None or step.status != JobStatus.PAUSED:
                 return job, None, False
             transition_step(tx, step, JobStatus.RESUMING, now=now, status_details={"message": "Resuming"})
-            tell_tasks_and_job(tx, step, "Resuming", now=now)
+            tell_tasks_and_job(tx, step, "Job is resuming", now=now)
             return reload_job(tx, job), step.pk, self._workloads.is_running(step.pk)
 
         job, step_pk, live = await self._store.write(resume)

@@ -215,11 +215,22 @@ def record_task_status(
 
 
 def tell_tasks_and_job(tx: WriteTx, step: StepRecord, message: str, *, now: int) -> None:
-    """A step paused, resuming or running again by the daemon's hand: its tasks' and its job's
-    `message` say so (their statuses stay), or they would go on saying "Job is running"."""
+    """The daemon moved a step (pausing, paused, resuming, running again, cancelling): its
+    unfinished tasks' and its job's `message` say so, as the reference's reconciler says "Job is
+    pausing" through its task PUTs, or they would go on saying "Job is running". Statuses stay."""
+    said = {"message": message}
     for task in tx.tasks_of_step(step.pk):
-        said = {"message": message}
-        record_task_status(tx, task.pk, task.status, said, None, None, now, job_pk=step.job_pk)
+        if not task.status.is_terminal:
+            tx.record_task_outcome(
+                task.pk,
+                status=task.status,
+                allowed_from=[task.status],
+                details=said,
+                errors=None,
+                stack=None,
+                now=now,
+            )
+    tx.merge_job_status_details(step.job_pk, said)
 
 
 def note_output_error(tx: WriteTx, task_pk: int, note: str, *, now: int) -> None:

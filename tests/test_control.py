@@ -83,9 +83,9 @@ async def test_pause_freezes_and_resume_continues_progress(api: Api) -> None:
     assert status == 200
     job = await api.wait_job("counter", {"paused"})
     # The job and its task say it is paused, not what they said while it ran.
-    assert job["status_details"]["message"] == "Paused", job
+    assert job["status_details"]["message"] == "Job is paused", job
     _, tasks = await api.request("GET", "/jobs/counter/steps/count/tasks")
-    assert [t["status_details"]["message"] for t in tasks["data"]] == ["Paused"], tasks
+    assert [t["status_details"]["message"] for t in tasks["data"]] == ["Job is paused"], tasks
     _, step_before = await api.request("GET", "/jobs/counter/steps/count")
     pid = step_before["status_details"]["pid"]
     # Stopped, or (dash vforks) waiting in the kernel for a stopped child to exec.
@@ -103,7 +103,7 @@ async def test_pause_freezes_and_resume_continues_progress(api: Api) -> None:
     assert await api.logs("counter") == frozen
     status, job = await api.request("POST", "/jobs/counter/resume")
     assert status == 200
-    assert job["status_details"]["message"] == "Resuming", job
+    assert job["status_details"]["message"] == "Job is resuming", job
     job = await api.wait_job("counter", {"active"})
     assert job["status_details"]["message"] == "Job is running", job
     # It prints again: more lines get stored (polled, not a fixed sleep hoping one was printed).
@@ -126,8 +126,9 @@ async def test_cancel_a_paused_step(api: Api) -> None:
     await api.wait_job("paused-cancel", {"active"})
     await api.request("POST", "/jobs/paused-cancel/pause")
     await api.wait_job("paused-cancel", {"paused"})
-    status, _ = await api.request("POST", "/jobs/paused-cancel/cancel")
+    status, job = await api.request("POST", "/jobs/paused-cancel/cancel")
     assert status == 200
+    assert job["status_details"]["message"] == "Job is cancelling", job  # no longer "paused"
     assert (await api.wait_job("paused-cancel"))["status"] == "cancelled"
 
 
@@ -202,6 +203,7 @@ async def test_cancel_a_queued_step_that_was_paused(tmp_path: Path) -> None:
         await _queue_behind_a_hog(api, "queued", "queued")
         status, job = await api.request("POST", "/jobs/queued/pause")
         assert (status, job["status"]) == (200, "paused")
+        assert job["status_details"]["message"] == "Job is paused", job  # it has no task to say it
         status, job = await api.request("POST", "/jobs/queued/cancel")
         assert (status, job["status"]) == (200, "cancelled")
         await api.request("POST", "/jobs/hog/cancel")
