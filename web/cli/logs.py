@@ -91,8 +91,14 @@ def follow_lines(
     while True:
         try:
             for line in api.stream_lines(api.job_path(name) + "/logs", query):
-                (printer or _echo_line)(line)
-                position.cursor = line.get("cursor", position.cursor)
+                cursor = line.get("cursor", position.cursor)
+                try:
+                    (printer or _echo_line)(line)
+                finally:
+                    # Stored even when a Ctrl-C lands in the printing: it is most often raised as
+                    # the flush returns, the line shown. (Raised before the write, it costs that
+                    # one line, where not storing it would print the whole log again.)
+                    position.cursor = cursor
             return
         except (OSError, HTTPException):
             return  # cut mid-stream: the caller looks at the job, then resumes
