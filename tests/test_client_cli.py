@@ -204,7 +204,8 @@ def test_a_command_runs_in_the_directory_it_is_run_from(daemon: DaemonProcess, t
             stdin=subprocess.DEVNULL,
         )
 
-    trained = run_here("--", sys.executable, "train.py", "--epochs", "3")
+    # `python` is the daemon's own interpreter, as for any host step.
+    trained = run_here("--", "python", "train.py", "--epochs", "3")
     assert trained.returncode == 0 and trained.stdout == f"{project} --epochs 3\n", trained
     nightly = run_here("--", "./nightly.sh")
     assert nightly.returncode == 0 and nightly.stdout == f"nightly in {project}\n", nightly
@@ -214,6 +215,11 @@ def test_a_command_runs_in_the_directory_it_is_run_from(daemon: DaemonProcess, t
     assert own.returncode == 0 and own.stdout.startswith(str(_data(daemon))), own
     refused = run_here("-C", str(tmp_path), "--in-task-folder", "--", "pwd")
     assert refused.returncode == 2 and "--workdir" in refused.stderr, refused
+    missing = run_here("--", "no-such-program")  # still the start failure it was, not env's 127
+    assert missing.returncode == 70 and "executable not found: no-such-program" in missing.stderr, missing
+    # Set over the API, the variable must name a directory: a clear start failure otherwise.
+    relative = run_here("-e", "LOCALJOBS_WORKDIR=project", "--", "pwd")
+    assert relative.returncode == 70 and "not an absolute path" in relative.stderr, relative
 
 
 def test_a_missing_job_file_is_an_error_not_a_command(daemon: DaemonProcess, tmp_path: Path) -> None:

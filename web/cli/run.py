@@ -53,11 +53,16 @@ def _parse_env(pairs: tuple[str, ...]) -> list[dict[str, str]]:
     return variables
 
 
-def _in_directory(command: tuple[str, ...], workdir: Path) -> list[str]:
-    """The command run from `workdir`: a task starts in its own folder (as the API says), where
-    `python train.py` or `./nightly.sh` would not be found. `env -C` (coreutils) keeps it one
-    visible command, as the step's record shows it."""
-    return ["env", "-C", str(workdir.resolve()), "--", *command]
+# Read by the daemon's host executor: a subprocess step starts there, not in its task's folder.
+_WORKDIR_VARIABLE = "LOCALJOBS_WORKDIR"
+
+
+def _current_directory() -> Path:
+    try:
+        return Path.cwd()
+    except OSError as exc:  # e.g. deleted under the shell
+        gone = f"the current directory is gone ({exc}): use -C DIR or --in-task-folder"
+        raise click.UsageError(gone) from exc
 
 
 def _command_job(
@@ -69,12 +74,16 @@ def _command_job(
     gpus: int | None,
     workdir: Path | None,
 ) -> dict[str, Any]:
-    step: dict[str, Any] = {"name": "main", "environment": _parse_env(env)}
+    variables = _parse_env(env)
+    step: dict[str, Any] = {"name": "main", "environment": variables}
     if image is None:
         if cpu or memory or gpus:
             raise click.UsageError("--cpu, --memory and --gpus go with --image (a container step)")
-        argv = list(command) if workdir is None else _in_directory(command, workdir)
-        step["executor"] = {"provider": "subprocess", "command": argv}
+        if workdir is not None and not any(v["name"] == _WORKDIR_VARIABLE for v in variables):
+            # Where task-spooler and Slurm run a job: where it was submitted. The task's own
+            # folder (the API's default) would not hold `train.py` or `./nightly.sh`.
+            variables.append({"name": _WORKDIR_VARIABLE, "value": str(workdir.resolve())})
+        step["executor"] = {"provider": "subprocess", "command": list(command)}
     else:
         limits = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
         resources: dict[str, Any] = {"limits": limits} if limits else {}
@@ -141,8 +150,8 @@ def run(
         body = _job_from_file(first)
     else:
         if workdir is not None and (in_task_folder or image):
-            raise click.UsageError("--workdir goes with a host command, not --in-task-folder or --image")
-        chosen = None if in_task_folder or image else (workdir or Path.cwd())
+            raise click.UsageError("--workdir goes with a host command: not with --in-task-folder or --image")
+        chosen = None if in_task_folder or image else (workdir or _current_directory())
         body = _command_job(args, env, image, cpu, memory, gpus, chosen)
     if name:
         body["name"] = name
@@ -177,8 +186,8 @@ def _attach(api: Api, name: str) -> int:
             except KeyboardInterrupt:
                 if cancelled or _choose_cancel(name):
                     if not cancelled:
-                        _cancel_quietly(api, name)
-                        cancelled = True
+                        # Asked again at the next Ctrl-C if the daemon did not take it.
+                        cancelled = _cancel_quietly(api, name)
                     continue
                 click.echo(f"\nlocaljobs: detached; `localjobs logs -f {name}` follows again", err=True)
                 return 0
@@ -200,12 +209,15 @@ def _choose_cancel(name: str) -> bool:
     return not str(answer).strip().lower().startswith("d")
 
 
-def _cancel_quietly(api: Api, name: str) -> None:
+def _cancel_quietly(api: Api, name: str) -> bool:
+    """Whether the daemon took the cancel."""
     click.echo(f"localjobs: cancelling {name}...", err=True)
     try:
         api.call("POST", api.job_path(name) + "/cancel")
     except ClientError as exc:
         click.echo(f"localjobs: {exc}", err=True)
+        return False
+    return True
 
 
 def _report(job: dict[str, Any]) -> int:

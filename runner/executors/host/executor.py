@@ -62,6 +62,27 @@ _WRAPPER = (
 _UNRECORDED_WAIT_S = 0.1
 
 
+# A subprocess step whose environment sets this runs there instead of its task's folder (what
+# `localjobs run` sets to the directory it is called from; the contract has no field for it).
+WORKDIR_VARIABLE = "LOCALJOBS_WORKDIR"
+
+
+def _run_dir(env: dict[str, str]) -> str:
+    """The directory a task starts in ("": its own folder); ExecutorError when it cannot."""
+    chosen = env.get(WORKDIR_VARIABLE, "")
+    if not chosen:
+        return ""
+    if not os.path.isabs(chosen):
+        raise ExecutorError(
+            f"Failed to start subprocess: {WORKDIR_VARIABLE} is not an absolute path: {chosen}"
+        )
+    if not os.path.isdir(chosen):
+        raise ExecutorError(
+            f"Failed to start subprocess: {WORKDIR_VARIABLE} is not a directory here: {chosen}"
+        )
+    return chosen
+
+
 def _exists(path: str) -> bool:
     try:
         os.lstat(path)
@@ -155,17 +176,18 @@ class SubprocessExecutor:
     async def start(self, launch: Launch) -> HostTask:
         (task,) = launch.tasks  # a host subprocess step is always one task
         argv = self._resolve(launch.argv, task.env)
+        run_dir = _run_dir(task.env)
         marker = self._marker + task.task_name
         task = TaskLaunch(task.task_name, {**task.env, TASK_MARKER_VARIABLE: marker}, task.paths)
         try:
-            return await self._start_by_launcher(task, launch.step.spec.config, argv)
+            return await self._start_by_launcher(task, launch.step.spec.config, argv, run_dir)
         except RequestTooLarge:
             pass
         # Too large for one message to the launcher: the folders and the spawn in a worker thread
         # of the daemon (the spawn blocks until the child has exec'd, and releases the GIL), under
         # the `sh` wrapper that records the exit status.
         paths = task.paths
-        wrapped = ["/bin/sh", "-c", _WRAPPER, marker, paths.exit_file, paths.work_dir, *argv]
+        wrapped = ["/bin/sh", "-c", _WRAPPER, marker, paths.exit_file, run_dir or paths.work_dir, *argv]
         loop = asyncio.get_running_loop()
         rule = self._rule(task.task_name)
         try:
@@ -176,7 +198,7 @@ class SubprocessExecutor:
             raise ExecutorError(f"Failed to start subprocess: {exc}") from exc
 
     async def _start_by_launcher(
-        self, task: TaskLaunch, config: dict[str, Any], argv: list[str]
+        self, task: TaskLaunch, config: dict[str, Any], argv: list[str], run_dir: str
     ) -> LaunchedTask:
         paths = task.paths
         launched = await self._launcher.start(
@@ -191,6 +213,7 @@ class SubprocessExecutor:
                 stderr=paths.stderr_file,
                 exit_file=paths.exit_file,
                 order=paths.order_file,
+                cwd=run_dir,
             )
         )
         return LaunchedTask(

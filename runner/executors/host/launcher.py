@@ -68,7 +68,7 @@ def _start(request: TaskStart) -> tuple[int, OutputCapture | None]:
     """Folders, config file and the task process: its pid, and the capture of its output when it
     writes through pipes (`request.order`). OSError or ValueError on failure."""
     make_task_folders(request.work_dir, request.folders, request.config_file, request.config)
-    os.chdir(request.work_dir)  # inherited by the spawn; the daemon sends absolute paths only
+    os.chdir(request.cwd or request.work_dir)  # inherited by the spawn; paths are absolute
     stdout: str | int = request.stdout
     stderr: str | int = request.stderr
     capture = None

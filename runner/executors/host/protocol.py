@@ -7,7 +7,7 @@ imports nothing of localjobs.
 The wire format is one JSON object per message (a datagram never splits or joins them):
 
   daemon -> launcher  StartRequest  {"id", "argv", "env", "work_dir", "folders", "config_file",
-                                     "config", "stdout", "stderr", "exit_file", "order"}
+                                     "config", "stdout", "stderr", "exit_file", "order", "cwd"}
                       StopRequest   {"stop": pid, "start_ticks", "grace_s"}: SIGTERM to the task's
                                     whole tree, SIGKILL after grace_s (no answer)
   launcher -> daemon  StartedReply  {"id", "pid", "start_ticks"}, with a pidfd of the process
@@ -78,8 +78,8 @@ class LauncherArgs:
 @dataclass(frozen=True, slots=True)
 class TaskStart:
     """What to start: make the task's folders and config file, then start `argv` in a new
-    session, in `work_dir`, with `env`, stdin /dev/null and stdout/stderr appended to files
-    (through the launcher's pipes when `order` is given)."""
+    session, in `cwd` (empty: `work_dir`, the task's folder), with `env`, stdin /dev/null and
+    stdout/stderr appended to files (through the launcher's pipes when `order` is given)."""
 
     argv: list[str]
     env: dict[str, str]
@@ -93,6 +93,7 @@ class TaskStart:
     # Where the launcher records the order of the task's output (capture.py), the task writing
     # through pipes to it; empty: the task writes to the output files itself.
     order: str = ""
+    cwd: str = ""
 
     @property
     def marker(self) -> str | None:
@@ -120,6 +121,7 @@ class StartRequest:
                 "stderr": task.stderr,
                 "exit_file": task.exit_file,
                 "order": task.order,
+                "cwd": task.cwd,
                 "id": self.id,
             }
         )
@@ -157,6 +159,7 @@ def decode_request(data: bytes) -> StartRequest | StopRequest:
             stderr=_string(message["stderr"]),
             exit_file=_string(message["exit_file"]),
             order=_string(message.get("order", "")),
+            cwd=_string(message.get("cwd", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadMessage(f"bad start request: {exc!r}", request_id) from exc
