@@ -25,14 +25,11 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 def dumps(value: Any) -> str:
     """Compact JSON text."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return _COMPACT.encode(value)
+    return dumps_bytes(value).decode()
 
 
 def dumps_bytes(value: Any) -> bytes:
-    """Compact JSON as UTF-8 bytes."""
+    """Compact JSON as UTF-8 bytes (the fallback's text is ASCII: `json` escapes the rest)."""
     try:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:
