@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from runner.clock import Clock
-from runner.executors.base import TaskPaths
+from runner.executors.base import OutputNews, TaskPaths
 from runner.file_events import FileEvents
 from runner.models import LogAppend, LogProgress, OutputChunk
 from runner.output_chunks import CHUNK_BYTES, into_chunks
@@ -69,8 +69,10 @@ class OutputCollector:
         max_task_bytes: int = 0,
         on_stored: Callable[[int], None] = lambda job_pk: None,
         file_events: FileEvents | None = None,
+        news: OutputNews | None = None,
     ) -> None:
         self._store = store
+        self._news = news
         self._file_events = file_events
         self._watch: int | None = None
         self._changed: asyncio.Event | None = None  # set by a write to the task's folder
@@ -91,9 +93,11 @@ class OutputCollector:
             StreamFile("stdout", paths.stdout_file, progress.stdout),
             StreamFile("stderr", paths.stderr_file, progress.stderr),
         ]
-        # Present from the start when the launcher captures the task's output through pipes.
+        # Present from the start when the launcher captures the task's output through pipes
+        # (always, when it tells of the output: no stat needed then).
         order_file = paths.order_file
-        self._order = OrderFile(order_file, progress.order) if os.path.exists(order_file) else None
+        ordered = news is not None or os.path.exists(order_file)
+        self._order = OrderFile(order_file, progress.order) if ordered else None
         self._poll_max_s = poll_max_s
         self._stopped = asyncio.Event()
         self._gone = False
@@ -101,12 +105,27 @@ class OutputCollector:
         self._since = time.monotonic()
         self._unstored: StorageUnavailable | None = None  # why the last lines read are not stored
         self._task: asyncio.Task[None] | None = None
-        self._first_poll: asyncio.TimerHandle | None = None
+        self._first_poll: asyncio.Handle | None = None
 
     def start(self) -> None:
-        # The polling task begins with the first poll: most short tasks end before it is due,
-        # and then finish() alone stores their output.
-        self._first_poll = asyncio.get_running_loop().call_later(_POLL_MIN_S, self._begin_polling)
+        loop = asyncio.get_running_loop()
+        news = self._news
+        if news is None:
+            # The polling task begins with the first poll: most short tasks end before it is
+            # due, and then finish() alone stores their output.
+            self._first_poll = loop.call_later(_POLL_MIN_S, self._begin_polling)
+        elif news.written.done():
+            self._first_poll = loop.call_soon(self._on_written)
+        else:
+            news.written.add_done_callback(self._on_written)
+
+    def _on_written(self, _: object = None) -> None:
+        """The task's first output is in its files, or the launcher went away: follow them,
+        unless the task has ended with its files' end told (finish() then reads to there)."""
+        self._first_poll = None
+        news = self._news
+        if news is None or news.end is None:
+            self._begin_polling()
 
     def _begin_polling(self) -> None:
         self._first_poll = None
@@ -156,14 +175,32 @@ class OutputCollector:
             self._changed.set()
         if self._first_poll is not None:
             self._first_poll.cancel()
+        if self._news is not None:
+            self._news.written.remove_done_callback(self._on_written)
         if self._task is not None:
             await self._task
         if self._watch is not None and self._file_events is not None:
             self._file_events.unwatch(self._watch)
             self._watch = None
-        while await self.drain(final=True):
-            pass
+        if not self._all_stored():
+            while await self.drain(final=True):
+                pass
         await self._tell_of_outages()
+
+    def _all_stored(self) -> bool:
+        """Whether what the launcher told of the files' ends is already stored: then no read is
+        needed (a task that printed nothing, or whose output was all followed)."""
+        end = self._news.end if self._news is not None else None
+        if end is None or self._order is None:
+            return False
+        stdout, stderr = self._streams
+        return (
+            not stdout.pending
+            and not stderr.pending
+            and stdout.next == stdout.offset == end.stdout
+            and stderr.next == stderr.offset == end.stderr
+            and self._order.next == self._order.offset == end.order
+        )
 
     async def _tell_of_outages(self) -> None:
         if self._gone:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from runner.allocation import Allocator
 from runner.clock import Clock
 from runner.errors import NotFound
-from runner.executors.base import ExecutorError, ExitStatus, Workload
+from runner.executors.base import ExecutorError, ExitStatus, OutputNews, Workload
 from runner.executors.registry import ExecutorRegistry
 from runner.file_events import FileEvents
 from runner.launching import RunTask, launch_of
@@ -245,8 +245,9 @@ class StepRun:
             self._control(workload.stop(self.stop_grace_s))
         elif self.pause_requested:
             self._control(self._pause())
+        news = workload.output_news() if len(tasks) == 1 else None
         collectors = [
-            self._collector(step, task, progress.get(task.pk, LogProgress()), masked) for task in tasks
+            self._collector(step, task, progress.get(task.pk, LogProgress()), masked, news) for task in tasks
         ]
         for collector in collectors:
             collector.start()
@@ -274,7 +275,12 @@ class StepRun:
                 await workload.release()
 
     def _collector(
-        self, step: StepRecord, task: RunTask, progress: LogProgress, masked: list[str]
+        self,
+        step: StepRecord,
+        task: RunTask,
+        progress: LogProgress,
+        masked: list[str],
+        news: OutputNews | None = None,
     ) -> OutputCollector:
         parts = self._parts
         return OutputCollector(
@@ -288,6 +294,7 @@ class StepRun:
             max_task_bytes=parts.settings.log_max_bytes_per_task,
             on_stored=parts.log_signal.notify,
             file_events=parts.file_events,
+            news=news,
         )
 
     async def _finish(

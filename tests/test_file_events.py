@@ -80,6 +80,33 @@ async def test_a_line_is_read_when_printed_with_every_timer_far_away(
         await api.wait_job("quiet", timeout_s=30)
 
 
+async def test_a_task_that_prints_nothing_is_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher tells the daemon of a task's first output and, with its end, where its
+    files end: a quiet task's files are neither followed nor read at its end."""
+    reads = 0
+    drain = logs.OutputCollector.drain
+
+    async def counted(self: logs.OutputCollector, final: bool) -> int:
+        nonlocal reads
+        reads += 1
+        return await drain(self, final)
+
+    monkeypatch.setattr(logs.OutputCollector, "drain", counted)
+    async with running_server(tmp_path) as srv, api_for(srv) as api:
+        await api.create_job([shell("main", "sleep 0.5; exit 4")], name="quiet")
+        job = await api.wait_job("quiet", timeout_s=30)
+        assert (job["status"], job["error_details"]["exit_code"]) == ("error", 4)
+        assert reads == 0
+        assert await api.logs("quiet") == []
+        # Output after a quiet spell, and an unfinished last line, are all stored.
+        await api.create_job([shell("main", "sleep 0.5; echo late; printf 'no end'")], name="late")
+        assert (await api.wait_job("late", timeout_s=30))["status"] == "completed"
+        assert await api.logs("late") == ["late", "no end"]
+        assert reads >= 1
+
+
 async def test_a_watch_shared_by_two_collectors_lasts_until_both_let_go(tmp_path: Path) -> None:
     events = FileEvents()
     try:

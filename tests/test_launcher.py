@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import signal
 import socket
@@ -14,9 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from runner.executors.base import OutputEnd
 from runner.executors.host.exits import ExitWatcher
 from runner.executors.host.launcher_client import LauncherClient
-from runner.executors.host.protocol import StartRequest, TaskStart
+from runner.executors.host.protocol import BadMessage, Exited, StartRequest, TaskStart, Wrote, decode_report
 from tests.conftest import Api, shell, step
 from tests.daemon_process import launchers_of
 from tests.helpers import pid_alive, until
@@ -79,6 +82,45 @@ async def test_the_environment_reaches_the_task_byte_for_byte(tmp_path: Path) ->
             assert (tmp_path / name / "value").read_bytes() == os.fsencode(value)
 
 
+async def test_the_launcher_tells_of_a_tasks_first_output_and_where_its_files_end(
+    tmp_path: Path,
+) -> None:
+    """The daemon follows a task's files only once told that it wrote something, and skips
+    reading them at the end when it has stored up to where they end."""
+    async with _client(tmp_path) as client:
+        for name, script, sizes in (
+            ("chatty", "printf 'a\\n'; sleep 0.2; printf 'bb' >&2; printf 'c\\n'", (4, 2)),
+            ("silent", "sleep 0.2; exit 5", (0, 0)),
+        ):
+            folder = tmp_path / name
+            request = dataclasses.replace(
+                _request(folder, ["/bin/sh", "-c", script]), order=f"{folder}/output.order"
+            )
+            started = await client.start(request)
+            os.close(started.pidfd)
+            exited_when_told: list[bool] = []
+            exited = started.exited
+            started.output.written.add_done_callback(
+                lambda _, told=exited_when_told, exited=exited: told.append(exited.done())
+            )
+            await asyncio.wait_for(started.exited, 30)
+            await asyncio.sleep(0)  # done callbacks run soon after, not at once
+            # Told of output before the end, or (nothing printed) only with the end.
+            assert exited_when_told == [name == "silent"]
+            order_size = (folder / "output.order").stat().st_size
+            assert started.output.end == OutputEnd(*sizes, order_size)
+            assert (order_size > 0) == (name == "chatty")
+            assert (folder / "stdout.log").stat().st_size == sizes[0]
+
+
+def test_output_news_round_trips_and_bad_sizes_are_refused() -> None:
+    for message in (Wrote(12, 34), Exited(12, None, 3, (1, 2, 3)), Exited(12, 34, 0)):
+        assert decode_report(message.encode()) == message
+    for bad in ([1, 2], [1, -2, 3], [1, 2, "3"], "123", [True, 2, 3]):
+        with pytest.raises(BadMessage):
+            decode_report(json.dumps({"exited": 12, "start_ticks": 34, "code": 0, "output": bad}).encode())
+
+
 async def test_an_idle_launcher_leaves_and_the_next_start_brings_a_new_one(tmp_path: Path) -> None:
     go = tmp_path / "go"
     async with _client(tmp_path, idle_s=0.2) as client:
@@ -108,7 +150,7 @@ async def test_a_failed_start_is_the_step_error(api: Api) -> None:
 async def test_steps_go_on_when_the_launcher_is_killed(api: Api) -> None:
     # The task ends only once its launcher is gone (a fixed sleep had to outlast killing it).
     wait = 'i=0; while [ ! -e "$NEMO_JOB_PERSISTENT_JOB_STORAGE_PATH/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done'
-    await api.create_job([shell("main", f"{wait}; exit 3")], name="running")
+    await api.create_job([shell("main", f"echo before; {wait}; exit 3")], name="running")
     await api.wait_job("running", {"active"})
     _, s = await api.request("GET", "/jobs/running/steps/main")
     storage = Path(s["status_details"]["subprocess_work_dir"]).parent.parent / "job-storage"
@@ -120,6 +162,7 @@ async def test_steps_go_on_when_the_launcher_is_killed(api: Api) -> None:
     job = await api.wait_job("running")
     assert job["status"] == "error"
     assert "launcher" in job["error_details"]["message"]
+    assert await api.logs("running") == ["before"]  # what it printed while the launcher ran
     # The next step gets a new launcher.
     await api.create_job([shell("main", "exit 0")], name="after")
     assert (await api.wait_job("after"))["status"] == "completed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from dataclasses import dataclass
@@ -217,6 +218,29 @@ class ExitStatus:
         return details
 
 
+@dataclass(frozen=True, slots=True)
+class OutputEnd:
+    """Where a task's stdout, stderr and order files end, as the process that wrote them (the
+    launcher) left them when the task ended."""
+
+    stdout: int
+    stderr: int
+    order: int
+
+
+class OutputNews:
+    """What the process capturing a task's output tells of it: when the task first wrote
+    something (`written` done; also when that process went away, so that the files are then
+    watched as they would be without it), and, with its end, where the files end (`end`).
+    A task that prints nothing then costs its output collector nothing (runner/logs.py)."""
+
+    __slots__ = ("end", "written")
+
+    def __init__(self, written: asyncio.Future[None]) -> None:
+        self.written = written
+        self.end: OutputEnd | None = None
+
+
 class Workload(Protocol):
     """A started step. `handle` is stored so that a restarted daemon can find the workload again."""
 
@@ -229,6 +253,10 @@ class Workload(Protocol):
         ...
 
     async def wait(self) -> ExitStatus: ...
+
+    def output_news(self) -> OutputNews | None:
+        """News of its (single) task's output files, or None: nobody tells, they are watched."""
+        ...
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM (or docker stop), then SIGKILL after `grace_s`; returns once it is gone."""

@@ -12,7 +12,7 @@ import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
 
-from runner.executors.base import ContainerHandle, ExitStatus, TaskPaths
+from runner.executors.base import ContainerHandle, ExitStatus, OutputNews, TaskPaths
 from runner.executors.docker_output import ContainerOutput
 
 API_TIMEOUT_S = 60.0
@@ -71,6 +71,9 @@ class DockerWorkload:
 
     async def wait(self) -> ExitStatus:
         return await asyncio.shield(self._exit)
+
+    def output_news(self) -> OutputNews | None:
+        return None  # its output comes from the engine's stream, not from files
 
     async def stop(self, grace_s: float) -> None:
         # Always thaw first (an adopted container may be paused without this daemon knowing):

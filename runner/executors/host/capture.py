@@ -46,6 +46,8 @@ class OutputCapture:
         self._sizes = [os.fstat(fd).st_size for fd in self._files]
         self._order = os.open(order_path, _FILE_FLAGS, 0o600)
         self._order_size = os.fstat(self._order).st_size
+        self._order_start = self._order_size
+        self._first_told = False  # whether the daemon was told that output came
         self._streams = {read_ends[0]: 0, read_ends[1]: 1}
         # Read from a pipe but not yet in its file (the disk is full): the pipe is not read
         # meanwhile, so the task waits on its writes rather than losing them.
@@ -54,6 +56,19 @@ class OutputCapture:
     @property
     def read_ends(self) -> list[int]:
         return list(self._streams)
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """The stdout, stderr and order files' sizes: where they end once the task has ended."""
+        return self._sizes[0], self._sizes[1], self._order_size
+
+    def first_output(self) -> bool:
+        """True once, when the order file first has a record: the daemon is then told, and
+        follows the files from there (a task that prints nothing costs it nothing)."""
+        if self._first_told or self._order_size == self._order_start:
+            return False
+        self._first_told = True
+        return True
 
     def holds(self, fd: int) -> bool:
         return fd in self._held

@@ -53,6 +53,7 @@ from runner.executors.host.protocol import (
     StartFailed,
     StartRequest,
     TaskStart,
+    Wrote,
     decode_request,
 )
 from runner.executors.host.spawn import spawn_in_new_session
@@ -125,6 +126,7 @@ class Launcher:
         self.leftovers = leftovers
         self.selector = selector
         self.captures: dict[int, OutputCapture] = {}  # by task pid, while it runs
+        self.owners: dict[OutputCapture, tuple[int, int | None]] = {}  # pid and start ticks
         self.held: set[OutputCapture] = set()  # with output a full disk did not take
         # Ended tasks whose exit is told once their held output is written (or the bound passes):
         # the daemon stores a task's output up to its end, and then no more.
@@ -162,6 +164,8 @@ class Launcher:
         # Before any reaping: the pid and the pidfd are surely this process's.
         ticks = start_ticks(pid)
         self.exit_files[pid] = (request.task.exit_file, ticks)
+        if capture is not None:
+            self.owners[capture] = (pid, ticks)
         if self.leftovers is not None:
             self.leftovers.started(pid, ticks, request.task.marker)
         reply = StartedReply(request.id, pid, ticks).encode()
@@ -221,7 +225,7 @@ class Launcher:
             self.deferred[pid] = (ticks, code, time.monotonic() + _HELD_AT_END_S)
             return
         self.ending.pop(pid, None)
-        self.tell(Exited(pid, ticks, code))
+        self._tell_ended(pid, ticks, code, capture)
 
     def _tell_deferred(self) -> None:
         for pid, (ticks, code, deadline) in list(self.deferred.items()):
@@ -230,13 +234,26 @@ class Launcher:
                 continue
             self._read_last(capture)  # what waited in the pipe behind the held output
             del self.deferred[pid], self.ending[pid]
-            self.tell(Exited(pid, ticks, code))
+            self._tell_ended(pid, ticks, code, capture)
+
+    def _tell_ended(self, pid: int, ticks: int | None, code: int, capture: OutputCapture | None) -> None:
+        output = None
+        if capture is not None:
+            output = capture.sizes
+            self.owners.pop(capture, None)
+        self.tell(Exited(pid, ticks, code, output))
+
+    def _tell_first_output(self, capture: OutputCapture) -> None:
+        owner = self.owners.get(capture)
+        if owner is not None and capture.first_output():
+            self.tell(Wrote(*owner))
 
     def read(self, fd: int, capture: OutputCapture) -> None:
         if (not capture.read(fd) or capture.holds(fd)) and self.selector is not None:
             self.selector.unregister(fd)
         if capture.holds(fd):
             self.held.add(capture)
+        self._tell_first_output(capture)
 
     def write_held(self) -> None:
         """Output held for a full disk: written once there is space, its pipes read again."""
@@ -247,6 +264,7 @@ class Launcher:
                     selector.register(fd, selectors.EVENT_READ, capture)
             if not any(capture.holds(fd) for fd in capture.read_ends):
                 self.held.discard(capture)
+            self._tell_first_output(capture)
 
     def _read_last(self, capture: OutputCapture) -> None:
         """What the ended task's pipes hold; they stay watched while what it left holds them
@@ -273,7 +291,7 @@ class Launcher:
         except OSError:
             pass  # its folder was removed: the daemon hears the status from the message, or never
 
-    def tell(self, message: StartFailed | Exited | Idle) -> None:
+    def tell(self, message: StartFailed | Wrote | Exited | Idle) -> None:
         if self.sock is None:
             return
         try:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.executors.base import ExecutorError
+from runner.executors.base import ExecutorError, OutputEnd, OutputNews
 from runner.executors.host import launcher as launcher_module
 from runner.executors.host.exits import ExitWatcher
 from runner.executors.host.protocol import (
@@ -39,6 +39,7 @@ from runner.executors.host.protocol import (
     StartRequest,
     StopRequest,
     TaskStart,
+    Wrote,
     decode_report,
 )
 from storage import json_text
@@ -80,15 +81,28 @@ def _send_error(exc: OSError) -> Exception:
 
 class Launched:
     """A task the launcher started. `exited` gets its exit status (as a shell reports it), or
-    None if the launcher went away first: the pidfd (owned by the receiver) then tells the end."""
+    None if the launcher went away first: the pidfd (owned by the receiver) then tells the end.
+    `output`: what the launcher tells of the task's output as it captures it."""
 
-    __slots__ = ("exited", "pid", "pidfd", "start_ticks")
+    __slots__ = ("exited", "output", "pid", "pidfd", "start_ticks")
 
-    def __init__(self, pid: int, start_ticks: int | None, pidfd: int, exited: asyncio.Future[int | None]):
+    def __init__(self, pid: int, start_ticks: int | None, pidfd: int, loop: asyncio.AbstractEventLoop):
         self.pid = pid
         self.start_ticks = start_ticks
         self.pidfd = pidfd
-        self.exited = exited
+        self.exited: asyncio.Future[int | None] = loop.create_future()
+        self.output = OutputNews(loop.create_future())
+
+    def tell_written(self) -> None:
+        if not self.output.written.done():
+            self.output.written.set_result(None)
+
+    def tell_exited(self, code: int | None, output: tuple[int, int, int] | None) -> None:
+        if output is not None:
+            self.output.end = OutputEnd(*output)
+        if not self.exited.done():
+            self.exited.set_result(code)
+        self.tell_written()  # nothing waits for it any more
 
 
 class LauncherClient:
@@ -119,7 +133,7 @@ class LauncherClient:
         self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
         # By pid and start ticks: a task is told ended only once its leftovers are gone, by
         # which time the launcher may have started another under the same pid.
-        self._running: dict[tuple[int, int | None], asyncio.Future[int | None]] = {}
+        self._running: dict[tuple[int, int | None], Launched] = {}
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -290,10 +304,14 @@ class LauncherClient:
                 if not (self._answers or self._unanswered or self._running or self._outbox):
                     self._lost(sock, "idle", quietly=True)
                     return
+            elif isinstance(message, Wrote):
+                running = self._running.get((message.pid, message.start_ticks))
+                if running is not None:
+                    running.tell_written()
             elif isinstance(message, Exited):
                 ended = self._running.pop((message.pid, message.start_ticks), None)
-                if ended is not None and not ended.done():
-                    ended.set_result(message.code)
+                if ended is not None:
+                    ended.tell_exited(message.code, message.output)
             else:
                 self._on_answer(message, fds)
 
@@ -318,9 +336,9 @@ class LauncherClient:
             error = answer.error if isinstance(answer, StartFailed) else "no pidfd"
             waiting.set_exception(ExecutorError(f"Failed to start subprocess: {error}"))
             return
-        exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._running[(started.pid, started.start_ticks)] = exited
-        waiting.set_result(Launched(started.pid, started.start_ticks, fds[0], exited))
+        launched = Launched(started.pid, started.start_ticks, fds[0], asyncio.get_running_loop())
+        self._running[(started.pid, started.start_ticks)] = launched
+        waiting.set_result(launched)
 
     def _answered(self, request_id: int) -> None:
         self._unanswered.discard(request_id)
@@ -344,8 +362,7 @@ class LauncherClient:
                 waiting.set_exception(ExecutorError(f"Failed to start subprocess: {why}"))
         running, self._running = self._running, {}
         for ended in running.values():
-            if not ended.done():
-                ended.set_result(None)
+            ended.tell_exited(None, None)  # its pidfd tells the end now, its files its output
         if not self._closed and not quietly:
             log.warning("%s; a new one starts with the next step", why)
 

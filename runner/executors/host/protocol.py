@@ -13,8 +13,12 @@ The wire format is one JSON object per message (a datagram never splits or joins
   launcher -> daemon  StartedReply  {"id", "pid", "start_ticks"}, with a pidfd of the process
                                     attached (SCM_RIGHTS: no pid-reuse race)
                       StartFailed   {"id", "error"} (id None: the request could not be read)
-                      Exited        {"exited": pid, "start_ticks", "code"}: `code` is in the task's
-                                    exit-status file and what the task left running is gone
+                      Wrote         {"wrote": pid, "start_ticks"}: the task's first output is in its
+                                    files (once per task: the daemon follows them from then on)
+                      Exited        {"exited": pid, "start_ticks", "code", "output"}: `code` is in
+                                    the task's exit-status file and what the task left running is
+                                    gone; `output`: [stdout, stderr, order] sizes of its output
+                                    files as the launcher left them (null: it did not capture it)
                       Idle          {"idle": true}: no task and no request for IDLE seconds
 
 Exit codes are as a shell reports them (`128+S` for signal S).
@@ -191,13 +195,30 @@ class StartFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Wrote:
+    pid: int
+    start_ticks: int | None
+
+    def encode(self) -> bytes:
+        return json.dumps({"wrote": self.pid, "start_ticks": self.start_ticks}).encode()
+
+
+@dataclass(frozen=True, slots=True)
 class Exited:
     pid: int
     start_ticks: int | None
     code: int
+    # Sizes of the task's stdout, stderr and order files once the launcher is done with them.
+    output: tuple[int, int, int] | None = None
 
     def encode(self) -> bytes:
-        return json.dumps({"exited": self.pid, "start_ticks": self.start_ticks, "code": self.code}).encode()
+        message = {
+            "exited": self.pid,
+            "start_ticks": self.start_ticks,
+            "code": self.code,
+            "output": None if self.output is None else list(self.output),
+        }
+        return json.dumps(message).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,14 +227,17 @@ class Idle:
         return b'{"idle": true}'
 
 
-def decode_report(data: bytes) -> StartedReply | StartFailed | Exited | Idle:
+def decode_report(data: bytes) -> StartedReply | StartFailed | Wrote | Exited | Idle:
     """Raises BadMessage."""
     message = _object(data)
     try:
         if message.get("idle"):
             return Idle()
+        if "wrote" in message:
+            return Wrote(_int(message["wrote"]), _ticks(message))
         if "exited" in message:
-            return Exited(_int(message["exited"]), _ticks(message), _int(message["code"]))
+            output = _sizes(message.get("output"))
+            return Exited(_int(message["exited"]), _ticks(message), _int(message["code"]), output)
         if "error" in message:
             request_id = message.get("id")
             return StartFailed(request_id if isinstance(request_id, int) else None, str(message["error"]))
@@ -244,6 +268,16 @@ def _int(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise TypeError(f"not an integer: {value!r}")
+
+
+def _sizes(value: object) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 3:
+        stdout, stderr, order = (_int(item) for item in value)
+        if min(stdout, stderr, order) >= 0:
+            return stdout, stderr, order
+    raise TypeError(f"not three sizes: {value!r}")
 
 
 def _float(value: object) -> float:

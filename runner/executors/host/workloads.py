@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from runner.executors.base import ExitStatus, HostHandle
+from runner.executors.base import ExitStatus, HostHandle, OutputNews
 from runner.executors.host.exits import ExitWatcher, ProcessWatch, exit_file_within, read_exit_file
 from runner.executors.host.launcher_client import Launched, LauncherClient, signal_task_group
 from runner.executors.host.leftovers import GIVE_UP_S
@@ -70,6 +70,9 @@ class HostTask:
         self._leftovers = leftovers
         self._stop_deadline: float | None = None  # loop time, once a stop is under way
         self._final: asyncio.Future[ExitStatus] | None = None
+
+    def output_news(self) -> OutputNews | None:
+        return None  # its files are watched (started by the daemon itself, or adopted)
 
     # ------------------------------------------------------------------ each way its own
 
@@ -202,6 +205,9 @@ class LaunchedTask(HostTask):
         self._exit_file = exit_file
         self._watcher = watcher
         self._watch: ProcessWatch | None = None  # only once the launcher went away first
+
+    def output_news(self) -> OutputNews | None:
+        return self._launched.output
 
     def _ended(self) -> bool:
         if self._watch is not None:
