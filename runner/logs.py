@@ -8,7 +8,9 @@ the task's own files is given back to the file system (they are the intake, not 
 While the task runs the files are read when they change (inotify on the task's folder,
 runner/file_events.py: a quiet task costs nothing, a printed line is read at once, a chatty one
 every 10 ms at most), or, without inotify, with a short adaptive interval (at most `poll_max_s`
-later when it is quiet); once it exits they are drained to the end.
+later when it is quiet); once it exits they are drained to the end. A task the launcher started
+is followed only once the launcher tells of its first output (`OutputNews`), and its files are
+not read again at its end when what is stored already ends where the launcher says they end.
 
 When the store cannot take lines (a full disk, a lock held elsewhere), they stay in the file and
 are tried again at the next read, so nothing is lost to a spell that ends while the task runs;

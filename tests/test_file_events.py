@@ -88,9 +88,12 @@ async def test_a_task_that_prints_nothing_is_never_read(
     reads = 0
     drain = logs.OutputCollector.drain
 
+    finals = 0
+
     async def counted(self: logs.OutputCollector, final: bool) -> int:
-        nonlocal reads
+        nonlocal reads, finals
         reads += 1
+        finals += final
         return await drain(self, final)
 
     monkeypatch.setattr(logs.OutputCollector, "drain", counted)
@@ -105,6 +108,17 @@ async def test_a_task_that_prints_nothing_is_never_read(
         assert (await api.wait_job("late", timeout_s=30))["status"] == "completed"
         assert await api.logs("late") == ["late", "no end"]
         assert reads >= 1
+        # Followed up to where its files end: not read again at its end.
+        gate = tmp_path / "go"
+        await api.create_job(
+            [shell("main", f"echo one; while [ ! -e {gate} ]; do sleep 0.02; done")], name="followed"
+        )
+        await api.logs_until("followed", lambda lines: lines == ["one"], "the followed line")
+        final_reads = finals
+        gate.touch()
+        assert (await api.wait_job("followed", timeout_s=30))["status"] == "completed"
+        assert finals == final_reads
+        assert await api.logs("followed") == ["one"]
 
 
 async def test_a_watch_shared_by_two_collectors_lasts_until_both_let_go(tmp_path: Path) -> None:

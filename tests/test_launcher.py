@@ -88,9 +88,11 @@ async def test_the_launcher_tells_of_a_tasks_first_output_and_where_its_files_en
     """The daemon follows a task's files only once told that it wrote something, and skips
     reading them at the end when it has stored up to where they end."""
     async with _client(tmp_path) as client:
+        gate = tmp_path / "go"
+        wait = f'while [ ! -e "{gate}" ]; do sleep 0.01; done'
         for name, script, sizes in (
-            ("chatty", "printf 'a\\n'; sleep 0.2; printf 'bb' >&2; printf 'c\\n'", (4, 2)),
-            ("silent", "sleep 0.2; exit 5", (0, 0)),
+            ("chatty", f"printf 'a\\n'; {wait}; printf 'bb' >&2; printf 'c\\n'", (4, 2)),
+            ("silent", f"{wait}; exit 5", (0, 0)),
         ):
             folder = tmp_path / name
             request = dataclasses.replace(
@@ -103,6 +105,9 @@ async def test_the_launcher_tells_of_a_tasks_first_output_and_where_its_files_en
             started.output.written.add_done_callback(
                 lambda _, told=exited_when_told, exited=exited: told.append(exited.done())
             )
+            if name == "chatty":
+                await asyncio.wait_for(asyncio.shield(started.output.written), 30)
+            gate.touch()
             await asyncio.wait_for(started.exited, 30)
             await asyncio.sleep(0)  # done callbacks run soon after, not at once
             # Told of output before the end, or (nothing printed) only with the end.
@@ -154,6 +159,7 @@ async def test_steps_go_on_when_the_launcher_is_killed(api: Api) -> None:
     await api.wait_job("running", {"active"})
     _, s = await api.request("GET", "/jobs/running/steps/main")
     storage = Path(s["status_details"]["subprocess_work_dir"]).parent.parent / "job-storage"
+    await api.logs_until("running", lambda lines: lines == ["before"], "followed from the launcher's word")
     (launcher,) = _launchers()
     launcher.send_signal(signal.SIGKILL)
     launcher.wait(10)

@@ -11,7 +11,9 @@ message out and one back, of an end one message in.
 Run as `python -S -P -m runner.executors.host.launcher FD IDLE [GRACE]` (protocol.LauncherArgs),
 FD being its end of a SOCK_SEQPACKET pair over which it speaks protocol.py; standard library only
 (no site, no pydantic), so it starts in tens of milliseconds. It answers each StartRequest with
-StartedReply (and the pidfd) or StartFailed, reports each task's end with Exited, takes
+StartedReply (and the pidfd) or StartFailed, tells of each task's first output with Wrote (the
+daemon follows its files only from then on) and of its end with Exited (with where its output
+files end, so the daemon need not read them again when it has stored up to there), takes
 StopRequests, and says Idle after IDLE seconds with no task and no request: the daemon then
 closes its end if it has nothing in flight, and the launcher exits (an idle daemon holds no
 launcher: ~12 MB less).
@@ -221,6 +223,10 @@ class Launcher:
 
     def _tell_exit(self, pid: int, ticks: int | None, code: int) -> None:
         capture = self.ending.get(pid)
+        if capture is not None:
+            # What the last leftovers printed as they ended is in the files (and in the sizes
+            # told) before the end is told.
+            self._read_last(capture)
         if capture is not None and capture.holding:
             self.deferred[pid] = (ticks, code, time.monotonic() + _HELD_AT_END_S)
             return
@@ -279,6 +285,7 @@ class Launcher:
                     self.selector.unregister(fd)
         if capture.holding:
             self.held.add(capture)
+        self._tell_first_output(capture)  # a task whose first output is read only now
 
     @staticmethod
     def _record(path: str, code: int) -> None:
