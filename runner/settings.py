@@ -121,8 +121,9 @@ class Settings:
     def db_path(self) -> Path:
         return self.data_dir / "localjobs.db"
 
-    @property
+    @functools.cached_property
     def work_dir(self) -> Path:
+        # Once: every task's paths are built from it (one Path, whose text pathlib caches).
         return self.data_dir / "work"
 
     @property

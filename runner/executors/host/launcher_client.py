@@ -292,7 +292,7 @@ class LauncherClient:
                 self._lost(sock, "the task launcher stopped")
                 return
             try:
-                message = decode_report(data)
+                message = decode_report(data, json_text.loads)
             except BadMessage as exc:  # (never expected) a launcher not speaking our protocol
                 for fd in fds:
                     os.close(fd)

@@ -227,9 +227,12 @@ class Idle:
         return b'{"idle": true}'
 
 
-def decode_report(data: bytes) -> StartedReply | StartFailed | Wrote | Exited | Idle:
-    """Raises BadMessage."""
-    message = _object(data)
+def decode_report(
+    data: bytes, loads: Callable[[bytes], object] = json.loads
+) -> StartedReply | StartFailed | Wrote | Exited | Idle:
+    """Raises BadMessage. `loads`: the daemon passes a compiled parser (storage/json_text.py:
+    the standard library's took ~6% of its event loop's time for `true` jobs)."""
+    message = _object(data, loads)
     try:
         if message.get("idle"):
             return Idle()
@@ -249,9 +252,9 @@ def decode_report(data: bytes) -> StartedReply | StartFailed | Wrote | Exited | 
 # ------------------------------------------------------------------ inside
 
 
-def _object(data: bytes) -> dict[str, object]:
+def _object(data: bytes, loads: Callable[[bytes], object] = json.loads) -> dict[str, object]:
     try:
-        message = json.loads(data)
+        message = loads(data)
     except ValueError as exc:
         raise BadMessage(f"not JSON: {exc}") from exc
     if not isinstance(message, dict):
