@@ -85,10 +85,8 @@ async def test_a_task_that_prints_nothing_is_never_read(
 ) -> None:
     """The launcher tells the daemon of a task's first output and, with its end, where its
     files end: a quiet task's files are neither followed nor read at its end."""
-    reads = 0
+    reads = finals = 0
     drain = logs.OutputCollector.drain
-
-    finals = 0
 
     async def counted(self: logs.OutputCollector, final: bool) -> int:
         nonlocal reads, finals

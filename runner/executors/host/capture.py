@@ -48,6 +48,7 @@ class OutputCapture:
         self._order_size = os.fstat(self._order).st_size
         self._order_start = self._order_size
         self._first_told = False  # whether the daemon was told that output came
+        self.owner: tuple[int, int | None] | None = None  # the task's pid and start ticks, once started
         self._streams = {read_ends[0]: 0, read_ends[1]: 1}
         # Read from a pipe but not yet in its file (the disk is full): the pipe is not read
         # meanwhile, so the task waits on its writes rather than losing them.

@@ -128,7 +128,6 @@ class Launcher:
         self.leftovers = leftovers
         self.selector = selector
         self.captures: dict[int, OutputCapture] = {}  # by task pid, while it runs
-        self.owners: dict[OutputCapture, tuple[int, int | None]] = {}  # pid and start ticks
         self.held: set[OutputCapture] = set()  # with output a full disk did not take
         # Ended tasks whose exit is told once their held output is written (or the bound passes):
         # the daemon stores a task's output up to its end, and then no more.
@@ -167,7 +166,7 @@ class Launcher:
         ticks = start_ticks(pid)
         self.exit_files[pid] = (request.task.exit_file, ticks)
         if capture is not None:
-            self.owners[capture] = (pid, ticks)
+            capture.owner = (pid, ticks)
         if self.leftovers is not None:
             self.leftovers.started(pid, ticks, request.task.marker)
         reply = StartedReply(request.id, pid, ticks).encode()
@@ -243,14 +242,10 @@ class Launcher:
             self._tell_ended(pid, ticks, code, capture)
 
     def _tell_ended(self, pid: int, ticks: int | None, code: int, capture: OutputCapture | None) -> None:
-        output = None
-        if capture is not None:
-            output = capture.sizes
-            self.owners.pop(capture, None)
-        self.tell(Exited(pid, ticks, code, output))
+        self.tell(Exited(pid, ticks, code, None if capture is None else capture.sizes))
 
     def _tell_first_output(self, capture: OutputCapture) -> None:
-        owner = self.owners.get(capture)
+        owner = capture.owner
         if owner is not None and capture.first_output():
             self.tell(Wrote(*owner))
 
