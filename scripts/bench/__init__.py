@@ -29,9 +29,12 @@ store:
     `date +%s%N`, so the workload itself prints the wall-clock instant it started (read back via the
     logs API) and that is compared with the instant the POST was sent;
   * end-to-end time for N one-step `true` jobs (first POST sent -> all N jobs `completed`), with the
-    submit latency under that load; then, in the same run, the physical floor: N `true` processes
-    spawned straight from Python (same concurrency as the daemon's max_running_steps, own session,
-    output to files), and RSS after the run;
+    submit latency under that load (`--concurrency` POSTs in flight); then the same N jobs
+    submitted one POST at a time (each sent once the one before is answered: #13's shape); then,
+    in the same run, the physical floor: N `true` processes spawned straight from Python (same
+    concurrency as the daemon's max_running_steps, own session, output to files), Debian's
+    task-spooler if installed (N `tsp true` one after another, then `tsp -w`), and RSS after
+    the run;
 
 and, on a store pre-filled with S steps (written before the daemon starts), List Steps latency for
 first / filtered / per-job / deep pages under several sorts (the store is written through

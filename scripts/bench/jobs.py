@@ -82,7 +82,26 @@ async def phase_end_to_end(
     session: aiohttp.ClientSession, base: str, n: int, concurrency: int, result: RunResult
 ) -> None:
     """N one-step `true` jobs, submitted `concurrency` at a time: first POST -> all completed."""
-    workspace = "bench-e2e"
+    await _jobs_end_to_end(session, base, "bench-e2e", n, concurrency, result, "")
+
+
+async def phase_one_post_at_a_time(
+    session: aiohttp.ClientSession, base: str, n: int, result: RunResult
+) -> None:
+    """#13's own shape: N one-step `true` jobs submitted one after another by one client (each
+    POST sent once the one before is answered, none waited for), first POST -> all completed."""
+    await _jobs_end_to_end(session, base, "bench-seq", n, 1, result, "seq_")
+
+
+async def _jobs_end_to_end(
+    session: aiohttp.ClientSession,
+    base: str,
+    workspace: str,
+    n: int,
+    concurrency: int,
+    result: RunResult,
+    prefix: str,
+) -> None:
     true = shutil.which("true") or "/bin/true"
     sem = asyncio.Semaphore(concurrency)
     submit_ms: list[float] = []
@@ -104,10 +123,46 @@ async def phase_end_to_end(
         raise
     t_submitted = time.monotonic()
     t_done = await wait_all_completed(session, base, workspace, n, timeout_s=120 + n * 1.0)
-    result.values["submit_load_p50"] = pct(submit_ms, 50)
-    result.values["submit_load_p95"] = pct(submit_ms, 95)
-    result.values["submit_all_s"] = t_submitted - t_start
-    result.values["e2e_s"] = t_done - t_start
+    result.values[f"{prefix}submit_load_p50"] = pct(submit_ms, 50)
+    result.values[f"{prefix}submit_load_p95"] = pct(submit_ms, 95)
+    result.values[f"{prefix}submit_all_s"] = t_submitted - t_start
+    result.values[f"{prefix}e2e_s"] = t_done - t_start
+
+
+async def task_spooler(n: int, tmp: Path) -> float | None:
+    """Debian's task-spooler, the local peer #13 names: N `tsp true` one after another (each
+    returns once its job is queued), then `tsp -w` for the last (one slot, as installed: jobs run
+    in order). Its own server socket; its output files in `tmp`. None if tsp is not installed."""
+    tsp = shutil.which("tsp")
+    if tsp is None:
+        return None
+    env = {
+        **os.environ,
+        "TS_SOCKET": str(tmp / "tsp.socket"),
+        "TS_MAXFINISHED": str(n + 10),
+        "TS_SAVELIST": "",
+        "TMPDIR": str(tmp),
+    }
+    env.pop("TS_ONFINISH", None)
+
+    async def tsp_call(*argv: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            tsp, *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+        )
+        if await asyncio.wait_for(proc.wait(), 60) != 0:
+            raise RuntimeError(f"tsp {' '.join(argv)} failed")
+
+    true = shutil.which("true") or "/bin/true"
+    os.makedirs(tmp, exist_ok=True)
+    try:
+        t0 = time.monotonic()
+        for _ in range(n):
+            await tsp_call(true)
+        await tsp_call("-w")
+        return time.monotonic() - t0
+    finally:
+        with contextlib.suppress(Exception):
+            await tsp_call("-K")
 
 
 async def spawn_floor(n: int, argv_for: Callable[[int, Path], list[str]], tmp: Path) -> float:
@@ -183,6 +238,11 @@ async def one_run(args: argparse.Namespace, run_no: int, tmp: Path, result: RunR
                     result.values["launcher_cpu_s"] = (launcher1.user + launcher1.system) - (
                         launcher0.user + launcher0.system
                     )
+            log(f"run {run_no}: end-to-end, {args.jobs} jobs, one POST at a time")
+            cpu0 = psutil.Process(daemon.pid).cpu_times()
+            await phase_one_post_at_a_time(session, daemon.base_url, args.jobs, result)
+            cpu1 = psutil.Process(daemon.pid).cpu_times()
+            result.values["seq_daemon_cpu_s"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
             await asyncio.sleep(1.0)
             result.values["rss_after_mb"] = daemon.rss_mb()
             launcher = daemon_launcher(daemon)
@@ -196,4 +256,8 @@ async def one_run(args: argparse.Namespace, run_no: int, tmp: Path, result: RunR
             await asyncio.to_thread(quiesce_disk)  # the floor too starts from a synced disk
             await phase_floor(args.jobs, tmp, run_no, result)
             log(f"run {run_no}: floor {result.values['floor_s']:.2f}s")
+            tsp_s = await task_spooler(args.jobs, tmp / f"tsp-{run_no}")
+            if tsp_s is not None:
+                result.values["tsp_s"] = tsp_s
+                log(f"run {run_no}: task-spooler {tsp_s:.2f}s")
     # data_dir stays until the bench is over (removed with tmp): see quiesce_disk.

@@ -118,6 +118,12 @@ def report(
             r.values["e2e_s"] / r.values["floor_s"] for r in runs if {"e2e_s", "floor_s"} <= r.values.keys()
         ]
         ratio, e2e = median(ratios), m("e2e_s")
+        seq_ratios = [
+            r.values["seq_e2e_s"] / r.values["floor_s"]
+            for r in runs
+            if {"seq_e2e_s", "floor_s"} <= r.values.keys()
+        ]
+        seq_ratio = median(seq_ratios)
         per100 = e2e * 100 / n
         rss = m("rss_idle_mb")
         lines += [
@@ -150,6 +156,14 @@ def report(
             # the daemon does): the fastest floor of the set is the conservative yardstick.
             f"| Daemon / fastest floor of the set ({fmt(min(vals('floor_s')), 2)} s) "
             f"| {fmt(e2e / min(vals('floor_s')), 2)} | | <= 3 | | {verdict(e2e / min(vals('floor_s')) <= 3)} |",
+            f"| **End-to-end, {n} jobs submitted one POST at a time** (each sent once the one before is "
+            f"answered; #13's shape) (s) | **{fmt(m('seq_e2e_s'), 2)}** | {each('seq_e2e_s', 2)} | | | |",
+            f"| Daemon CPU time during that run (s) | {fmt(m('seq_daemon_cpu_s'), 2)} "
+            f"| {each('seq_daemon_cpu_s', 2)} | | | |",
+            f"| **Daemon / floor, one POST at a time** | **{fmt(seq_ratio, 2)}** "
+            f"| {', '.join(fmt(x, 2) for x in seq_ratios)} | <= 3 | | {verdict(seq_ratio <= 3)} |",
+            f"| task-spooler: {n} `tsp true` one after another, then `tsp -w` (s); localjobs one POST at a "
+            f"time / tsp | {fmt(m('tsp_s'), 2)} | {each('tsp_s', 2)} | | | {fmt(m('seq_e2e_s') / m('tsp_s'), 2)} |",
             f"| Idle RSS, empty store, right after start (MB) | {fmt(rss)} | {each('rss_idle_mb')} | < 60 "
             f"| 259 MB | {verdict(rss < 60)}; {fmt(REF_IDLE_RSS_MB / rss)}x smaller |",
             f"| RSS after the {n}-job run (MB) | {fmt(m('rss_after_mb'))} | {each('rss_after_mb')} | | | |",
