@@ -48,6 +48,8 @@ class Scheduler:
         self._profiles = profiles
         self._allocator = allocator
         self._wake = asyncio.Event()
+        # Repository.steps_queued when a read last found no step waiting (None: it found some).
+        self._none_waiting_at: int | None = None
         self._runs: dict[int, StepRun] = {}
         self._starting: set[int] = set()  # claimed, not yet recorded as pending
         self._settling: set[int] = set()  # can never start here: being ended in error
@@ -156,14 +158,17 @@ class Scheduler:
             free = self._settings.max_running_steps - len(self._runs)
             if free <= 0:
                 continue
+            # Most wake-ups are a run's end with nothing queued (a job's first step starts in its
+            # submit): no read while no write has left a step waiting since a read found none.
+            queued = self._store.steps_queued
+            if queued == self._none_waiting_at:
+                continue
             # Oldest first across all steps; the allocator says which of those that need GPUs,
             # CPUs or memory fit. Claimed steps still in `created` come back from the query too:
             # ask for that many more of the others.
-            waiting = [
-                d
-                for d in await self._store.runnable_steps(free + len(self._starting))
-                if d.step_pk not in self._runs
-            ]
+            found = await self._store.runnable_steps(free + len(self._starting))
+            self._none_waiting_at = None if found else queued
+            waiting = [d for d in found if d.step_pk not in self._runs]
             admission = self._allocator.admit(waiting, self._clock.now_us(), slots=free)
             for step_pk in admission.started:
                 run = StepRun(self._parts, step_pk)

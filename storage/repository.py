@@ -82,6 +82,7 @@ class Repository(Reads):
         self._writer = writer
         self._health = WriteHealth()
         self._step_keys = step_keys
+        self._steps_queued = 0
 
     @classmethod
     async def open(cls, path: Path) -> Repository:
@@ -138,13 +139,17 @@ class Repository(Reads):
         try:
             while True:
                 try:
-                    result = await self._writer.call(functools.partial(_unit_of_work, work, self._step_keys))
+                    result, left_waiting = await self._writer.call(
+                        functools.partial(_unit_of_work, work, self._step_keys)
+                    )
                 except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT, or a closed writer
                     failure = cannot_write(exc)
                 except StorageUnavailable as exc:
                     failure = exc
                 else:
                     self._health.succeeded()
+                    if left_waiting:
+                        self._steps_queued += 1  # before its caller, woken, can wake the scheduler
                     return result
                 if self._writer.closed or failure.cause is None:
                     raise failure  # shutting down, or a bug of this write: the store is well
@@ -181,6 +186,13 @@ class Repository(Reads):
         a step that ran meanwhile should say."""
         return self._health.outages_since(since)
 
+    @property
+    def steps_queued(self) -> int:
+        """How many commits so far left a step waiting to be started (inserted or set `created`
+        or `resuming`), counted as each write returns to its caller. A reader that found no step
+        waiting need not look again while this stays the same (Scheduler.run_forever)."""
+        return self._steps_queued
+
     def new_step_key(self) -> int:
         """A primary key no step has nor will be given by anyone else (see StepKeys)."""
         return self._step_keys.take()
@@ -191,9 +203,13 @@ def _highest_step_pk(conn: sqlite3.Connection) -> int:
     return highest
 
 
-def _unit_of_work[T](work: Callable[[WriteTx], T], step_keys: StepKeys, conn: sqlite3.Connection) -> T:
+def _unit_of_work[T](
+    work: Callable[[WriteTx], T], step_keys: StepKeys, conn: sqlite3.Connection
+) -> tuple[T, bool]:
+    """`work`'s result, and whether it left a step waiting to start."""
+    tx = WriteTx(conn, step_keys)
     try:
-        return work(WriteTx(conn, step_keys))
+        return work(tx), tx.left_steps_waiting
     except sqlite3.IntegrityError as exc:
         # e.g. a row whose job was deleted meanwhile (foreign key)
         raise Gone(f"the record changed under this write: {exc}") from exc

@@ -29,6 +29,10 @@ from storage.step_keys import StepKeys
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+# A step in these waits for the scheduler to start it (the statuses Reads.runnable_steps asks for).
+WAITING_TO_START = frozenset({JobStatus.CREATED, JobStatus.RESUMING})
+
+
 class WriteTx(SecretAndResultWrites):
     """The typed reads and writes available inside one `Repository.write()`: plain (blocking)
     calls, made on the writer's thread."""
@@ -36,6 +40,8 @@ class WriteTx(SecretAndResultWrites):
     def __init__(self, conn: sqlite3.Connection, step_keys: StepKeys) -> None:
         self._conn = conn
         self._step_keys = step_keys
+        # Whether this transaction left a step waiting to be started: see Repository.steps_queued.
+        self.left_steps_waiting = False
 
     def _run[T](self, query: queries.Query[T]) -> T:
         return query.build(self._conn.execute(query.sql, query.args).fetchall())
@@ -168,6 +174,7 @@ class WriteTx(SecretAndResultWrites):
         spec = job.platform_spec.steps[index]
         pk = self._step_keys.take() if pk is None else pk
         details = status_details or {}
+        self.left_steps_waiting |= status in WAITING_TO_START
         self._conn.execute(
             "INSERT INTO steps (pk, id, workspace, job_pk, job_name, job_source, attempt_id, fileset,"
             " output_location, auth_context, idx, name, spec, status, status_details, created_at,"
@@ -263,6 +270,7 @@ class WriteTx(SecretAndResultWrites):
         handle: dict[str, Any] | None = None,
     ) -> None:
         """`handle`, when given, is recorded in the same statement (None leaves it as it is)."""
+        self.left_steps_waiting |= status in WAITING_TO_START
         self._conn.execute(
             "UPDATE steps SET status = ?, status_details = ?, error_details = ?, active_since = ?,"
             " active_us = ?, updated_at = ?, handle = COALESCE(?, handle) WHERE pk = ?",

@@ -41,7 +41,15 @@ def _request(name: str, source: str, steps: int) -> CreateJobRequest:
     )
 
 
-def _insert_job(tx: WriteTx, workspace: str, name: str, source: str, steps: int, now: int) -> None:
+def _insert_job(
+    tx: WriteTx,
+    workspace: str,
+    name: str,
+    source: str,
+    steps: int,
+    now: int,
+    status: JobStatus = JobStatus.CREATED,
+) -> None:
     request = _request(name, source, steps)
     job = tx.insert_job(
         id=new_entity_id("platform-job"),
@@ -61,7 +69,7 @@ def _insert_job(tx: WriteTx, workspace: str, name: str, source: str, steps: int,
         now=now,
     )
     for index in range(steps):
-        tx.insert_step(job, index, new_entity_id("platform-job-step"), now + index)
+        tx.insert_step(job, index, new_entity_id("platform-job-step"), now + index, status=status)
 
 
 async def _add_job(store: Repository, workspace: str, name: str, source: str, steps: int, now: int) -> None:
@@ -301,3 +309,36 @@ async def test_step_keys_claimed_before_a_write_are_not_taken_by_its_inserts_nor
         stored = [pk for (pk,) in conn.execute("SELECT pk FROM steps ORDER BY pk")]
     assert claimed not in stored  # the inserts took keys of their own
     assert len(stored) == 2 and after_reopen > max(stored)
+
+
+async def test_steps_queued_counts_the_commits_that_leave_a_step_waiting(store: Repository) -> None:
+    """What lets the scheduler skip its read: it must change after every commit that leaves a
+    step `created` or `resuming`, and may stay the same otherwise."""
+    before = store.steps_queued
+    await _add_job(store, "ws", "queued", "src", 1, 1_000)  # its step inserted `created`
+    assert store.steps_queued == before + 1
+
+    def failing(tx: WriteTx) -> None:
+        _insert_job(tx, "ws", "undone", "src", 1, 2_000)
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await store.write(failing)
+    assert store.steps_queued == before + 1  # nothing of it was kept
+
+    job = await store.get_job("ws", "queued")
+    assert job is not None
+    (step,) = (await store.list_steps(StepFilter(workspace="ws"), StepSort.CREATED_AT, 1, 10)).items
+
+    def set_status(status: JobStatus) -> Any:
+        return lambda tx: tx.update_step_state(
+            step.pk, status=status, status_details={}, error_details=None, active_since=None, now=3_000
+        )
+
+    await store.write(set_status(JobStatus.PENDING))
+    await store.write(set_status(JobStatus.PAUSED))
+    assert store.steps_queued == before + 1
+    await store.write(set_status(JobStatus.RESUMING))
+    assert store.steps_queued == before + 2
+    await store.write(lambda tx: _insert_job(tx, "ws", "started", "src", 1, 4_000, JobStatus.PENDING))
+    assert store.steps_queued == before + 2
