@@ -139,8 +139,8 @@ class Repository(Reads):
         try:
             while True:
                 try:
-                    result, left_waiting = await self._writer.call(
-                        functools.partial(_unit_of_work, work, self._step_keys)
+                    result, _ = await self._writer.call(
+                        functools.partial(_unit_of_work, work, self._step_keys), on_commit=self._count_queued
                     )
                 except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT, or a closed writer
                     failure = cannot_write(exc)
@@ -148,8 +148,6 @@ class Repository(Reads):
                     failure = exc
                 else:
                     self._health.succeeded()
-                    if left_waiting:
-                        self._steps_queued += 1  # before its caller, woken, can wake the scheduler
                     return result
                 if self._writer.closed or failure.cause is None:
                     raise failure  # shutting down, or a bug of this write: the store is well
@@ -189,9 +187,15 @@ class Repository(Reads):
     @property
     def steps_queued(self) -> int:
         """How many commits so far left a step waiting to be started (inserted or set `created`
-        or `resuming`), counted as each write returns to its caller. A reader that found no step
-        waiting need not look again while this stays the same (Scheduler.run_forever)."""
+        or `resuming`), counted on the event loop as each commit is delivered, before its caller
+        resumes (and so before it can wake the scheduler), and also when that caller was
+        cancelled meanwhile. A reader that found no step waiting need not look again while this
+        stays the same (Scheduler.run_forever)."""
         return self._steps_queued
+
+    def _count_queued(self, outcome: tuple[object, bool]) -> None:
+        if outcome[1]:
+            self._steps_queued += 1
 
     def new_step_key(self) -> int:
         """A primary key no step has nor will be given by anyone else (see StepKeys)."""

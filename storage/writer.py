@@ -53,6 +53,7 @@ class _Unit:
     work: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     in_transaction: bool
+    on_commit: Callable[[Any], None] | None = None
     outcome: tuple[bool, Any] | None = None  # (succeeded, result or exception); None: not run
 
 
@@ -96,17 +97,25 @@ class WriterThread:
     def path(self) -> Path:
         return self._path
 
-    async def call[T](self, work: Callable[[sqlite3.Connection], T], *, in_transaction: bool = True) -> T:
+    async def call[T](
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        *,
+        in_transaction: bool = True,
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
         """Run `work(connection)` on the writer's thread, inside the current batch's transaction
         (or alone and outside any, for migrations). Bounded: every statement waits at most
-        busy_timeout for a lock. A cancelled caller does not undo work that already started."""
+        busy_timeout for a lock. A cancelled caller does not undo work that already started;
+        `on_commit(result)`, called on the event loop once the work is committed, before the
+        caller resumes, is called even then."""
         if self._closed:
             raise sqlite3.OperationalError("the database writer is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if not self._outbox:
             loop.call_soon(self._hand_over)
-        self._outbox.append(_Unit(work, future, in_transaction))
+        self._outbox.append(_Unit(work, future, in_transaction, on_commit))
         return await future
 
     def _hand_over(self) -> None:
@@ -242,9 +251,14 @@ def _deliver(units: list[_Unit]) -> None:
 
 def _settle(units: list[_Unit]) -> None:
     for unit in units:
+        succeeded, value = unit.outcome or (False, RuntimeError("the write was never run"))
+        if succeeded and unit.on_commit is not None:
+            try:
+                unit.on_commit(value)
+            except Exception:  # a bug of the hook: the write itself stands, its caller hears so
+                log.exception("a commit hook failed")
         if unit.future.done():
             continue  # its caller was cancelled
-        succeeded, value = unit.outcome or (False, RuntimeError("the write was never run"))
         if succeeded:
             unit.future.set_result(value)
             continue

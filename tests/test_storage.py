@@ -342,3 +342,21 @@ async def test_steps_queued_counts_the_commits_that_leave_a_step_waiting(store: 
     assert store.steps_queued == before + 2
     await store.write(lambda tx: _insert_job(tx, "ws", "started", "src", 1, 4_000, JobStatus.PENDING))
     assert store.steps_queued == before + 2
+
+
+async def test_a_write_whose_caller_was_cancelled_still_counts_the_step_it_queued(store: Repository) -> None:
+    """Its work was handed over and committed: the scheduler must still learn of the step."""
+    before = store.steps_queued
+    gate = threading.Event()
+    busy = asyncio.ensure_future(store._writer.call(lambda conn: gate.wait(10), in_transaction=False))
+    await asyncio.sleep(0.05)  # the writer is now inside `busy`: the next write queues up
+    queued = asyncio.ensure_future(_add_job(store, "ws", "orphaned", "src", 1, 1_000))
+    await asyncio.sleep(0.05)  # handed over
+    queued.cancel()
+    gate.set()
+    await asyncio.wait_for(busy, 10)
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await _add_job(store, "ws", "after", "src", 1, 2_000)  # behind the cancelled one
+    assert await store.get_job("ws", "orphaned") is not None  # committed all the same
+    assert store.steps_queued == before + 2
