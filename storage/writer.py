@@ -255,7 +255,7 @@ def _settle(units: list[_Unit]) -> None:
         if succeeded and unit.on_commit is not None:
             try:
                 unit.on_commit(value)
-            except Exception:  # a bug of the hook: the write itself stands, its caller hears so
+            except Exception:  # a bug of the hook: logged; the write stands and its caller gets its result
                 log.exception("a commit hook failed")
         if unit.future.done():
             continue  # its caller was cancelled
