@@ -13,8 +13,7 @@ from typing import Any
 from runner.allocation import unfit_reason
 from runner.executors.base import ExecutorError, ExitStatus, StepHandle, Workload
 from runner.launching import RunTask, run_tasks
-from runner.models import JobStatus, LogProgress, Needs, StepRecord, step_needs
-from runner.start_writes import STARTABLE
+from runner.models import STARTABLE_STATUSES, JobStatus, LogProgress, Needs, StepRecord, step_needs
 from runner.step_run import RunParts
 from runner.transitions import record_task_status, settle_step
 from storage import Repository, WriteTx
@@ -51,7 +50,7 @@ class Recovery:
     async def _recover_step(self, step: StepRecord) -> set[str]:
         """The names of the tasks handed to a run of this daemon (none when settled here)."""
         parts = self._parts
-        if step.status in STARTABLE and not step.handle:
+        if step.status in STARTABLE_STATUSES and not step.handle:
             # Never started: the loop will start it, or, if it can no longer fit the machine,
             # end it in error (settle_unfit, from the loop's admission: one place for both).
             return set()
@@ -135,7 +134,7 @@ async def settle_unfit(parts: RunParts, step_pk: int, needs: Needs) -> None:
 
     def record_unfit(tx: WriteTx) -> None:
         fresh = tx.get_step_by_pk(step_pk)
-        if fresh is not None and fresh.status in STARTABLE:
+        if fresh is not None and fresh.status in STARTABLE_STATUSES:
             settle_step(
                 tx,
                 fresh,

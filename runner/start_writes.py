@@ -13,11 +13,10 @@ from runner.allocation import Allocator
 from runner.environment import task_paths
 from runner.executors.base import TaskRef
 from runner.launching import RunTask, handle_of, split_gpus
-from runner.models import JobRecord, JobStatus, StepRecord, new_entity_id, new_task_name
+from runner.models import STARTABLE_STATUSES, JobRecord, JobStatus, StepRecord, new_entity_id, new_task_name
 from runner.transitions import settle_step, transition_step
 from storage import WriteTx
 
-STARTABLE = (JobStatus.CREATED, JobStatus.RESUMING)
 _SETTLES_UNSTARTED = {JobStatus.CANCELLING: JobStatus.CANCELLED, JobStatus.PAUSING: JobStatus.PAUSED}
 # What a step and its tasks say from their start being recorded until they are seen running;
 # copied where used (records are shared, never changed).
@@ -39,7 +38,7 @@ def start_unit(
 
     def record_start(tx: WriteTx) -> StartedStep | None:
         fresh = tx.get_step_by_pk(step_pk)
-        if fresh is None or fresh.status not in STARTABLE:
+        if fresh is None or fresh.status not in STARTABLE_STATUSES:
             # Cancelled or paused between the claim and now: nothing ran, so settle it here.
             if fresh is not None and fresh.status in _SETTLES_UNSTARTED:
                 final = _SETTLES_UNSTARTED[fresh.status]

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from runner.models import (
+    STARTABLE_STATUSES,
     AppendOutcome,
     JobRecord,
     JobState,
@@ -27,10 +28,6 @@ from storage.step_keys import StepKeys
 
 # A status_details key that a JSON path can name as it is ($.key); others take the slow merge.
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-# A step in these waits for the scheduler to start it (the statuses Reads.runnable_steps asks for).
-WAITING_TO_START = frozenset({JobStatus.CREATED, JobStatus.RESUMING})
 
 
 class WriteTx(SecretAndResultWrites):
@@ -174,7 +171,7 @@ class WriteTx(SecretAndResultWrites):
         spec = job.platform_spec.steps[index]
         pk = self._step_keys.take() if pk is None else pk
         details = status_details or {}
-        self.left_steps_waiting |= status in WAITING_TO_START
+        self.left_steps_waiting |= status in STARTABLE_STATUSES
         self._conn.execute(
             "INSERT INTO steps (pk, id, workspace, job_pk, job_name, job_source, attempt_id, fileset,"
             " output_location, auth_context, idx, name, spec, status, status_details, created_at,"
@@ -270,7 +267,7 @@ class WriteTx(SecretAndResultWrites):
         handle: dict[str, Any] | None = None,
     ) -> None:
         """`handle`, when given, is recorded in the same statement (None leaves it as it is)."""
-        self.left_steps_waiting |= status in WAITING_TO_START
+        self.left_steps_waiting |= status in STARTABLE_STATUSES
         self._conn.execute(
             "UPDATE steps SET status = ?, status_details = ?, error_details = ?, active_since = ?,"
             " active_us = ?, updated_at = ?, handle = COALESCE(?, handle) WHERE pk = ?",

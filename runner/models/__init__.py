@@ -76,13 +76,14 @@ from runner.models.specs import (
     SubprocessExecutorSpec,
     TaskUpdate,
 )
-from runner.models.statuses import TERMINAL_STATUSES, JobStatus
+from runner.models.statuses import STARTABLE_STATUSES, TERMINAL_STATUSES, JobStatus
 
 __all__ = [
     "MAX_NODES",
     "MAX_WORKSPACE_BYTES",
     "NAME_PATTERN",
     "NAME_RULE",
+    "STARTABLE_STATUSES",
     "TERMINAL_STATUSES",
     "WORKSPACE_PATTERN",
     "AppendOutcome",

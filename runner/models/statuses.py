@@ -26,6 +26,8 @@ class JobStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.ERROR, JobStatus.CANCELLED})
+# A step in these waits for the scheduler to start it (what storage's runnable_steps asks for).
+STARTABLE_STATUSES = frozenset({JobStatus.CREATED, JobStatus.RESUMING})
 
 # The reference's table (api-surface.md 4.1), shared by jobs, steps and tasks.
 _TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {

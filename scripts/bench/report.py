@@ -114,16 +114,12 @@ def report(
         "| --- | ---: | --- | --- | --- | --- |",
     ]
     if runs:
-        ratios = [
-            r.values["e2e_s"] / r.values["floor_s"] for r in runs if {"e2e_s", "floor_s"} <= r.values.keys()
-        ]
-        ratio, e2e = median(ratios), m("e2e_s")
-        seq_ratios = [
-            r.values["seq_e2e_s"] / r.values["floor_s"]
-            for r in runs
-            if {"seq_e2e_s", "floor_s"} <= r.values.keys()
-        ]
-        seq_ratio = median(seq_ratios)
+
+        def to_floor(key: str) -> list[float]:
+            return [r.values[key] / r.values["floor_s"] for r in runs if {key, "floor_s"} <= r.values.keys()]
+
+        ratios, seq_ratios = to_floor("e2e_s"), to_floor("seq_e2e_s")
+        ratio, seq_ratio, e2e = median(ratios), median(seq_ratios), m("e2e_s")
         per100 = e2e * 100 / n
         rss = m("rss_idle_mb")
         lines += [
