@@ -45,7 +45,8 @@ SIGTERM too should this script die (PR_SET_PDEATHSIG). Results and methodology: 
 
 Extras: `--profile-logs FILE` runs py-spy on the daemon while run 1 writes the big log;
 `--profile FILE` runs py-spy (if installed in the venv) on the daemon during run 1's N-job
-phase and writes collapsed stacks; `--source DIR` benchmarks another source tree (e.g. a
+phase (16 in flight) and writes collapsed stacks, `--profile-seq FILE` the same during the
+one-POST-at-a-time phase; `--source DIR` benchmarks another source tree (e.g. a
 `git archive HEAD` snapshot of this commit or a later one) through PYTHONPATH.
 
 One module per section: `jobs`, `lists`, `containers` (the `docker` section), `logs`; `client`

@@ -167,6 +167,12 @@ def main() -> int:
         default=None,
         help="py-spy the daemon during run 1's N-job phase; write collapsed stacks to this file",
     )
+    parser.add_argument(
+        "--profile-seq",
+        type=Path,
+        default=None,
+        help="py-spy the daemon during run 1's one-POST-at-a-time phase; write collapsed stacks to this file",
+    )
     args = parser.parse_args()
     daemon.NO_AUTH = args.no_auth
     quick = args.quick
@@ -192,6 +198,8 @@ def main() -> int:
         args.list_requests = min(args.list_requests, 50)
     if args.profile is not None:
         args.profile = args.profile.resolve()
+    if args.profile_seq is not None:
+        args.profile_seq = args.profile_seq.resolve()
     if args.profile_logs is not None:
         args.profile_logs = args.profile_logs.resolve()
     return asyncio.run(amain(args))

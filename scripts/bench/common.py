@@ -72,7 +72,8 @@ async def run_argv(argv: Sequence[str], timeout_s: float = 120.0) -> float:
 
 @contextlib.contextmanager
 def profiler(pid: int, out: Path | None) -> Any:
-    """py-spy on the daemon for the duration of the block (if asked for and installed)."""
+    """py-spy on the daemon for the duration of the block (if asked for and installed), or
+    `perf record -g` with BENCH_PROFILER=perf."""
     exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if out is None or exe is None:
         if out is not None:
@@ -83,8 +84,12 @@ def profiler(pid: int, out: Path | None) -> Any:
     # only what holds the GIL, i.e. Python's own CPU) tune the sampling.
     rate = os.environ.get("BENCH_PYSPY_RATE", "250")
     extra = os.environ.get("BENCH_PYSPY_EXTRA", "").split()
+    argv = [exe, "record", "-p", str(pid), "-r", rate, "-f", "raw", "-o", str(out), "--threads", *extra]
+    if os.environ.get("BENCH_PROFILER") == "perf":
+        # Native code too (SQLite, libuv, the kernel), which py-spy does not see; `perf report -i OUT`.
+        argv = ["perf", "record", "-g", "-F", rate, "-p", str(pid), "-o", str(out), *extra]
     proc = subprocess.Popen(
-        [exe, "record", "-p", str(pid), "-r", rate, "-f", "raw", "-o", str(out), "--threads", *extra],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -240,7 +240,8 @@ async def one_run(args: argparse.Namespace, run_no: int, tmp: Path, result: RunR
                     )
             log(f"run {run_no}: end-to-end, {args.jobs} jobs, one POST at a time")
             cpu0 = psutil.Process(daemon.pid).cpu_times()
-            await phase_one_post_at_a_time(session, daemon.base_url, args.jobs, result)
+            with profiler(daemon.pid, args.profile_seq if run_no == 1 else None):
+                await phase_one_post_at_a_time(session, daemon.base_url, args.jobs, result)
             cpu1 = psutil.Process(daemon.pid).cpu_times()
             result.values["seq_daemon_cpu_s"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
             await asyncio.sleep(1.0)
