@@ -149,7 +149,7 @@ class JobService:
             return job, None
 
         if run is None:
-            job, _ = await self._store.write(record_job)
+            job, _ = await self._store.write(record_job, small=True)
             self._workloads.wake()
             return job
         # Shielded: a submit whose client goes away must still spawn what its commit recorded.
@@ -161,7 +161,7 @@ class JobService:
         self, record_job: Callable[[WriteTx], tuple[JobRecord, StartedStep | None]], run: StepRun
     ) -> JobRecord:
         try:
-            job, started = await self._store.write(record_job)
+            job, started = await self._store.write(record_job, small=True)
         except BaseException:
             self._workloads.drop_claim(run)
             raise

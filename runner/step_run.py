@@ -126,7 +126,7 @@ class StepRun:
         is told once the start is recorded (the step is no longer `created`)."""
         parts = self._parts
         unit = start_unit(self.step_pk, parts.clock.now_us(), parts.allocator, parts.settings.work_dir)
-        started = await parts.store.write(unit)
+        started = await parts.store.write(unit, small=True)
         on_recorded()
         if started is not None:
             await self.launch(base_url, started)
@@ -166,7 +166,7 @@ class StepRun:
         parts = self._parts
         now = parts.clock.now_us()
         unit = active_unit(step, tasks, running_of(step, tasks, workload), now)
-        await parts.store.write(unit, patient=not until_stored, until_stored=until_stored)
+        await parts.store.write(unit, patient=not until_stored, until_stored=until_stored, small=True)
         limits = [parts.profile_of(step).ttl_seconds_active, step.spec.lifecycle.staleness_timeout_seconds]
         positive = [limit for limit in limits if limit > 0]
         parts.deadlines.ring(now + min(positive) * 1_000_000 if positive else None)
@@ -319,7 +319,7 @@ class StepRun:
         outcome = outcome_unit(
             step, tasks, status, message=message, shutdown=shutdown, tail=tail, running=running, now=now
         )
-        await parts.store.write(outcome, until_stored=True)
+        await parts.store.write(outcome, until_stored=True, small=True)
         parts.log_signal.notify(step.job_pk)
         parts.wake_scheduler()
 

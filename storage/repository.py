@@ -117,21 +117,29 @@ class Repository(Reads):
         await self._writer.close()
 
     async def write[T](
-        self, work: Callable[[WriteTx], T], *, patient: bool = False, until_stored: bool = False
+        self,
+        work: Callable[[WriteTx], T],
+        *,
+        patient: bool = False,
+        until_stored: bool = False,
+        small: bool = False,
     ) -> T:
         """Run `work` in a `BEGIN IMMEDIATE` transaction on the writer's thread (possibly along
         with other callers' work, each in a savepoint of its own): its writes are committed when
         it returns, undone when it raises. Whatever it reads is current and stays so until the
-        commit. It runs off the event loop: it may use the store and its own data, and at most
-        read single values of the daemon's state (a dict lookup, atomic under the GIL); it must not
-        change that state or touch asyncio objects.
+        commit. It runs off the event loop (or, `small`, maybe on it): it may use the store and
+        its own data, and at most read single values of the daemon's state (a dict lookup, atomic
+        under the GIL); it must not change that state or touch asyncio objects.
 
         `patient` writes (what a workload did: its status, its output) are tried again, with
         growing pauses, for about PATIENT_WRITE_S when the store could not take them
         (StorageUnavailable: e.g. locked by another program beyond busy_timeout, or a failed
         commit, which keeps nothing). `work` must then be safe to run again: it re-reads what it
         decides on. `until_stored` writes (a step's final status, which nothing would write again)
-        are tried so until they are stored, the store is closed, or the caller is cancelled."""
+        are tried so until they are stored, the store is closed, or the caller is cancelled.
+
+        `small` writes (a few rows: a submit, a status change) may run at once on the event
+        loop's thread when nothing else is being written (WriterThread.call)."""
         patience = math.inf if until_stored else PATIENT_WRITE_S if patient else 0.0
         deadline = time.monotonic() + patience
         pause = 0.1
@@ -140,7 +148,9 @@ class Repository(Reads):
             while True:
                 try:
                     result, _ = await self._writer.call(
-                        functools.partial(_unit_of_work, work, self._step_keys), on_commit=self._count_queued
+                        functools.partial(_unit_of_work, work, self._step_keys),
+                        on_commit=self._count_queued,
+                        small=small,
                     )
                 except sqlite3.Error as exc:  # the batch's own BEGIN or COMMIT, or a closed writer
                     failure = cannot_write(exc)
