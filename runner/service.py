@@ -153,13 +153,11 @@ class JobService:
             self._workloads.wake()
             return job
         # Shielded: a submit whose client goes away must still spawn what its commit recorded.
-        # Started eagerly: when its write runs at once (storage/writer.py, a small write while
-        # nothing else is written) the task is done before this line ends, and the answer goes
-        # out without waiting for turns of the loop that run other work first.
-        recording = asyncio.Task(
-            self._record_and_launch(record_job, run), loop=asyncio.get_running_loop(), eager_start=True
+        # Eager: when its write runs at once (storage/writer.py), the answer leaves in this turn.
+        loop = asyncio.get_running_loop()
+        job = await asyncio.shield(
+            asyncio.Task(self._record_and_launch(record_job, run), loop=loop, eager_start=True)
         )
-        job = await asyncio.shield(recording)
         # Answered as the reference answers a submit: the job as created, before its start.
         return job.model_copy(update={"status": JobStatus.CREATED})
 
