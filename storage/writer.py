@@ -167,6 +167,9 @@ class WriterThread:
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.Error:
+            if conn.in_transaction:  # begun, but the timeout not set back: leave nothing open
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             return False
         _commit_begun(conn, [unit])
         self._commits_since_checkpoint += 1
