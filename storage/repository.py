@@ -9,7 +9,8 @@ storage/reads.py, every async read. All SQL of the project lives in this package
   those of secrets and results); storage/step_keys.py: steps' primary keys;
 - storage/logs.py: the log tables' writes, trimming and reads;
 - storage/reads.py: the async reads;
-- storage/writer.py: the write connection's thread; storage/health.py: whether writes go through;
+- storage/writer.py: the write connection's thread (storage/units.py: how a unit runs in its
+  transaction); storage/health.py: whether writes go through;
 - storage/errors.py: the package's errors.
 
 Single-writer discipline: one write connection on a thread of its own (storage/writer.py) runs each
@@ -38,8 +39,9 @@ from storage.log_files import LogFiles
 from storage.reads import Reads
 from storage.schema import migrate
 from storage.step_keys import StepKeys
+from storage.units import BUSY_TIMEOUT_MS
 from storage.write_tx import WriteTx
-from storage.writer import BUSY_TIMEOUT_MS, WriterThread
+from storage.writer import WriterThread
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ A small unit asked for while nothing else is being written (one POST at a time, 
 skips the thread: it runs at once on the event loop's thread, unless another program holds the
 write lock. Measured (docs/benchmarks.md, "A lone small write on the loop's thread"): the trip to
 the thread and back, and the GIL waits it brings, were most of a lone submit's wait beyond its
-SQL. Checkpoints therefore run on the thread, every _COMMITS_PER_CHECKPOINT commits, never inside
-a commit on the loop's thread.
+SQL. Checkpoints therefore run on the thread, every _UNITS_PER_CHECKPOINT units, never inside a
+commit on the loop's thread; so does the first commit after one (it restarts the WAL and, with
+synchronous=NORMAL, syncs its header).
 """
 
 from __future__ import annotations
@@ -30,47 +31,26 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from storage.units import (
+    BUSY_TIMEOUT_MS,
+    Unit,
+    checkpoint,
+    commit,
+    commit_begun,
+    configure,
+    set_busy_timeout,
+)
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_MS = 5000
 # Hand-overs are added to a batch until it holds this many units (one hand-over is never split):
 # a batch cannot grow without end while the queue keeps filling.
 _MAX_BATCH = 64
-# About SQLite's own checkpoint threshold (1,000 pages) at the ~20 pages a job's commit changes.
-_COMMITS_PER_CHECKPOINT = 50
-
-
-def configure(conn: sqlite3.Connection) -> None:
-    """Settings of the write connection (WAL mode, once set, holds for every connection)."""
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    # NORMAL in WAL mode is durable across process crashes; only an OS crash can drop the last commits.
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    # Savepoints keep the pages they change in a sub-journal: in memory, not in a temp file
-    # (measured: ~150 pwrite calls per job to that file otherwise).
-    conn.execute("PRAGMA temp_store = MEMORY")
-    # Checkpoints are run by WriterThread, on its own thread: SQLite's automatic one would run
-    # inside whichever COMMIT crosses its threshold, which may be one on the event loop's thread.
-    conn.execute("PRAGMA wal_autocheckpoint = 0")
-
-
-@dataclass
-class _Unit:
-    work: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[Any]
-    in_transaction: bool
-    on_commit: Callable[[Any], None] | None = None
-    outcome: tuple[bool, Any] | None = None  # (succeeded, result or exception); None: not run
-
-
-class _TransactionLost(Exception):
-    """A failed unit could not be undone alone: the whole batch was rolled back."""
+# About SQLite's own checkpoint threshold (1,000 pages) at the ~20 pages a unit alone changes
+# (units sharing a commit share pages: under load a checkpoint comes sooner than SQLite's).
+_UNITS_PER_CHECKPOINT = 50
 
 
 _STOP = object()
@@ -81,16 +61,22 @@ class WriterThread:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._queue: queue.SimpleQueue[list[_Unit] | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Unit] | object] = queue.SimpleQueue()
         # Units asked for during the current turn of the event loop, handed over together at
         # its end: one hand-off (and usually one commit) for all of them.
-        self._outbox: list[_Unit] = []
+        self._outbox: list[Unit] = []
         self._conn: sqlite3.Connection | None = None
-        # Units handed to the thread whose outcome the event loop has not yet settled: while
-        # none are, the thread does not touch the connection, and the loop may use it.
+        # Units asked for (in the outbox, handed to the thread, or done there) whose outcome the
+        # event loop has not yet settled, a cancelled caller's too: while none are, the thread
+        # does not touch the connection, and the loop may use it. A loop closed with some
+        # undelivered keeps writes on the thread for good (safe).
         self._unsettled = 0
-        self._commits_since_checkpoint = 0
+        self._units_since_checkpoint = 0
         self._ran_here_this_turn = False
+        # Set by a checkpoint: the next commit restarts the WAL and syncs its header, on the thread.
+        self._wal_restarts_next = False
+        # Set for good should the connection's busy_timeout fail to be set back after a write here.
+        self._here_refused = False
         self._closed = False
         # A daemon thread: if the event loop dies without close(), it must not hold the process.
         self._thread = threading.Thread(target=self._serve, name="localjobs-writer", daemon=True)
@@ -124,17 +110,19 @@ class WriterThread:
     ) -> T:
         """Run `work(connection)` on the writer's thread, inside the current batch's transaction
         (or alone and outside any, for migrations). A `small` unit (a few rows), when nothing
-        else is being written, runs at once on the caller's thread instead, in a transaction of
-        its own (_run_here). Bounded: every statement waits at most busy_timeout for a lock. A
-        cancelled caller does not undo work that already started; `on_commit(result)`, called
-        on the event loop once the work is committed, before the caller resumes, is called even
-        then."""
+        else is being written and none ran so yet this turn of the loop, runs at once on the
+        caller's thread instead, in a transaction of its own (_run_here). Bounded: every
+        statement waits at most busy_timeout for a lock. A cancelled caller does not undo work
+        that already started; `on_commit(result)`, called on the event loop once the work is
+        committed, before the caller resumes, is called even then."""
         if self._closed:
             raise sqlite3.OperationalError("the database writer is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        unit = _Unit(work, future, in_transaction, on_commit)
-        quiet = not self._unsettled and not self._ran_here_this_turn
+        unit = Unit(work, future, in_transaction, on_commit)
+        quiet = not (
+            self._unsettled or self._ran_here_this_turn or self._wal_restarts_next or self._here_refused
+        )
         if small and in_transaction and quiet and self._run_here(unit):
             # The next one this turn goes to the thread: in a burst (many requests read in one
             # turn) the rest then share a commit there, rather than each making its own.
@@ -151,7 +139,7 @@ class WriterThread:
     def _new_turn(self) -> None:
         self._ran_here_this_turn = False
 
-    def _run_here(self, unit: _Unit) -> bool:
+    def _run_here(self, unit: Unit) -> bool:
         """Run a small unit on the caller's thread, now, in a transaction of its own: nothing
         else is being written, so a trip to the writer's thread and back would only add two
         thread wake-ups (and a wait for the GIL) to the caller's wait. False, nothing done: the
@@ -162,24 +150,42 @@ class WriterThread:
             return False
         try:
             conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.Error:
-            if conn.in_transaction:  # begun, but the timeout not set back: leave nothing open
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            begun = True
+        except sqlite3.Error:
+            begun = False
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            # The thread's writes would no longer wait for another program's lock: set back
+            # there, and no write runs here any more.
+            log.warning("busy_timeout could not be set back (%s): writes stay on the writer's thread", exc)
+            self._here_refused = True
+            if begun:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+            self._unsettled += 1
+            self._queue.put([Unit(set_busy_timeout, unit.future.get_loop().create_future(), False)])
             return False
-        _commit_begun(conn, [unit])
-        self._commits_since_checkpoint += 1
-        if self._commits_since_checkpoint >= _COMMITS_PER_CHECKPOINT:
-            self._commits_since_checkpoint = 0
+        if not begun:
+            return False
+        commit_begun(conn, [unit])
+        self._units_since_checkpoint += 1
+        if self._units_since_checkpoint >= _UNITS_PER_CHECKPOINT:
+            self._units_since_checkpoint = 0
             # On the writer's thread: a checkpoint copies pages back (and syncs) for milliseconds.
-            checkpoint = _Unit(_checkpoint, unit.future.get_loop().create_future(), in_transaction=False)
+            checkpoint = Unit(self._checkpoint, unit.future.get_loop().create_future(), in_transaction=False)
             self._unsettled += 1
             self._queue.put([checkpoint])
         return True
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """On the writer's thread, while the loop leaves the connection alone (a unit unsettled)."""
+        checkpoint(conn)
+        self._wal_restarts_next = True
 
     def _hand_over(self) -> None:
         if self._outbox:
@@ -195,7 +201,7 @@ class WriterThread:
         # The thread finishes what is queued, closes the connection and ends: a short wait.
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30.0)
 
-    def _settled(self, units: list[_Unit]) -> None:
+    def _settled(self, units: list[Unit]) -> None:
         self._unsettled -= len(units)
         _settle(units)
 
@@ -205,7 +211,7 @@ class WriterThread:
         try:
             stop = False
             while not stop:
-                batch: list[_Unit] = []
+                batch: list[Unit] = []
                 item = self._queue.get()
                 while item is not _STOP:
                     assert isinstance(item, list)
@@ -228,10 +234,13 @@ class WriterThread:
                         for unit in batch:
                             if unit.outcome is None or unit.outcome[0]:
                                 unit.outcome = (False, sqlite3.OperationalError(f"writer failure: {exc}"))
-                    self._commits_since_checkpoint += 1
-                    if self._commits_since_checkpoint >= _COMMITS_PER_CHECKPOINT and self._conn is not None:
-                        self._commits_since_checkpoint = 0
-                        _checkpoint(self._conn)
+                    if any(unit.in_transaction for unit in batch):
+                        self._wal_restarts_next = False  # restarted by this batch's commit, if due
+                    self._units_since_checkpoint += len(batch)
+                    if self._units_since_checkpoint >= _UNITS_PER_CHECKPOINT and self._conn is not None:
+                        self._units_since_checkpoint = 0
+                        self._checkpoint(self._conn)
+                    # Last: once delivered, the loop may use the connection (see _unsettled).
                     _deliver(batch, self._settled)
         finally:
             if self._conn is not None:
@@ -252,102 +261,30 @@ class WriterThread:
             self._conn = conn
         return self._conn
 
-    def _run_batch(self, units: list[_Unit]) -> None:
+    def _run_batch(self, units: list[Unit]) -> None:
         try:
             conn = self._connection()
         except BaseException as exc:
             for unit in units:
                 unit.outcome = (False, exc)
             return
-        together: list[_Unit] = []
+        together: list[Unit] = []
         for unit in units:
             if unit.in_transaction:
                 together.append(unit)
                 continue
-            _commit(conn, together)
+            commit(conn, together)
             together = []
             try:
                 unit.outcome = (True, unit.work(conn))
             except BaseException as exc:
                 unit.outcome = (False, exc)
-        _commit(conn, together)
+        commit(conn, together)
 
 
-def _commit(conn: sqlite3.Connection, units: list[_Unit]) -> None:
-    """Run the units in one transaction; commit what succeeded."""
-    if not units:
-        return
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        for unit in units:
-            unit.outcome = (False, exc)
-        return
-    _commit_begun(conn, units)
-
-
-def _commit_begun(conn: sqlite3.Connection, units: list[_Unit]) -> None:
-    """Run the units in the transaction just begun, each in a savepoint of its own, so that a
-    failing one undoes only its own writes (a lone unit needs none: the rollback of the whole
-    transaction undoes just it); commit what succeeded."""
-    try:
-        if len(units) == 1:
-            _run_alone(conn, units[0])
-            return
-        for unit in units:
-            _run_in_savepoint(conn, unit)
-        conn.execute("COMMIT")
-    except (sqlite3.Error, _TransactionLost) as exc:
-        failure = exc.__cause__ if isinstance(exc, _TransactionLost) else exc
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.exception("rollback failed")
-        for unit in units:
-            if unit.outcome is None or unit.outcome[0]:
-                unit.outcome = (False, failure)  # its writes were not kept
-
-
-def _run_alone(conn: sqlite3.Connection, unit: _Unit) -> None:
-    try:
-        result = unit.work(conn)
-    except BaseException as exc:
-        unit.outcome = (False, exc)
-        conn.execute("ROLLBACK")  # should this fail, _commit_begun rolls back and says so
-        return
-    conn.execute("COMMIT")
-    unit.outcome = (True, result)
-
-
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy the committed pages back into the database file, as far as readers allow (PASSIVE:
-    it waits for no one). A failure only leaves the WAL longer until the next one."""
-    try:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    except sqlite3.Error as exc:
-        log.warning("checkpoint failed: %s", exc)
-
-
-def _run_in_savepoint(conn: sqlite3.Connection, unit: _Unit) -> None:
-    conn.execute("SAVEPOINT unit")
-    try:
-        result = unit.work(conn)
-    except BaseException as exc:
-        unit.outcome = (False, exc)
-        try:
-            conn.execute("ROLLBACK TO unit")
-            conn.execute("RELEASE unit")
-        except sqlite3.Error as undo_failure:
-            raise _TransactionLost() from undo_failure
-        return
-    conn.execute("RELEASE unit")
-    unit.outcome = (True, result)
-
-
-def _deliver(units: list[_Unit], settle: Callable[[list[_Unit]], None]) -> None:
+def _deliver(units: list[Unit], settle: Callable[[list[Unit]], None]) -> None:
     """Hand the outcomes to their event loops: one wake-up per loop per batch."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Unit]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[Unit]] = {}
     for unit in units:
         by_loop.setdefault(unit.future.get_loop(), []).append(unit)
     for loop, mine in by_loop.items():
@@ -357,7 +294,7 @@ def _deliver(units: list[_Unit], settle: Callable[[list[_Unit]], None]) -> None:
             pass  # that loop is closed: nobody is waiting any more
 
 
-def _settle(units: list[_Unit]) -> None:
+def _settle(units: list[Unit]) -> None:
     for unit in units:
         succeeded, value = unit.outcome or (False, RuntimeError("the write was never run"))
         if succeeded and unit.on_commit is not None:

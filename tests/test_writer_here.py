@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,13 +75,21 @@ async def test_a_small_write_behind_a_busy_writer_waits_its_turn_on_the_thread(s
 
 
 async def test_a_failing_small_write_undoes_only_itself(store: Repository) -> None:
+    await store.write(_thread_of_insert("ws", "before"))
+    ran_on: list[int] = []
+
     def half_then_a_failure(tx: WriteTx) -> None:
+        ran_on.append(threading.get_ident())
         _insert_job(tx, "ws", "doomed", "src", 2, 3_000)
         raise RuntimeError("fails after its writes")
 
+    await asyncio.sleep(0)  # a turn of its own
     with pytest.raises(RuntimeError):
         await store.write(half_then_a_failure, small=True)
+    assert ran_on == [threading.get_ident()]  # it ran here, in a transaction of its own
     assert await store.get_job("ws", "doomed") is None
+    assert await store.get_job("ws", "before") is not None
+    await asyncio.sleep(0)
     assert await store.write(_thread_of_insert("ws", "after"), small=True) == threading.get_ident()
     assert await store.get_job("ws", "after") is not None
 
@@ -94,11 +103,12 @@ async def test_a_small_write_waits_for_another_programs_lock_on_the_thread_not_t
     try:
         other.execute("BEGIN IMMEDIATE")  # another program holds the write lock
         write = asyncio.ensure_future(store.write(_thread_of_insert("ws", "patient"), small=True))
-        ticks = 0
-        for _ in range(10):  # the loop keeps turning while the write waits
+        longest = 0.0
+        for _ in range(10):  # the loop keeps turning while the write waits (busy_timeout is 5 s)
+            before = time.monotonic()
             await asyncio.sleep(0.02)
-            ticks += 1
-        assert ticks == 10 and not write.done()
+            longest = max(longest, time.monotonic() - before)
+        assert longest < 1.0 and not write.done()
         other.execute("COMMIT")
         assert await asyncio.wait_for(write, 10) != threading.get_ident()
         assert await store.get_job("ws", "patient") is not None
