@@ -87,7 +87,7 @@ def run_alone(conn: sqlite3.Connection, unit: Unit) -> None:
         result = unit.work(conn)
     except BaseException as exc:
         unit.outcome = (False, exc)
-        conn.execute("ROLLBACK")  # should this fail, _commit_begun rolls back and says so
+        conn.execute("ROLLBACK")  # should this fail, commit_begun rolls back and says so
         return
     conn.execute("COMMIT")
     unit.outcome = (True, result)
